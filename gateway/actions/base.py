@@ -1,0 +1,57 @@
+"""What every action is, and what an action may ask of the call it runs on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+
+class CallContext(Protocol):
+    """The operations an action executor may use. Implemented by the call session;
+    unit tests may pass a fake."""
+
+    call_id: str
+    customer_id: str
+
+    async def answer(self) -> None: ...
+
+    async def hangup(self, reason: str | None = None) -> None: ...
+
+    async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
+        """Join the room and return when the caller has left it without hanging up."""
+        ...
+
+    def note(self, event: str, **fields: Any) -> None:
+        """Add an entry to the call's timeline (and log it)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Replace:
+    """An action's outcome that replaces the rest of the list (gather, redirect)."""
+
+    actions: tuple[Action, ...]
+
+
+@dataclass(frozen=True)
+class Stop:
+    """An action's outcome that ends the list (hangup)."""
+
+
+Outcome = Replace | Stop | None
+
+
+@dataclass(frozen=True)
+class Action:
+    """Base of every action: a frozen, validated dataclass that knows how to run itself.
+
+    Subclasses set `name` and declare their fields; `gateway.strict` turns the JSON
+    into an instance (the `type` key of the typed form is handled by the schema).
+    `run` must be cancellable at every await: the call session cancels it when the
+    caller hangs up.
+    """
+
+    name: ClassVar[str] = ""
+
+    async def run(self, call: CallContext) -> Outcome:
+        raise NotImplementedError

@@ -1,0 +1,28 @@
+"""`conference`: put the caller in a named room (the seed's action)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.actions.base import Action, CallContext, Outcome
+from gateway.strict import checked, pattern
+
+ROOM_PATTERN = r"[A-Za-z0-9._-]{1,128}"
+
+
+@dataclass(frozen=True)
+class Conference(Action):
+    name = "conference"
+
+    room: str = checked(
+        pattern(ROOM_PATTERN, "1-128 characters of letters, digits, '.', '-' or '_'")
+    )
+    mute: bool = False
+    end_on_exit: bool = False
+
+    async def run(self, call: CallContext) -> Outcome:
+        await call.answer()
+        # Returns only when the caller leaves the room alive (room ended, removed by
+        # the API); a hang-up cancels us instead. The next action then runs.
+        await call.conference(self.room, mute=self.mute, end_on_exit=self.end_on_exit)
+        return None

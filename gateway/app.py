@@ -1,0 +1,145 @@
+"""The gateway process: wires the SIP engine, sessions, rooms, webhooks and HTTP together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway import api, applications, demo
+from gateway.config import Config
+from gateway.conferences import Conferences
+from gateway.hooks import HookClient
+from gateway.outbox import Outbox
+from gateway.session import CallSession
+from gateway.store import Store
+from sip import commands as cmd
+from sip import events as ev
+from sip.engine import SipEngine
+
+log = logging.getLogger("minivoice.gateway")
+
+
+class Gateway:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.engine = SipEngine(cfg.sip, self.on_sip_event)
+        self.conferences = Conferences(self._send_quiet)
+        self.sessions: dict[str, CallSession] = {}
+        self.accepting = True
+        self.store: Store
+        self.outbox: Outbox
+        self.hooks: HookClient
+        self._http: aiohttp.ClientSession
+        self._runner: web.AppRunner | None = None
+        self._outbox_task: asyncio.Task[None] | None = None
+        self.http_port = 0
+
+    async def start(self) -> None:
+        self.store = Store(self.cfg.database)
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+        self.hooks = HookClient(self._http, self.cfg.hooks)
+        self.outbox = Outbox(self.store, self._http, self.cfg.hooks)
+        self._outbox_task = asyncio.create_task(self.outbox.run())
+        app = web.Application(client_max_size=1024 * 1024)
+        api.setup(app, self)
+        if self.cfg.demo:
+            demo.setup(app, demo.secret_from(self.cfg.applications))
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.cfg.http.host, self.cfg.http.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else self.cfg.http.port
+        # SIP last: by the time a call arrives, answer_url (maybe the demo) is reachable.
+        await self.engine.start()
+        log.info("gateway ready", extra={
+            "sip": f"{self.cfg.sip.host}:{self.engine.bound_port}",
+            "http": f"{self.cfg.http.host}:{self.http_port}",
+            "applications": len(self.cfg.applications)})
+
+    async def stop(self, drain_s: float = 0.0) -> None:
+        self.accepting = False
+        if drain_s > 0 and self.sessions:
+            log.info("draining", extra={"calls": len(self.sessions), "seconds": drain_s})
+            deadline = asyncio.get_running_loop().time() + drain_s
+            while self.sessions and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+        for session in list(self.sessions.values()):
+            await session._end(503, "shutdown", "Service Unavailable")
+        for _ in range(40):  # let CallEnded events arrive so call.completed is queued
+            if not self.sessions:
+                break
+            await asyncio.sleep(0.05)
+        await self.engine.stop()
+        await self.outbox.drain(timeout=3.0)
+        await self.outbox.stop()
+        if self._outbox_task:
+            self._outbox_task.cancel()
+        if self._runner:
+            await self._runner.cleanup()
+        await self._http.close()
+        self.store.close()
+
+    def _send_quiet(self, command: cmd.Command) -> None:
+        fut = self.engine.send(command)
+        fut.add_done_callback(_log_failure)
+
+    # -- events from the SIP thread -----------------------------------------------------
+    def on_sip_event(self, event: ev.Event) -> None:
+        try:
+            self._on_sip_event(event)
+        except Exception:
+            log.exception("event handling failed", extra={
+                "call_id": getattr(event, "call_id", None), "sip_event": type(event).__name__})
+
+    def _on_sip_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.IncomingCall):
+            self._incoming(event)
+            return
+        session = self.sessions.get(getattr(event, "call_id", ""))
+        if session is None:
+            return
+        if isinstance(event, ev.CallAnswered):
+            session.on_answered()
+        elif isinstance(event, ev.MediaReady):
+            session.on_media(event)
+        elif isinstance(event, ev.CallEnded):
+            del self.sessions[session.call_id]
+            session.on_ended(event)
+            self.store.call_save(session.call_id, session.record())
+
+    def _incoming(self, event: ev.IncomingCall) -> None:
+        if not self.accepting:
+            self._send_quiet(cmd.Hangup(event.call_id, 503, "Service Unavailable"))
+            return
+        app = applications.match(self.cfg.applications, event.dialed)
+        if app is None:
+            log.info("no application", extra={"call_id": event.call_id, "dialed": event.dialed})
+            self._send_quiet(cmd.Hangup(event.call_id, 404, "Not Found"))
+            return
+        session = CallSession(self, event, app)
+        self.sessions[event.call_id] = session
+        session.task = asyncio.create_task(session.run(), name=event.call_id)
+
+
+def _log_failure(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("sip command failed", extra={"error": str(fut.exception())})
+
+
+async def serve(cfg: Config, drain_s: float = 0.0) -> None:
+    gw = Gateway(cfg)
+    await gw.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await gw.stop(drain_s)

@@ -1,0 +1,88 @@
+"""Command line: `python -m gateway serve|check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from gateway import __version__, logs
+from gateway.config import Config, ConfigError, from_dict, load, with_overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m gateway", description="MiniVoice SIP gateway")
+    p.add_argument("--version", action="version", version=f"MiniVoice {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", help="YAML config file (configs/*.yaml)")
+    s.add_argument("--answer-url", help="without --config: one application answering every number")
+    s.add_argument("--event-url", help="lifecycle webhooks go here")
+    s.add_argument("--fallback-url")
+    s.add_argument("--secret", help="signing secret shared with the application")
+    s.add_argument("--sip-host")
+    s.add_argument("--sip-port", type=int)
+    s.add_argument("--http-host")
+    s.add_argument("--http-port", type=int)
+    s.add_argument("--rtp-port-start", type=int)
+    s.add_argument("--db", help="SQLite file (default var/minivoice.db)")
+    s.add_argument("--demo", action="store_true", help="also serve the demo app at /demo/*")
+    s.add_argument("--drain", type=float, default=0.0,
+                   help="on SIGTERM, seconds to let calls finish before hanging up")
+    s.add_argument("--log-level", default="INFO")
+    c = sub.add_parser("check-config", help="validate a config file and exit")
+    c.add_argument("path")
+    return p
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    if args.config:
+        cfg = load(args.config)
+        if args.answer_url:
+            raise ConfigError("give either --config or --answer-url, not both")
+    elif args.answer_url:
+        app: dict[str, Any] = {"id": "app_default", "customer_id": "cust_default",
+                               "answer_url": args.answer_url, "numbers": ["*"]}
+        for key in ("event_url", "fallback_url", "secret"):
+            if getattr(args, key):
+                app[key] = getattr(args, key)
+        cfg = from_dict({"applications": [app]}, "command line")
+    else:
+        raise ConfigError("give --config configs/<file>.yaml, or --answer-url URL")
+    sip = {k: v for k, v in (("host", args.sip_host), ("port", args.sip_port),
+                             ("rtp_port_start", args.rtp_port_start)) if v is not None}
+    http = {k: v for k, v in (("host", args.http_host), ("port", args.http_port))
+            if v is not None}
+    cfg = with_overrides(cfg, sip=sip, http=http)
+    if args.db:
+        cfg = with_overrides(cfg)
+        cfg = type(cfg)(**{**cfg.__dict__, "database": args.db})
+    if args.demo:
+        cfg = type(cfg)(**{**cfg.__dict__, "demo": True})
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        try:
+            load(args.path)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print(f"{args.path}: ok")
+        return 0
+    logs.setup(args.log_level)
+    try:
+        cfg = build_config(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from gateway.app import serve  # imports pjsua2: after config errors are reported
+
+    try:
+        asyncio.run(serve(cfg, args.drain))
+    except KeyboardInterrupt:
+        pass
+    return 0

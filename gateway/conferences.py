@@ -1,0 +1,78 @@
+"""Live conference rooms: the pure RoomBook plus the bridge commands it implies.
+
+`join` returns only when the caller leaves the room without hanging up (the room
+ended, or the API removed them); a hang-up cancels it, and its `finally` takes
+the caller out of the room (ending the room for everyone if they joined with
+end_on_exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from media.rooms import Departure, LinkChange, RoomBook, RoomKey
+from sip.commands import ApplyLinks
+
+log = logging.getLogger("minivoice.conference")
+
+
+class Conferences:
+    def __init__(self, send: Callable[[ApplyLinks], Any]) -> None:
+        self.book = RoomBook()
+        self._send = send
+        self._waiters: dict[str, asyncio.Future[str]] = {}
+
+    async def join(
+        self, key: RoomKey, call_id: str, *, mute: bool, end_on_exit: bool
+    ) -> str:
+        """Put `call_id` in the room; return why it left ("room_ended" | "removed")."""
+        self._apply(self.book.join(key, call_id, muted=mute, end_on_exit=end_on_exit,
+                                   now=time.time()))
+        room = self.book.rooms[key]
+        log.info("conference.join", extra={
+            "call_id": call_id, "room": key.name, "customer_id": key.customer_id,
+            "mute": mute, "end_on_exit": end_on_exit, "members": len(room.members)})
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters[call_id] = waiter
+        try:
+            return await waiter
+        finally:
+            self._waiters.pop(call_id, None)
+            if call_id in self.book.room_of:  # cancelled (hung up): leave now
+                self.leave(call_id)
+
+    def leave(self, call_id: str) -> None:
+        key = self.book.room_of[call_id]
+        dep = self.book.leave(call_id)
+        log.info("conference.leave", extra={"call_id": call_id, "room": key.name,
+                                            "room_ended": dep.room_ended})
+        self._after_departure(dep, "room_ended")
+
+    def set_muted(self, call_id: str, muted: bool) -> None:
+        self._apply(self.book.set_muted(call_id, muted))
+
+    def remove(self, call_id: str) -> None:
+        """Take a caller out of its room alive: their next action runs."""
+        self.leave(call_id)
+        waiter = self._waiters.get(call_id)
+        if waiter and not waiter.done():
+            waiter.set_result("removed")
+
+    def end(self, key: RoomKey) -> None:
+        log.info("conference.end", extra={"room": key.name, "customer_id": key.customer_id})
+        self._after_departure(self.book.end(key), "room_ended")
+
+    def _after_departure(self, dep: Departure, why: str) -> None:
+        self._apply(dep.change)
+        for cid in dep.evicted:
+            waiter = self._waiters.get(cid)
+            if waiter and not waiter.done():
+                waiter.set_result(why)
+
+    def _apply(self, change: LinkChange) -> None:
+        if change:
+            self._send(ApplyLinks(change.connect, change.disconnect))

@@ -1,0 +1,114 @@
+"""Gateway configuration: YAML in, validated frozen dataclasses out.
+
+Every problem in a file is reported at once, with its path, before anything starts:
+
+    configs/demo.yaml: sip.port: must be <= 65535
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from gateway.strict import ValidationError, between, checked, length, parse, pattern
+
+URL = pattern(r"https?://\S+", "an http:// or https:// URL")
+Codec = Literal["PCMU", "PCMA", "G722", "opus"]
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    host: str = "127.0.0.1"
+    port: int = checked(between(0, 65535), default=5060)
+    transports: tuple[Literal["udp", "tcp"], ...] = ("udp", "tcp")
+    # Address written in SDP/Contact when it differs from `host` (e.g. bound to 0.0.0.0).
+    public_host: str | None = None
+    rtp_port_start: int = checked(between(1024, 65000), default=10000)
+    rtp_port_range: int = checked(between(0, 60000), default=0)
+    codecs: tuple[Codec, ...] = ("PCMU", "PCMA", "G722", "opus")
+    clock_rate: int = checked(between(8000, 48000), default=8000)
+    max_calls: int = checked(between(1, 2000), default=2000)
+    # pjmedia conference bridge worker threads (pjproject >= 2.16); 1 = mix on the clock thread.
+    conf_threads: int = checked(between(1, 64), default=1)
+    media_timeout_s: float = checked(between(0, 3600), default=30.0)
+    log_level: int = checked(between(0, 6), default=1)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = checked(between(0, 65535), default=8080)
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    connect_timeout_s: float = checked(between(0.05, 60), default=2.0)
+    total_timeout_s: float = checked(between(0.1, 120), default=5.0)
+    webhook_max_backoff_s: float = checked(between(1, 3600), default=300.0)
+    webhook_give_up_after_s: float = checked(between(3600, 30 * 86400), default=86400.0)
+
+
+@dataclass(frozen=True)
+class Application:
+    id: str = checked(length(1, 64))
+    customer_id: str = checked(length(1, 64))
+    answer_url: str = checked(URL)
+    event_url: str | None = checked(URL, default=None)
+    fallback_url: str | None = checked(URL, default=None)
+    secret: str = checked(length(8, 256), default="change-me-please")
+    # Dialed users/numbers (Request-URI user) this application answers; "*" matches all.
+    numbers: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True)
+class Config:
+    applications: tuple[Application, ...] = checked(
+        lambda apps: None if apps else "at least one application is required"
+    )
+    sip: SipConfig = field(default_factory=SipConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    database: str = "var/minivoice.db"
+    # Serve the embedded demo application at /demo/* on the HTTP port.
+    demo: bool = False
+
+
+class ConfigError(Exception):
+    pass
+
+
+def from_dict(data: Any, source: str = "config") -> Config:
+    try:
+        cfg = parse(Config, data)
+    except ValidationError as exc:
+        lines = "\n".join(f"  {d.path or '(top)'}: {d.reason}" for d in exc.details)
+        raise ConfigError(f"{source} is invalid:\n{lines}") from None
+    ids = [a.id for a in cfg.applications]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{source} is invalid:\n  applications: duplicate id")
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+    return from_dict(data, str(p))
+
+
+def with_overrides(cfg: Config, **sections: dict[str, Any]) -> Config:
+    """Return `cfg` with some fields of its sections replaced (command-line flags)."""
+    changes = {
+        name: dataclasses.replace(getattr(cfg, name), **values)
+        for name, values in sections.items()
+        if values
+    }
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,100 @@
+"""Requests to the application that return actions: answer_url (and action_url/redirect).
+
+CONTRACT sections 2-4: signed POST, connect/total timeouts, one retry on
+connection error or 5xx, then `fallback_url`. Any failure becomes an
+`AnswerUrlError` whose message and details go into `call.completed`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from gateway import USER_AGENT, signing
+from gateway.actions.base import Action
+from gateway.actions.schema import INVALID, MAX_BODY_BYTES, parse_body
+from gateway.config import HooksConfig
+from gateway.strict import Detail, ValidationError
+
+log = logging.getLogger("minivoice.hooks")
+
+LOGGED_BODY_CHARS = 2000
+
+
+@dataclass
+class AnswerUrlError(Exception):
+    message: str
+    details: tuple[Detail, ...] = ()
+    retryable: bool = False
+
+    def as_error(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": "answer_url_error", "message": self.message}
+        if self.details:
+            err["details"] = [d.as_dict() for d in self.details]
+        return err
+
+
+class HookClient:
+    def __init__(self, http: aiohttp.ClientSession, cfg: HooksConfig) -> None:
+        self.http = http
+        self.cfg = cfg
+
+    async def fetch_actions(
+        self, urls: list[str], secret: str, payload: dict[str, Any], call_id: str,
+        kind: str = "answer_url",
+    ) -> tuple[Action, ...]:
+        """POST `payload` to urls[0] (retried once), then to each fallback in turn."""
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        last: AnswerUrlError | None = None
+        for url in urls:
+            for attempt in (1, 2):
+                try:
+                    return await self._once(url, secret, body, call_id, kind, attempt)
+                except AnswerUrlError as exc:
+                    last = exc
+                    log.warning(f"{kind}.failed", extra={
+                        "call_id": call_id, "url": url, "attempt": attempt,
+                        "error": exc.message})
+                    if not exc.retryable:
+                        break
+        assert last is not None
+        raise last
+
+    async def _once(
+        self, url: str, secret: str, body: bytes, call_id: str, kind: str, attempt: int
+    ) -> tuple[Action, ...]:
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "MiniVoice-Call-Id": call_id,
+            signing.HEADER: signing.sign(secret, body),
+        }
+        timeout = aiohttp.ClientTimeout(
+            total=self.cfg.total_timeout_s, sock_connect=self.cfg.connect_timeout_s)
+        log.info(f"{kind}.request", extra={"call_id": call_id, "url": url, "attempt": attempt})
+        try:
+            async with self.http.post(url, data=body, headers=headers, timeout=timeout) as resp:
+                raw = await resp.content.read(MAX_BODY_BYTES + 1)
+                status = resp.status
+        except TimeoutError:
+            raise AnswerUrlError(f"{kind} timeout") from None
+        except aiohttp.ClientConnectionError as exc:
+            retry = isinstance(exc, aiohttp.ClientConnectorError)
+            raise AnswerUrlError(f"{kind} connection failed", retryable=retry) from None
+        except aiohttp.ClientError as exc:
+            raise AnswerUrlError(f"{kind} request failed: {type(exc).__name__}") from None
+        shown = raw[:LOGGED_BODY_CHARS].decode("utf-8", "replace")
+        log.info(f"{kind}.response", extra={
+            "call_id": call_id, "status": status, "bytes": len(raw), "body": shown})
+        if not 200 <= status < 300:
+            raise AnswerUrlError(f"{kind} returned HTTP {status}", retryable=status >= 500)
+        try:
+            return parse_body(raw)
+        except ValidationError as exc:
+            raise AnswerUrlError(INVALID, tuple(exc.details)) from None
+
+

@@ -1,0 +1,42 @@
+"""Structured logs: one line per event, `key=value` pairs, the call ID on every call line.
+
+    2026-05-29T12:10:00.123Z INFO call.answered call_id=call_abc from=+1555 room=r1
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def _fmt(value: Any) -> str:
+    s = str(value)
+    if not s or any(c in s for c in ' "=\n'):
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return s
+
+
+class KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        head = f"{t}.{int(record.msecs):03d}Z {record.levelname} {record.getMessage()}"
+        extras = [f"{k}={_fmt(v)}" for k, v in record.__dict__.items() if k not in _STANDARD]
+        line = " ".join([head, *extras])
+        if record.name == "pjsip":
+            line += " src=pjsip"
+        if record.exc_info:
+            line += " exc=" + _fmt(self.formatException(record.exc_info))
+        return line
+
+
+def setup(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,159 @@
+"""Strict conversion of parsed JSON/YAML into frozen dataclasses.
+
+Used for answer_url action documents and for configuration files alike, so both
+report errors the same way: a list of (path, reason) pairs, all of them at once,
+before anything runs. Types are checked exactly (a bool is not an int, a string
+is not a number); unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Detail:
+    path: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+class ValidationError(Exception):
+    def __init__(self, details: list[Detail], message: str = "invalid") -> None:
+        self.details = details
+        super().__init__(message + ": " + "; ".join(f"{d.path}: {d.reason}" for d in details))
+
+
+Check = Callable[[Any], "str | None"]
+
+
+def checked(*checks: Check, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A dataclass field with value checks (each returns an error reason or None)."""
+    return dataclasses.field(default=default, metadata={"checks": checks}, **kw)
+
+
+def pattern(regex: str, what: str) -> Check:
+    rx = re.compile(regex)
+    return lambda v: None if rx.fullmatch(v) else f"must be {what}"
+
+
+def between(lo: float | None = None, hi: float | None = None) -> Check:
+    def check(v: Any) -> str | None:
+        if lo is not None and v < lo:
+            return f"must be >= {lo}"
+        if hi is not None and v > hi:
+            return f"must be <= {hi}"
+        return None
+
+    return check
+
+
+def length(lo: int, hi: int) -> Check:
+    return lambda v: None if lo <= len(v) <= hi else f"length must be {lo} to {hi}"
+
+
+_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+
+
+def _type_name(tp: Any) -> str:
+    return _TYPE_NAMES.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(tp: Any, value: Any, path: str, errors: list[Detail]) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(get_args(tp)):
+            return None
+        if len(args) == 1:
+            return _convert(args[0], value, path, errors)
+        for arg in args:
+            trial: list[Detail] = []
+            out = _convert(arg, value, path, trial)
+            if not trial:
+                return out
+        errors.append(Detail(path, "must be one of " + ", ".join(_type_name(a) for a in args)))
+        return None
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed or type(value) is not type(allowed[0]):
+            errors.append(Detail(path, "must be one of " + ", ".join(map(repr, allowed))))
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            errors.append(Detail(path, "must be a list"))
+            return ()
+        (item_tp, *_) = get_args(tp)
+        return tuple(_convert(item_tp, v, f"{path}[{i}]", errors) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            errors.append(Detail(path, "must be an object"))
+            return {}
+        _, val_tp = get_args(tp)
+        return {
+            str(k): _convert(val_tp, v, f"{path}.{k}", errors) for k, v in value.items()
+        }
+    if dataclasses.is_dataclass(tp):
+        return build(typing.cast(type[Any], tp), value, path, errors)
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    errors.append(Detail(path, f"must be {_type_name(tp)}"))
+    return None
+
+
+def build(cls: type[T], data: Any, path: str, errors: list[Detail]) -> T:
+    """Build `cls` from `data`, appending problems to `errors` (returns a dummy on error)."""
+    if not isinstance(data, dict):
+        errors.append(Detail(path, "must be an object"))
+        return typing.cast(T, None)
+    start = len(errors)
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(typing.cast(Any, cls)) if f.init}
+    kwargs: dict[str, Any] = {}
+    sub = (lambda n: f"{path}.{n}") if path else (lambda n: n)
+    for key in data:
+        if key not in fields:
+            errors.append(Detail(sub(str(key)), "unknown field"))
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                errors.append(Detail(sub(name), "is required"))
+            continue
+        before = len(errors)
+        value = _convert(hints[name], data[name], sub(name), errors)
+        if len(errors) == before and value is not None:
+            for check in f.metadata.get("checks", ()):
+                reason = check(value)
+                if reason:
+                    errors.append(Detail(sub(name), reason))
+                    break
+        kwargs[name] = value
+    if len(errors) > start:
+        return typing.cast(T, None)
+    return cls(**kwargs)
+
+
+def parse(cls: type[T], data: Any, path: str = "") -> T:
+    errors: list[Detail] = []
+    out = build(cls, data, path, errors)
+    if errors:
+        raise ValidationError(errors)
+    return out

@@ -1,0 +1,119 @@
+"""Thin pjsua2 subclasses that turn callbacks into events. SIP thread only."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import pjsua2 as pj
+
+from sip import events as ev
+from sip.sipmsg import request_uri, uri_user
+
+if TYPE_CHECKING:
+    from sip.engine import _SipThread
+
+log = logging.getLogger("minivoice.sip")
+
+
+def new_call_id() -> str:
+    return "call_" + secrets.token_urlsafe(16)
+
+
+class GatewayAccount(pj.Account):  # type: ignore[misc]
+    def __init__(self, engine: _SipThread) -> None:
+        super().__init__()
+        self.engine = engine
+
+    def onIncomingCall(self, prm: Any) -> None:
+        try:
+            call = GatewayCall(self.engine, self, prm.callId)
+            info = call.getInfo()
+            msg = prm.rdata.wholeMsg
+            ruri = request_uri(msg)
+            event = ev.IncomingCall(
+                call_id=call.call_id,
+                sip_call_id=info.callIdString,
+                from_uri=info.remoteUri,
+                to_uri=info.localUri,
+                from_user=uri_user(info.remoteUri),
+                dialed=uri_user(ruri) or uri_user(info.localUri),
+                source=prm.rdata.srcAddress,
+            )
+            self.engine.calls[call.call_id] = call
+            log.info("invite", extra={"call_id": call.call_id, "sip_call_id": event.sip_call_id,
+                                      "from": event.from_uri, "dialed": event.dialed})
+            self.engine.post(event)
+        except Exception:
+            log.exception("incoming call handling failed")
+
+
+class GatewayCall(pj.Call):  # type: ignore[misc]
+    def __init__(self, engine: _SipThread, acc: GatewayAccount, pj_call_id: int) -> None:
+        super().__init__(acc, pj_call_id)
+        self.engine = engine
+        self.call_id = new_call_id()
+        self.audio: Any = None  # pj.AudioMedia once media is active
+        self.by_gateway = False
+        self.cause = "normal"
+        self.media_reported = False
+        self.last_rx_pkts = -1
+        self.last_rx_change = 0.0
+
+    # -- commands ------------------------------------------------------------------
+    def answer_call(self, code: int) -> None:
+        prm = pj.CallOpParam(True)
+        prm.statusCode = code
+        self.answer(prm)
+
+    def hangup_call(self, code: int, reason: str) -> None:
+        self.by_gateway = True
+        prm = pj.CallOpParam(True)
+        prm.statusCode = code
+        if reason:
+            prm.reason = reason
+        self.hangup(prm)
+
+    # -- callbacks -----------------------------------------------------------------
+    def onCallState(self, prm: Any) -> None:
+        try:
+            info = self.getInfo()
+            if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
+                self.engine.post(ev.CallAnswered(self.call_id))
+            elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                self.audio = None
+                self.engine.post(
+                    ev.CallEnded(self.call_id, int(info.lastStatusCode), info.lastReason,
+                                 self.by_gateway, self.cause)
+                )
+                self.engine.call_gone(self)
+        except Exception:
+            log.exception("call state handling failed", extra={"call_id": self.call_id})
+
+    def onCallMediaState(self, prm: Any) -> None:
+        try:
+            info = self.getInfo()
+            for i, mi in enumerate(info.media):
+                if (mi.type == pj.PJMEDIA_TYPE_AUDIO
+                        and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE):
+                    self.audio = self.getAudioMedia(i)
+                    if not self.media_reported:
+                        self.media_reported = True
+                        codec = self.getStreamInfo(i).codecName
+                        self.engine.post(ev.MediaReady(self.call_id, codec))
+                    return
+        except Exception:
+            log.exception("media state handling failed", extra={"call_id": self.call_id})
+
+    def check_media(self, now: float, timeout: float) -> None:
+        """Hang up a call whose RTP has stopped for `timeout` seconds."""
+        if self.audio is None:
+            return
+        pkts = self.getStreamStat(0).rtcp.rxStat.pkt
+        if pkts != self.last_rx_pkts:
+            self.last_rx_pkts, self.last_rx_change = pkts, now
+        elif now - self.last_rx_change >= timeout:
+            log.info("media timeout", extra={"call_id": self.call_id, "seconds": timeout})
+            self.cause = "media_timeout"
+            self.hangup_call(200, "media timeout")

@@ -1,0 +1,278 @@
+"""The SIP thread and its asyncio-side handle.
+
+One thread creates the pjsua2 endpoint and owns every pj object (endpoint,
+transports, account, calls, media). It loops on `libHandleEvents` and drains a
+command queue between turns. It never touches an asyncio object: it hands
+frozen event messages to the loop with `call_soon_threadsafe`. The asyncio side
+never touches a pj object: it puts frozen commands on the queue and gets a
+`CommandDone` back, correlated by request id.
+
+An exception inside one call's handling is logged with the call ID and the loop
+goes on; `SipEngine.alive` reports whether the loop has turned within the last
+second (for /healthz).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.config import SipConfig
+from sip import commands as cmd
+from sip import events as ev
+
+log = logging.getLogger("minivoice.sip")
+
+POLL_MS = 5  # libHandleEvents timeout: also the worst-case latency of a queued command
+MEDIA_CHECK_EVERY_S = 5.0
+
+
+class SipEngine:
+    """The asyncio side: start/stop the SIP thread, send commands, receive events."""
+
+    def __init__(self, cfg: SipConfig, on_event: Callable[[ev.Event], None]) -> None:
+        self.cfg = cfg
+        self._on_event = on_event
+        self._queue: queue.SimpleQueue[tuple[int, cmd.Command]] = queue.SimpleQueue()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started: asyncio.Future[None] | None = None
+        self.last_tick = 0.0  # written by the SIP thread (a float: atomic to read)
+        self.bound_port = 0
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and time.monotonic() - self.last_tick < 1.0
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.create_future()
+        worker = _SipThread(self.cfg, self._queue, self._post, self)
+        self._thread = threading.Thread(target=worker.run, name="sip", daemon=True)
+        self._thread.start()
+        await self._started
+
+    def send(self, command: cmd.Command) -> asyncio.Future[None]:
+        """Queue a command for the SIP thread; the future resolves when it has run."""
+        assert self._loop is not None
+        req_id = next(self._ids)
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._pending[req_id] = fut
+        self._queue.put((req_id, command))
+        return fut
+
+    async def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put((0, cmd.Shutdown()))
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
+        self._thread = None
+
+    # -- called on the SIP thread --------------------------------------------------
+    def _post(self, event: ev.Event) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._dispatch, event)
+        except RuntimeError:  # loop closed while we were shutting down
+            pass
+
+    # -- called on the asyncio loop -------------------------------------------------
+    def _dispatch(self, event: ev.Event) -> None:
+        if isinstance(event, ev.CommandDone):
+            fut = self._pending.pop(event.req_id, None)
+            if fut is not None and not fut.done():
+                if event.error:
+                    fut.set_exception(SipCommandError(event.error))
+                else:
+                    fut.set_result(None)
+            return
+        if isinstance(event, ev.EngineStarted) and self._started and not self._started.done():
+            self.bound_port = event.port
+            self._started.set_result(None)
+            return
+        if isinstance(event, ev.EngineFailed) and self._started and not self._started.done():
+            self._started.set_exception(SipCommandError(event.error))
+            return
+        self._on_event(event)
+
+
+class SipCommandError(Exception):
+    pass
+
+
+class _SipThread:
+    """Everything here runs on the SIP thread."""
+
+    def __init__(
+        self,
+        cfg: SipConfig,
+        commands: queue.SimpleQueue[tuple[int, cmd.Command]],
+        post: Callable[[ev.Event], None],
+        handle: SipEngine,
+    ) -> None:
+        self.cfg = cfg
+        self.commands = commands
+        self.post = post
+        self.handle = handle
+        self.calls: dict[str, Any] = {}  # MiniVoice call ID -> calls.GatewayCall
+        self.graveyard: list[Any] = []  # calls to delete outside their own callbacks
+        self.running = True
+
+    def run(self) -> None:
+        try:
+            self._start()
+        except Exception as exc:
+            log.exception("sip engine failed to start")
+            self.post(ev.EngineFailed(f"{type(exc).__name__}: {exc}"))
+            return
+        self.post(ev.EngineStarted(self.port))
+        next_media_check = time.monotonic() + MEDIA_CHECK_EVERY_S
+        while self.running:
+            self.handle.last_tick = time.monotonic()
+            try:
+                self.ep.libHandleEvents(POLL_MS)
+            except Exception:
+                log.exception("libHandleEvents raised")
+            self._drain_commands()
+            if self.graveyard:
+                self.graveyard.clear()
+            now = time.monotonic()
+            if now >= next_media_check:
+                next_media_check = now + MEDIA_CHECK_EVERY_S
+                self._check_media(now)
+        self._shutdown()
+
+    def _start(self) -> None:
+        import pjsua2 as pj
+
+        from sip import pjconfig
+        from sip.calls import GatewayAccount
+
+        self.pj = pj
+        self.ep = pj.Endpoint()
+        self.ep.libCreate()
+        self.writer = pjconfig.PjLogWriter()
+        self.ep.libInit(pjconfig.endpoint_config(self.cfg, self.writer))
+        self.ep.audDevManager().setNullDev()
+        port = self.cfg.port
+        kinds = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP}
+        for name in self.cfg.transports:
+            tid = self.ep.transportCreate(kinds[name], pjconfig.transport_config(self.cfg, port))
+            if port == 0:  # ephemeral: use the same port for the next transports
+                port = self.ep.transportGetInfo(tid).localName.rsplit(":", 1)[1]
+                port = int(port)
+        self.port = port
+        self.ep.libStart()
+        self._set_codecs()
+        self.account = GatewayAccount(self)
+        self.account.create(pjconfig.account_config(self.cfg, port), True)
+        log.info(
+            "sip listening",
+            extra={"host": self.cfg.host, "port": port, "transports": list(self.cfg.transports)},
+        )
+
+    def _set_codecs(self) -> None:
+        from sip.pjconfig import CODEC_IDS
+
+        wanted = [CODEC_IDS[c] for c in self.cfg.codecs]
+        for info in self.ep.codecEnum2():
+            cid = info.codecId
+            prio = 255 - wanted.index(cid) if cid in wanted else 0
+            self.ep.codecSetPriority(cid, prio)
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                req_id, command = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            error = None
+            try:
+                self._execute(command)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("command failed", extra={"command": repr(command), "error": error})
+            if req_id:
+                self.post(ev.CommandDone(req_id, error))
+
+    def _execute(self, c: cmd.Command) -> None:
+        if isinstance(c, cmd.Answer):
+            self._call(c.call_id).answer_call(c.code)
+        elif isinstance(c, cmd.Hangup):
+            call = self.calls.get(c.call_id)
+            if call is not None:  # already gone: nothing to do
+                call.hangup_call(c.code, c.reason)
+        elif isinstance(c, cmd.ApplyLinks):
+            self._apply_links(c)
+        elif isinstance(c, cmd.Shutdown):
+            self.running = False
+        else:
+            raise ValueError(f"unknown command {c!r}")
+
+    def _call(self, call_id: str) -> Any:
+        call = self.calls.get(call_id)
+        if call is None:
+            raise KeyError(f"no live call {call_id}")
+        return call
+
+    def _apply_links(self, c: cmd.ApplyLinks) -> None:
+        # Calls that already hung up are skipped: pjsua removed their bridge ports.
+        for link in c.disconnect:
+            src, dst = self.calls.get(link.src), self.calls.get(link.dst)
+            if src is not None and dst is not None and src.audio and dst.audio:
+                src.audio.stopTransmit(dst.audio)
+        for link in c.connect:
+            src, dst = self.calls.get(link.src), self.calls.get(link.dst)
+            if src is None or dst is None or not src.audio or not dst.audio:
+                continue
+            src.audio.startTransmit(dst.audio)
+
+    def _check_media(self, now: float) -> None:
+        if self.cfg.media_timeout_s <= 0:
+            return
+        for call in list(self.calls.values()):
+            try:
+                call.check_media(now, self.cfg.media_timeout_s)
+            except Exception:
+                log.exception("media check failed", extra={"call_id": call.call_id})
+
+    # -- from calls.py ----------------------------------------------------------------
+    def call_gone(self, call: Any) -> None:
+        self.calls.pop(call.call_id, None)
+        self.graveyard.append(call)
+
+    def _hangup_all(self) -> None:
+        # A separate function so no loop variable keeps a pj.Call alive past libDestroy().
+        for call in list(self.calls.values()):
+            try:
+                call.hangup_call(503, "Service Unavailable")
+            except Exception:
+                log.exception("hangup on shutdown failed", extra={"call_id": call.call_id})
+
+    def _shutdown(self) -> None:
+        self._hangup_all()
+        deadline = time.monotonic() + 2.0
+        while self.calls and time.monotonic() < deadline:
+            self.ep.libHandleEvents(20)
+        self.calls.clear()
+        self.graveyard.clear()
+        try:
+            self.account.shutdown()
+        except Exception:
+            pass
+        del self.account
+        gc.collect()
+        self.ep.libDestroy()
+        del self.ep
+        log.info("sip engine stopped")

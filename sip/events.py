@@ -1,0 +1,55 @@
+"""Messages from the SIP thread to asyncio: small, frozen, no pj objects inside."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class IncomingCall:
+    call_id: str  # MiniVoice call ID, assigned on the SIP thread
+    sip_call_id: str
+    from_uri: str
+    to_uri: str
+    from_user: str
+    dialed: str  # Request-URI user (the number the caller dialed)
+    source: str  # transport source address "ip:port"
+
+
+@dataclass(frozen=True)
+class CallAnswered:
+    call_id: str
+
+
+@dataclass(frozen=True)
+class MediaReady:
+    call_id: str
+    codec: str
+
+
+@dataclass(frozen=True)
+class CallEnded:
+    call_id: str
+    sip_code: int
+    reason: str
+    by_gateway: bool  # True when the gateway ended or rejected it
+    cause: str  # "normal" | "media_timeout" | "error"
+
+
+@dataclass(frozen=True)
+class CommandDone:
+    req_id: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineStarted:
+    port: int
+
+
+@dataclass(frozen=True)
+class EngineFailed:
+    error: str
+
+
+Event = IncomingCall | CallAnswered | MediaReady | CallEnded | CommandDone | EngineStarted | EngineFailed

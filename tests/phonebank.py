@@ -1,0 +1,228 @@
+"""A bank of test softphones in one pjsua2 process, driven by JSON lines.
+
+    python tests/phonebank.py --rtp-port-start 30000
+
+stdin, one JSON object per line:
+    {"op": "call", "id": "a", "uri": "sip:1001@127.0.0.1:5060", "from": "+15550001",
+     "tone_hz": 440, "record": "/tmp/a.wav", "transport": "udp"}
+    {"op": "hangup", "id": "a"}
+    {"op": "dtmf", "id": "a", "digits": "1#", "method": "rfc4733" | "info"}
+    {"op": "quit"}
+stdout, one JSON object per line:
+    {"event": "ready", "port": 40001}
+    {"event": "state", "id": "a", "state": "CONFIRMED", "code": 200}
+    {"event": "media", "id": "a", "codec": "PCMU"}
+    {"event": "ended", "id": "a", "code": 200, "reason": "Normal call clearing"}
+    {"event": "error", "id": "a", "error": "..."}
+
+Each call plays its own looped WAV tone into the call and records what it hears
+to its own WAV file, so a test can check with numpy who hears whom. Like the
+gateway, one thread owns every pj object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import sys
+import tempfile
+import threading
+from typing import Any
+
+import pjsua2 as pj
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from media.tones import silence, sine, write_wav  # noqa: E402
+
+
+def emit(**event: Any) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+class Phone(pj.Call):  # type: ignore[misc]
+    def __init__(self, bank: Bank, acc: pj.Account, cid: str, tone: str | None,
+                 record: str | None) -> None:
+        super().__init__(acc)
+        self.bank, self.cid, self.tone, self.record = bank, cid, tone, record
+        self.player: Any = None
+        self.recorder: Any = None
+        self.audio: Any = None
+
+    def onCallState(self, prm: Any) -> None:
+        info = self.getInfo()
+        if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.stop_media()
+            emit(event="ended", id=self.cid, code=info.lastStatusCode, reason=info.lastReason)
+            self.bank.gone(self)
+        else:
+            emit(event="state", id=self.cid, state=info.stateText, code=info.lastStatusCode)
+
+    def onCallMediaState(self, prm: Any) -> None:
+        info = self.getInfo()
+        for i, mi in enumerate(info.media):
+            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                if self.audio is not None:
+                    return
+                self.audio = self.getAudioMedia(i)
+                if self.tone:
+                    self.player = pj.AudioMediaPlayer()
+                    self.player.createPlayer(self.tone, 0)  # 0 = loop
+                    self.player.startTransmit(self.audio)
+                if self.record:
+                    self.recorder = pj.AudioMediaRecorder()
+                    self.recorder.createRecorder(self.record)
+                    self.audio.startTransmit(self.recorder)
+                emit(event="media", id=self.cid, codec=self.getStreamInfo(i).codecName)
+                return
+
+    def stop_media(self) -> None:
+        # Destroying the recorder finalises the WAV header.
+        self.player = None
+        self.recorder = None
+        self.audio = None
+
+
+class Bank:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.phones: dict[str, Phone] = {}
+        self.accounts: dict[str, pj.Account] = {}
+        self.trash: list[Phone] = []
+        self.tones: dict[int, str] = {}
+        self.cmds: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self.tmp = tempfile.mkdtemp(prefix="phonebank-")
+
+    def start(self) -> None:
+        self.ep = pj.Endpoint()
+        self.ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = True
+        cfg.uaConfig.maxCalls = 1000
+        cfg.logConfig.level = 1
+        cfg.logConfig.consoleLevel = 1
+        cfg.medConfig.clockRate = 8000
+        cfg.medConfig.sndClockRate = 8000
+        cfg.medConfig.ecTailLen = 0
+        cfg.medConfig.noVad = True
+        self.ep.libInit(cfg)
+        self.ep.audDevManager().setNullDev()
+        tc = pj.TransportConfig()
+        tc.port = 0
+        tc.boundAddress = "127.0.0.1"
+        tid = self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
+        self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP, tc)
+        self.port = int(self.ep.transportGetInfo(tid).localName.rsplit(":", 1)[1])
+        self.ep.libStart()
+        for info in self.ep.codecEnum2():
+            prio = {"PCMU/8000/1": 255}.get(info.codecId, 0) if self.args.pcmu_only else None
+            if prio is not None:
+                self.ep.codecSetPriority(info.codecId, prio)
+
+    def account(self, user: str) -> pj.Account:
+        acc = self.accounts.get(user)
+        if acc is None:
+            ac = pj.AccountConfig()
+            ac.idUri = f"sip:{user}@127.0.0.1:{self.port}"
+            mt = ac.mediaConfig.transportConfig
+            mt.port = self.args.rtp_port_start
+            mt.boundAddress = "127.0.0.1"
+            acc = pj.Account()
+            acc.create(ac, False)
+            self.accounts[user] = acc
+        return acc
+
+    def tone_file(self, hz: int) -> str:
+        if hz not in self.tones:
+            path = os.path.join(self.tmp, f"tone-{hz}.wav")
+            # A short gap at the end of each loop would show up as a level dip; keep it seamless.
+            write_wav(path, sine(hz, 2.0) if hz else silence(2.0))
+            self.tones[hz] = path
+        return self.tones[hz]
+
+    def gone(self, phone: Phone) -> None:
+        self.phones.pop(phone.cid, None)
+        self.trash.append(phone)
+
+    def handle(self, c: dict[str, Any]) -> bool:
+        op = c["op"]
+        if op == "quit":
+            return False
+        if op == "call":
+            tone = self.tone_file(int(c["tone_hz"])) if c.get("tone_hz") is not None else None
+            phone = Phone(self, self.account(c.get("from", "phonebank")), c["id"], tone,
+                          c.get("record"))
+            self.phones[c["id"]] = phone
+            uri = c["uri"]
+            if c.get("transport") == "tcp":
+                uri += ";transport=tcp"
+            phone.makeCall(uri, pj.CallOpParam(True))
+        elif op == "hangup":
+            phone = self.phones.get(c["id"])
+            if phone is not None:
+                phone.hangup(pj.CallOpParam(True))
+        elif op == "dtmf":
+            phone = self.phones[c["id"]]
+            prm = pj.CallSendDtmfParam()
+            prm.digits = c["digits"]
+            prm.method = (pj.PJSUA_DTMF_METHOD_SIP_INFO if c.get("method") == "info"
+                          else pj.PJSUA_DTMF_METHOD_RFC2833)
+            phone.sendDtmf(prm)
+        return True
+
+    def run(self) -> None:
+        self.start()
+        threading.Thread(target=self.read_stdin, daemon=True).start()
+        emit(event="ready", port=self.port)
+        running = True
+        while running:
+            self.ep.libHandleEvents(5)
+            self.trash.clear()
+            while running:
+                try:
+                    c = self.cmds.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    running = self.handle(c)
+                except Exception as exc:
+                    emit(event="error", id=c.get("id"), error=f"{type(exc).__name__}: {exc}")
+        self.hangup_all()
+        for _ in range(20):
+            self.ep.libHandleEvents(10)
+        self.phones.clear()
+        self.trash.clear()
+        self.accounts.clear()
+        import gc
+
+        gc.collect()
+        self.ep.libDestroy()
+
+    def hangup_all(self) -> None:
+        # A helper, so no loop variable outlives it: a pj.Call deleted after libDestroy aborts.
+        for phone in list(self.phones.values()):
+            phone.stop_media()
+            try:
+                phone.hangup(pj.CallOpParam(True))
+            except Exception:
+                pass
+
+    def read_stdin(self) -> None:
+        for line in sys.stdin:
+            if line.strip():
+                self.cmds.put(json.loads(line))
+        self.cmds.put({"op": "quit"})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rtp-port-start", type=int, default=30000)
+    p.add_argument("--pcmu-only", action="store_true")
+    Bank(p.parse_args()).run()
+
+
+if __name__ == "__main__":
+    main()
