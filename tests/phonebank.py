@@ -117,10 +117,10 @@ class Bank:
         self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP, tc)
         self.port = int(self.ep.transportGetInfo(tid).localName.rsplit(":", 1)[1])
         self.ep.libStart()
-        for info in self.ep.codecEnum2():
-            prio = {"PCMU/8000/1": 255}.get(info.codecId, 0) if self.args.pcmu_only else None
-            if prio is not None:
-                self.ep.codecSetPriority(info.codecId, prio)
+        if self.args.codec:  # offer only this codec
+            for info in self.ep.codecEnum2():
+                wanted = info.codecId.split("/")[0].lower() == self.args.codec.lower()
+                self.ep.codecSetPriority(info.codecId, 255 if wanted else 0)
 
     def account(self, user: str) -> pj.Account:
         acc = self.accounts.get(user)
@@ -220,7 +220,7 @@ class Bank:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rtp-port-start", type=int, default=30000)
-    p.add_argument("--pcmu-only", action="store_true")
+    p.add_argument("--codec", help="offer only this codec (PCMU, PCMA, G722, opus)")
     Bank(p.parse_args()).run()
 
 

@@ -1,0 +1,26 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both set up what they need.
+PY := .venv/bin/python
+
+.PHONY: run test setup lint unit bench bench-quick clean
+
+setup:
+	@scripts/setup.sh
+
+run: setup
+	$(PY) -m gateway serve --config configs/demo.yaml
+
+test: setup lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy gateway sip media
+
+unit: setup
+	$(PY) -m pytest -q -m "not sip"
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf .venv var

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import AppServer, GatewayProc, Phonebank, app_config, start_gateway
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[AppServer]:
+    server = AppServer()
+    runner = await server.start()
+    yield server
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def gateway_factory(
+    tmp_path: Path,
+) -> AsyncIterator[Callable[..., Awaitable[GatewayProc]]]:
+    started: list[GatewayProc] = []
+
+    async def make(applications: list[dict[str, Any]], **sections: Any) -> GatewayProc:
+        gw = await start_gateway(tmp_path, applications, **sections)
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        code = gw.stop()
+        log = gw.log()
+        assert "Traceback" not in log, log[-4000:]
+        assert code == 0, f"gateway exit code {code}\n{log[-3000:]}"
+
+
+@pytest.fixture
+async def gateway(app: AppServer, gateway_factory: Callable[..., Awaitable[GatewayProc]]
+                  ) -> GatewayProc:
+    return await gateway_factory([app_config(app)])
+
+
+@pytest.fixture
+async def phones(tmp_path: Path) -> AsyncIterator[Phonebank]:
+    bank = await Phonebank.start(tmp_path)
+    yield bank
+    await bank.close()

@@ -1,0 +1,306 @@
+"""Real parts for integration tests: a gateway process, an application server, softphones.
+
+Everything talks over loopback: the gateway is `python -m gateway serve` in a
+subprocess with a generated YAML config; the application is an aiohttp server
+in the test process; callers are `tests/phonebank.py` (pjsua2) or SIPp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+from gateway import signing
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+SECRET = "test-secret-123456"
+
+# RTP port blocks handed out to gateways and phonebanks, below Linux's ephemeral range.
+_rtp_blocks = itertools.cycle(range(20000 + 200 * random.randrange(0, 30), 32000, 200))
+
+
+def rtp_block() -> int:
+    return next(_rtp_blocks)
+
+
+def free_port() -> int:
+    """A port free on both UDP and TCP (SIP listens on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = int(u.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+# --------------------------------------------------------------------------- app ---
+Handler = Callable[[dict[str, Any]], Awaitable[Any] | Any]
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class AppServer:
+    """The application under test. `answer` decides what /answer returns:
+    a dict (sent as JSON), a (status, body-bytes) tuple, or an awaitable of either."""
+
+    answer: Handler = lambda payload: {"actions": [{"conference": {"room": "r1"}}]}
+    events_status: int = 204
+    requests: list[Received] = field(default_factory=list)
+    port: int = 0
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def webhooks(self, call_id: str | None = None) -> list[dict[str, Any]]:
+        return [r.json for r in self.requests if r.path == "/events"
+                and (call_id is None or r.json["call"]["id"] == call_id)]
+
+    def answers(self) -> list[Received]:
+        return [r for r in self.requests if r.path == "/answer"]
+
+    async def wait_for(self, pred: Callable[[], Any], timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = pred()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise TimeoutError("condition not met; requests: "
+                                   + ", ".join(r.path for r in self.requests))
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 0.2)
+
+    async def completed(self, call_id: str | None = None, count: int = 1,
+                        timeout: float = 10.0) -> list[dict[str, Any]]:
+        def done() -> list[dict[str, Any]]:
+            hooks = [w for w in self.webhooks(call_id) if w["event"] == "call.completed"]
+            return hooks if len(hooks) >= count else []
+        result: list[dict[str, Any]] = await self.wait_for(done, timeout)
+        return result
+
+    async def _record(self, request: web.Request) -> Received:
+        rec = Received(request.path, dict(request.headers), await request.read(), time.time())
+        self.requests.append(rec)
+        self._changed.set()
+        return rec
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        rec = await self._record(request)
+        result = self.answer(rec.json)
+        if asyncio.iscoroutine(result):
+            result = await result
+        if isinstance(result, tuple):
+            status, body = result
+            return web.Response(status=status, body=body, content_type="application/json")
+        return web.json_response(result)
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        return web.Response(status=self.events_status)
+
+    async def start(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_post("/answer", self._answer)
+        app.router.add_post("/fallback", self._answer)
+        app.router.add_post("/events", self._events)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = runner.addresses[0][1]
+        return runner
+
+
+def verify_signature(rec: Received) -> bool:
+    return signing.verify(SECRET, rec.body, rec.headers.get(signing.HEADER))
+
+
+# ------------------------------------------------------------------------ gateway ---
+@dataclass
+class GatewayProc:
+    proc: subprocess.Popen[bytes]
+    sip_port: int
+    http_port: int
+    log_path: Path
+    db_path: Path
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def uri(self, user: str = "1001") -> str:
+        return f"sip:{user}@127.0.0.1:{self.sip_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as s, s.get(self.http + path) as r:
+            return r.status, await r.json()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def app_config(app: AppServer, **overrides: Any) -> dict[str, Any]:
+    cfg = {"id": "app_test", "customer_id": "cust_test", "answer_url": app.url + "/answer",
+           "event_url": app.url + "/events", "secret": SECRET, "numbers": ["*"]}
+    cfg.update(overrides)
+    return cfg
+
+
+async def start_gateway(tmp: Path, applications: list[dict[str, Any]],
+                        **sections: dict[str, Any]) -> GatewayProc:
+    sip_port, http_port = free_port(), free_port()
+    db = tmp / "gateway.db"
+    cfg: dict[str, Any] = {
+        "sip": {"host": "127.0.0.1", "port": sip_port, "rtp_port_start": rtp_block(),
+                "log_level": 2},
+        "http": {"host": "127.0.0.1", "port": http_port},
+        "database": str(db),
+        "applications": applications,
+    }
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    path = tmp / f"gateway-{sip_port}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log_path = tmp / f"gateway-{sip_port}.log"
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "gateway", "serve", "--config", str(path), "--log-level", "DEBUG"],
+        cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    gw = GatewayProc(proc, sip_port, http_port, log_path, db)
+    deadline = time.monotonic() + 20
+    async with aiohttp.ClientSession() as s:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("gateway exited:\n" + gw.log()[-3000:])
+            with contextlib.suppress(aiohttp.ClientError):
+                async with s.get(gw.http + "/healthz") as r:
+                    if r.status == 200:
+                        return gw
+            if time.monotonic() > deadline:
+                gw.stop()
+                raise RuntimeError("gateway did not become healthy:\n" + gw.log()[-3000:])
+            await asyncio.sleep(0.1)
+
+
+# ---------------------------------------------------------------------- phonebank ---
+class Phonebank:
+    """Async driver of tests/phonebank.py."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, stderr_path: Path) -> None:
+        self.proc = proc
+        self.stderr_path = stderr_path
+        self.events: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, tmp: Path, *extra: str) -> Phonebank:
+        err = tmp / f"phonebank-{len(list(tmp.glob('phonebank-*')))}.err"
+        proc = await asyncio.create_subprocess_exec(
+            PYTHON, str(ROOT / "tests" / "phonebank.py"), "--rtp-port-start", str(rtp_block()),
+            *extra, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=err.open("wb"), cwd=ROOT)
+        bank = cls(proc, err)
+        await bank.wait("ready", None, timeout=15)
+        return bank
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            with contextlib.suppress(json.JSONDecodeError):
+                self.events.append(json.loads(line))
+                self._changed.set()
+
+    def send(self, **command: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
+
+    def call(self, cid: str, uri: str, **opts: Any) -> None:
+        self.send(op="call", id=cid, uri=uri, **opts)
+
+    def hangup(self, cid: str) -> None:
+        self.send(op="hangup", id=cid)
+
+    def find(self, event: str, cid: str | None, **match: Any) -> dict[str, Any] | None:
+        for e in self.events:
+            if e.get("event") == event and (cid is None or e.get("id") == cid) and all(
+                    e.get(k) == v for k, v in match.items()):
+                return e
+        return None
+
+    async def wait(self, event: str, cid: str | None, timeout: float = 10.0,
+                   **match: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.find(event, cid, **match)
+            if found:
+                return found
+            if time.monotonic() > deadline or self.proc.returncode is not None:
+                raise TimeoutError(f"no {event} for {cid} {match}; events: {self.events[-20:]}"
+                                   f"\nstderr: {self.stderr_path.read_text()[-2000:]}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 0.2)
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                self.send(op="quit")
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        self._reader.cancel()
+
+
+def env_without_proxy() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
