@@ -13,6 +13,11 @@ from typing import Any
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+def fields(**values: Any) -> dict[str, Any]:
+    """`extra=` for a log call, renaming keys that LogRecord reserves (message, name, ...)."""
+    return {(k + "_" if k in _STANDARD else k): v for k, v in values.items()}
+
+
 def _fmt(value: Any) -> str:
     s = str(value)
     if not s or any(c in s for c in ' "=\n'):

@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway.actions.base import Action
+from gateway import logs
 from gateway.config import Application
 from gateway.hooks import AnswerUrlError
 from gateway.interpreter import run_actions
@@ -104,10 +104,21 @@ class CallSession:
 
     def note(self, event: str, **fields: Any) -> None:
         self.timeline.append({"at": iso(time.time()), "event": event, **fields})
-        log.info(event, extra={"call_id": self.call_id, **fields})
+        log.info(event, extra=logs.fields(call_id=self.call_id, **fields))
 
     # -- the flow ----------------------------------------------------------------------
     async def run(self) -> None:
+        """The call's flow. Whatever goes wrong in it, the call is ended, never left hanging."""
+        try:
+            await self._flow()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("call flow failed", extra={"call_id": self.call_id})
+            self.error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+            await self._end(500, "internal_error", "Internal Server Error")
+
+    async def _flow(self) -> None:
         self._webhook("call.initiated", self.sip_data())
         urls = [self.app.answer_url] + ([self.app.fallback_url] if self.app.fallback_url else [])
         try:
@@ -121,18 +132,7 @@ class CallSession:
             await self._end(500, "answer_url_error", "Answer URL Error")
             return
         self.note("actions", actions=[a.name for a in actions])
-        await self._execute(actions)
-
-    async def _execute(self, actions: tuple[Action, ...]) -> None:
-        try:
-            await run_actions(actions, self)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("action failed", extra={"call_id": self.call_id})
-            self.error = {"code": "action_error", "message": f"{type(exc).__name__}: {exc}"}
-            await self._end(500, "action_error", "Internal Error")
-            return
+        await run_actions(actions, self)
         if self.ended_at is None and self.hangup_cause is None:
             await self._end(603, "actions_exhausted", "")
 
