@@ -11,8 +11,8 @@ import aiohttp
 from aiohttp import web
 
 from gateway import api, applications, demo
-from gateway.config import Config
 from gateway.conferences import Conferences
+from gateway.config import Config
 from gateway.hooks import HookClient
 from gateway.outbox import Outbox
 from gateway.session import CallSession

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from typing import Any
 
@@ -81,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from gateway.app import serve  # imports pjsua2: after config errors are reported
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(cfg, args.drain))
-    except KeyboardInterrupt:
-        pass
     return 0

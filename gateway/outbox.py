@@ -10,6 +10,7 @@ Pending events survive a crash: the worker picks them up on start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -55,10 +56,8 @@ class Outbox:
         while not self._stopping:
             self._wake.clear()
             delay = self._dispatch_due()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            except TimeoutError:
-                pass
 
     def _dispatch_due(self) -> float:
         """Start deliveries that are due; return seconds until the next one is."""

@@ -31,7 +31,7 @@ def rms_dbfs(x: Samples) -> float:
     if len(x) == 0:
         return FLOOR_DB
     rms = float(np.sqrt(np.mean(np.square(x))))
-    return 20 * np.log10(max(rms * np.sqrt(2), 1e-15))
+    return float(20 * np.log10(max(rms * np.sqrt(2), 1e-15)))
 
 
 def steady(x: Samples, rate: int, skip_s: float = 1.0, tail_s: float = 0.5) -> Samples:

@@ -12,13 +12,13 @@ Samples = npt.NDArray[np.float64]
 
 
 def sine(freq_hz: float, seconds: float, rate: int = 8000, level_dbfs: float = -12.0) -> Samples:
-    n = int(round(seconds * rate))
+    n = round(seconds * rate)
     amp = 10 ** (level_dbfs / 20)
     return amp * np.sin(2 * np.pi * freq_hz * np.arange(n) / rate)
 
 
 def silence(seconds: float, rate: int = 8000) -> Samples:
-    return np.zeros(int(round(seconds * rate)))
+    return np.zeros(round(seconds * rate))
 
 
 def to_pcm16(samples: Samples) -> bytes:

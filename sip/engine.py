@@ -15,6 +15,7 @@ second (for /healthz).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import logging
@@ -82,10 +83,8 @@ class SipEngine:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop closed while we shut down
             loop.call_soon_threadsafe(self._dispatch, event)
-        except RuntimeError:  # loop closed while we were shutting down
-            pass
 
     # -- called on the asyncio loop -------------------------------------------------
     def _dispatch(self, event: ev.Event) -> None:
@@ -267,10 +266,8 @@ class _SipThread:
             self.ep.libHandleEvents(20)
         self.calls.clear()
         self.graveyard.clear()
-        try:
+        with contextlib.suppress(Exception):
             self.account.shutdown()
-        except Exception:
-            pass
         del self.account
         gc.collect()
         self.ep.libDestroy()

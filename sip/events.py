@@ -52,4 +52,5 @@ class EngineFailed:
     error: str
 
 
-Event = IncomingCall | CallAnswered | MediaReady | CallEnded | CommandDone | EngineStarted | EngineFailed
+Event = (IncomingCall | CallAnswered | MediaReady | CallEnded | CommandDone | EngineStarted
+         | EngineFailed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -23,10 +24,8 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
     LEVELS = {0: logging.CRITICAL, 1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO}
 
     def write(self, entry: Any) -> None:
-        try:
+        with contextlib.suppress(Exception):  # never let a log line raise into C
             log.log(self.LEVELS.get(entry.level, logging.DEBUG), "%s", entry.msg.rstrip())
-        except Exception:  # never let a log line raise into C
-            pass
 
 
 def endpoint_config(cfg: SipConfig, writer: PjLogWriter) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-_URI_USER = re.compile(r"^(?:sips?|tel):(?:([^@;>?]*)@)?", re.IGNORECASE)
+_URI_USER = re.compile(r"^(?:sips?|tel):(?:([^@>?]*)@)?", re.IGNORECASE)
 
 
 def request_uri(message: str) -> str:

@@ -34,7 +34,9 @@ from typing import Any
 import pjsua2 as pj
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from media.tones import silence, sine, write_wav  # noqa: E402
+import contextlib
+
+from media.tones import silence, sine, write_wav
 
 
 def emit(**event: Any) -> None:
@@ -205,10 +207,8 @@ class Bank:
         # A helper, so no loop variable outlives it: a pj.Call deleted after libDestroy aborts.
         for phone in list(self.phones.values()):
             phone.stop_media()
-            try:
+            with contextlib.suppress(Exception):
                 phone.hangup(pj.CallOpParam(True))
-            except Exception:
-                pass
 
     def read_stdin(self) -> None:
         for line in sys.stdin:

@@ -132,7 +132,7 @@ async def test_fallback_url_takes_over(
     await phones.wait("media", "x")
     assert [r.path for r in app.answers()] == ["/answer", "/answer"]
     assert [r.path for r in app.requests if r.path == "/fallback"] == ["/fallback"]
-    status, rooms = await gw.get("/v1/conferences")
+    _status, rooms = await gw.get("/v1/conferences")
     assert [c["room"] for c in rooms["conferences"]] == ["fallback-room"]
     phones.hangup("x")
     (done,) = await app.completed()
@@ -172,7 +172,7 @@ async def test_caller_hangs_up_while_answer_url_is_slow(
     await asyncio.sleep(0.5)
     events = [w["event"] for w in app.webhooks()]
     assert events == ["call.initiated", "call.completed"], events
-    status, calls = await gateway.get("/v1/calls")
+    _, calls = await gateway.get("/v1/calls")
     assert calls["calls"] == []
-    status, rooms = await gateway.get("/v1/conferences")
+    _status, rooms = await gateway.get("/v1/conferences")
     assert rooms["conferences"] == []

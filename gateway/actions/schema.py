@@ -35,7 +35,8 @@ def parse_body(body: bytes) -> tuple[Action, ...]:
 def parse_document(doc: Any) -> tuple[Action, ...]:
     errors: list[Detail] = []
     if not isinstance(doc, dict):
-        raise ValidationError([Detail("", "must be a JSON object with an 'actions' array")], INVALID)
+        raise ValidationError(
+            [Detail("", "must be a JSON object with an 'actions' array")], INVALID)
     for key in doc:
         if key != "actions":
             errors.append(Detail(str(key), "unknown field"))

@@ -1,0 +1,149 @@
+"""Small pure pieces: signing, SIP text helpers, application matching, config, audio maths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway import applications, signing
+from gateway.config import Application, ConfigError, from_dict, load
+from gateway.logs import KeyValueFormatter, fields
+from gateway.outbox import backoff_s
+from media.analysis import delay_s, onset_s, rms_dbfs, tone_level_dbfs
+from media.tones import read_wav, silence, sine, write_wav
+from sip.sipmsg import request_uri, uri_user
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- signing ---------------------------------------------------------------------------
+def test_signature_roundtrip_and_expiry() -> None:
+    body = b'{"a":1}'
+    header = signing.sign("s3cret", body, now=1_700_000_000)
+    assert header.startswith("t=1700000000,v1=")
+    assert signing.verify("s3cret", body, header, now=1_700_000_100)
+    assert not signing.verify("s3cret", body, header, now=1_700_000_000 + 301)
+    assert not signing.verify("other", body, header, now=1_700_000_000)
+    assert not signing.verify("s3cret", body + b"x", header, now=1_700_000_000)
+    for bad in (None, "", "t=x,v1=00", "v1=00", "garbage"):
+        assert not signing.verify("s3cret", body, bad, now=1_700_000_000)
+
+
+def test_signature_is_documented_hmac() -> None:
+    import hashlib
+    import hmac
+    mac = hmac.new(b"k", b"42." + b"body", hashlib.sha256).hexdigest()
+    assert signing.signature("k", b"body", 42) == f"t=42,v1={mac}"
+
+
+# -- SIP text --------------------------------------------------------------------------
+@pytest.mark.parametrize("msg,uri", [
+    ("INVITE sip:1001@10.0.0.1 SIP/2.0\r\nVia: x\r\n", "sip:1001@10.0.0.1"),
+    ("INVITE tel:+15551234 SIP/2.0\r\n", "tel:+15551234"),
+    ("SIP/2.0 200 OK\r\n", ""),
+    ("", ""),
+])
+def test_request_uri(msg: str, uri: str) -> None:
+    assert request_uri(msg) == uri
+
+
+@pytest.mark.parametrize("uri,user", [
+    ("sip:1001@host", "1001"), ("<sip:+1555@h;transport=tcp>", "+1555"),
+    ('"Bob" <sip:bob@example.com>;tag=1', "bob"), ("sip:host.only", ""),
+    ("sips:alice;x=y@h", "alice"), ("tel:+15551234;phone-context=x", "+15551234"),
+    ("junk", ""),
+])
+def test_uri_user(uri: str, user: str) -> None:
+    assert uri_user(uri) == user
+
+
+# -- applications and config -----------------------------------------------------------
+def _app(id: str, numbers: tuple[str, ...]) -> Application:
+    return Application(id=id, customer_id="c", answer_url="http://x/a", numbers=numbers)
+
+
+def test_application_matching_prefers_exact_number() -> None:
+    apps = [_app("wild", ("*",)), _app("sales", ("2000", "2001"))]
+    assert applications.match(apps, "2001").id == "sales"  # type: ignore[union-attr]
+    assert applications.match(apps, "9").id == "wild"  # type: ignore[union-attr]
+    assert applications.match([_app("only", ("1",))], "2") is None
+
+
+def test_config_errors_are_all_listed_with_paths() -> None:
+    with pytest.raises(ConfigError) as err:
+        from_dict({"sip": {"port": 70000, "transports": ["udp", "sctp"], "bogus": 1},
+                   "applications": [{"id": "a", "customer_id": "c", "answer_url": "ftp://x"}]},
+                  "test.yaml")
+    text = str(err.value)
+    for expected in ("sip.port: must be <= 65535", "sip.transports[1]", "sip.bogus: unknown field",
+                     "applications[0].answer_url: must be an http"):
+        assert expected in text, text
+    with pytest.raises(ConfigError, match="at least one application"):
+        from_dict({"applications": []})
+    with pytest.raises(ConfigError, match="duplicate id"):
+        from_dict({"applications": [
+            {"id": "a", "customer_id": "c", "answer_url": "http://x"}] * 2})
+
+
+def test_shipped_configs_are_valid() -> None:
+    for path in (ROOT / "configs").glob("*.yaml"):
+        load(path)
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sip: {port: -1}\napplications: []\n")
+    run = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(bad)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and "sip.port: must be >= 0" in run.stderr
+    bad.write_text("sip: [unclosed\n")
+    run = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(bad)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and "not valid YAML" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "gateway", "serve"], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert run.returncode == 2 and "--answer-url" in run.stderr
+
+
+# -- logs, outbox maths ----------------------------------------------------------------
+def test_log_lines_are_key_value_and_reserved_keys_survive() -> None:
+    import logging
+    rec = logging.LogRecord("minivoice.call", logging.INFO, "f", 1, "call.answered", None, None)
+    for k, v in fields(call_id="call_x", message="hi there", room="r").items():
+        setattr(rec, k, v)
+    line = KeyValueFormatter().format(rec)
+    assert "INFO call.answered call_id=call_x" in line
+    assert 'message_="hi there"' in line and "room=r" in line and "\n" not in line
+
+
+def test_backoff_doubles_and_caps() -> None:
+    assert [backoff_s(n, 300) for n in range(1, 12)] == [
+        1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
+
+
+# -- audio maths -----------------------------------------------------------------------
+def test_tone_level_and_rms() -> None:
+    x = sine(1000, 1.0, 8000, level_dbfs=-20)
+    assert tone_level_dbfs(x, 8000, 1000) == pytest.approx(-20, abs=0.1)
+    assert tone_level_dbfs(x, 8000, 440) < -80
+    assert rms_dbfs(x) == pytest.approx(-20, abs=0.1)
+    assert tone_level_dbfs(silence(1.0), 8000, 1000) < -100
+
+
+def test_delay_and_onset() -> None:
+    burst = sine(1000, 0.1, 8000, -6)
+    received = silence(0.5)
+    received[1200:1200 + len(burst)] += burst  # 150 ms later
+    assert delay_s(burst, received, 8000) == pytest.approx(0.15, abs=0.001)
+    assert onset_s(received, 8000) == pytest.approx(0.15, abs=0.006)
+
+
+def test_wav_roundtrip(tmp_path: Path) -> None:
+    x = sine(440, 0.5, 16000, -6)
+    write_wav(tmp_path / "t.wav", x, 16000)
+    y, rate = read_wav(tmp_path / "t.wav")
+    assert rate == 16000 and len(y) == len(x)
+    assert float(abs(x - y).max()) < 1e-3
