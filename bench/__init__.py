@@ -1,0 +1,1 @@
+"""MiniVoice benchmark: SIPp load against a real gateway process, measured from /proc."""

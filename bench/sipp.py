@@ -1,0 +1,80 @@
+"""Driving SIPp: run a scenario against the gateway and read its statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+
+def alaw_tone(path: Path, freq_hz: int = 1000, seconds: float = 2.0, volume: float = 0.05) -> Path:
+    """An 8 kHz A-law WAV tone for SIPp's rtp_stream (made with sox)."""
+    subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-e", "a-law", str(path),
+                    "synth", str(seconds), "sine", str(freq_hz), "vol", str(volume)], check=True)
+    return path
+
+
+def scenario(workdir: Path, audio: Path, name: str = "uac_conference.xml") -> Path:
+    out = workdir / name
+    out.write_text((SCENARIOS / name).read_text().replace("@AUDIO@", str(audio)))
+    return out
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    successful: int
+    failed: int
+    retransmissions: int
+    stats_rows: list[dict[str, str]]
+    errors: str
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.successful > 0
+
+
+def sipp_binary() -> str:
+    path = shutil.which("sipp")
+    if not path:
+        raise RuntimeError("sipp not found: run `make setup` (Debian package sip-tester)")
+    return path
+
+
+async def run(workdir: Path, target: str, scenario_file: Path, *, service: str, calls: int,
+              rate: float, hold_ms: int, media_port: int, limit: int | None = None,
+              transport: str = "u1", timeout_s: float = 600, stat_period_s: int = 1,
+              extra: tuple[str, ...] = ()) -> SippResult:
+    """Run SIPp to completion: `calls` calls at `rate` per second, each held `hold_ms`."""
+    stats = workdir / f"sipp-{media_port}.csv"
+    errors = workdir / f"sipp-{media_port}-errors.log"
+    args = [sipp_binary(), "-sf", str(scenario_file), target, "-s", service,
+            "-m", str(calls), "-l", str(limit or calls), "-r", str(rate),
+            "-d", str(hold_ms), "-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp", str(media_port),
+            "-p", "0", "-t", transport, "-nostdin", "-trace_stat", "-stf", str(stats),
+            "-fd", str(stat_period_s), "-trace_err", "-error_file", str(errors),
+            "-max_recv_loops", "10000", "-max_sched_loops", "10000", *extra]
+    proc = await asyncio.create_subprocess_exec(
+        *args, cwd=workdir, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        err = b"timeout"
+    rows = list(csv.DictReader(stats.open(), delimiter=";")) if stats.exists() else []
+    last = rows[-1] if rows else {}
+    return SippResult(
+        returncode=proc.returncode or 0,
+        successful=int(last.get("SuccessfulCall(C)", 0)),
+        failed=int(last.get("FailedCall(C)", 0)),
+        retransmissions=int(last.get("Retransmissions(C)", 0)),
+        stats_rows=rows,
+        errors=(errors.read_text(errors="replace")[-3000:] if errors.exists() else "")
+        + err.decode(errors="replace")[-1000:],
+    )
