@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
+from gateway.edge_config import EdgeConfig
 from gateway.strict import ValidationError, between, checked, length, parse, pattern
 
 URL = pattern(r"https?://\S+", "an http:// or https:// URL")
@@ -75,6 +76,7 @@ class Config:
     database: str = "var/minivoice.db"
     # Serve the embedded demo application at /demo/* on the HTTP port.
     demo: bool = False
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
 
 
 class ConfigError(Exception):

@@ -72,7 +72,7 @@ async def test_torture_and_garbage_do_not_hurt(
             pass
     udp.close()
     for msg in messages[:20]:  # and over TCP, one connection per message
-        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.sip_port)
+        _, writer = await asyncio.open_connection("127.0.0.1", gateway.sip_port)
         writer.write(msg)
         await writer.drain()
         writer.close()
