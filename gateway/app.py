@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,13 +14,17 @@ from aiohttp import web
 from gateway import api, applications, demo
 from gateway.conferences import Conferences
 from gateway.config import Config
+from gateway.edge_config import edge_registrar
 from gateway.hooks import HookClient
+from gateway.media_cache import MediaCache
 from gateway.outbox import Outbox
-from gateway.session import CallSession
+from gateway.session import CallSession, OutboundSession
 from gateway.store import Store
+from media import tones
+from media.tones import write_wav
 from sip import commands as cmd
 from sip import events as ev
-from sip.engine import SipEngine
+from sip.engine import SipCommandError, SipEngine
 
 log = logging.getLogger("minivoice.gateway")
 
@@ -28,7 +33,7 @@ class Gateway:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.engine = SipEngine(cfg.sip, self.on_sip_event)
-        self.conferences = Conferences(self._send_quiet)
+        self.conferences = Conferences(self.send_quiet)
         self.sessions: dict[str, CallSession] = {}
         self.accepting = True
         self.store: Store
@@ -43,6 +48,12 @@ class Gateway:
         self.store = Store(self.cfg.database)
         self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
         self.hooks = HookClient(self._http, self.cfg.hooks)
+        cache_dir = Path(self.cfg.database).parent / "media-cache"
+        self.media = MediaCache(cache_dir, self._http, self.cfg.sip.clock_rate)
+        self.ringback = cache_dir / f"ringback-{self.cfg.sip.clock_rate}.wav"
+        if not self.ringback.exists():
+            write_wav(self.ringback, tones.ringback(self.cfg.sip.clock_rate),
+                      self.cfg.sip.clock_rate)
         self.outbox = Outbox(self.store, self._http, self.cfg.hooks)
         self._outbox_task = asyncio.create_task(self.outbox.run())
         app = web.Application(client_max_size=1024 * 1024)
@@ -86,7 +97,7 @@ class Gateway:
         await self._http.close()
         self.store.close()
 
-    def _send_quiet(self, command: cmd.Command) -> None:
+    def send_quiet(self, command: cmd.Command) -> None:
         fut = self.engine.send(command)
         fut.add_done_callback(_log_failure)
 
@@ -109,6 +120,12 @@ class Gateway:
             session.on_answered()
         elif isinstance(event, ev.MediaReady):
             session.on_media(event)
+        elif isinstance(event, ev.DtmfDigit):
+            session.on_dtmf(event)
+        elif isinstance(event, ev.PlayDone):
+            session.on_play_done(event)
+        elif isinstance(event, ev.CallProgress):
+            session.note("progress", sip_code=event.code)
         elif isinstance(event, ev.CallEnded):
             del self.sessions[session.call_id]
             session.on_ended(event)
@@ -116,16 +133,43 @@ class Gateway:
 
     def _incoming(self, event: ev.IncomingCall) -> None:
         if not self.accepting:
-            self._send_quiet(cmd.Hangup(event.call_id, 503, "Service Unavailable"))
+            self.send_quiet(cmd.Hangup(event.call_id, 503, "Service Unavailable"))
             return
         app = applications.match(self.cfg.applications, event.dialed)
         if app is None:
             log.info("no application", extra={"call_id": event.call_id, "dialed": event.dialed})
-            self._send_quiet(cmd.Hangup(event.call_id, 404, "Not Found"))
+            self.send_quiet(cmd.Hangup(event.call_id, 404, "Not Found"))
             return
         session = CallSession(self, event, app)
         self.sessions[event.call_id] = session
         session.task = asyncio.create_task(session.run(), name=event.call_id)
+
+
+    # -- outbound legs (transfer) --------------------------------------------------------
+    def dial_uri(self, to: str) -> str:
+        """The SIP URI to dial for a `transfer` target: a URI as is, a user via the edge."""
+        if to.startswith(("sip:", "sips:")):
+            return to
+        if not self.cfg.edge.enabled:
+            raise ValueError(f"'{to}' is a registered user: that needs the SIP edge (edge:)")
+        host, port = edge_registrar(self.cfg.edge)
+        return f"sip:{to}@{host}:{port}"
+
+    async def dial(self, parent: CallSession, uri: str, from_user: str) -> OutboundSession:
+        child = OutboundSession(self, parent, uri, from_user)
+        self.sessions[child.call_id] = child
+        child.note("dial", parent_call_id=parent.call_id, uri=uri)
+        child._webhook("call.initiated", child.sip_data())
+        try:
+            await self.engine.send(cmd.Dial(child.call_id, uri, from_user))
+        except SipCommandError as exc:
+            # No SIP dialog was created: finish the leg here, as the SIP thread would.
+            child.error = {"code": "dial_failed", "message": str(exc)}
+            child.outcome = "failed"
+            self.sessions.pop(child.call_id, None)
+            child.on_ended(ev.CallEnded(child.call_id, 500, str(exc), True, "dial_failed"))
+            self.store.call_save(child.call_id, child.record())
+        return child
 
 
 def _log_failure(fut: asyncio.Future[Any]) -> None:

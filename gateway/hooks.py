@@ -30,9 +30,10 @@ class AnswerUrlError(Exception):
     message: str
     details: tuple[Detail, ...] = ()
     retryable: bool = False
+    code: str = "answer_url_error"
 
     def as_error(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": "answer_url_error", "message": self.message}
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details:
             err["details"] = [d.as_dict() for d in self.details]
         return err
@@ -45,7 +46,7 @@ class HookClient:
 
     async def fetch_actions(
         self, urls: list[str], secret: str, payload: dict[str, Any], call_id: str,
-        kind: str = "answer_url",
+        kind: str = "answer_url", error_code: str = "answer_url_error",
     ) -> tuple[Action, ...]:
         """POST `payload` to urls[0] (retried once), then to each fallback in turn."""
         body = json.dumps(payload, separators=(",", ":")).encode()
@@ -55,6 +56,7 @@ class HookClient:
                 try:
                     return await self._once(url, secret, body, call_id, kind, attempt)
                 except AnswerUrlError as exc:
+                    exc.code = error_code
                     last = exc
                     log.warning(f"{kind}.failed", extra={
                         "call_id": call_id, "url": url, "attempt": attempt,

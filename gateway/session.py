@@ -2,42 +2,63 @@
 
 The session is the single source of the JSON the application sees about a call
 (answer_url request, lifecycle webhooks) and implements `CallContext` for the
-actions. It reacts to SIP events (answered, media ready, ended) and runs the
-action list in a task that is cancelled when the caller hangs up.
+actions. It reacts to SIP events (answered, media ready, DTMF, end of a prompt,
+ended) and runs the action list in a task that is cancelled when the caller hangs up.
+An outbound leg (from `transfer`) is a session too, with no action list of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import logs
+from gateway.actions.base import Action
+from gateway.actions.play import repeat
 from gateway.config import Application
 from gateway.hooks import AnswerUrlError
 from gateway.interpreter import run_actions
-from media.rooms import RoomKey
+from media.rooms import Link, RoomKey
 from sip import commands as cmd
 from sip import events as ev
+from sip.events import new_call_id
+from sip.sipmsg import uri_user
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
 log = logging.getLogger("minivoice.call")
 
+_play_ids = itertools.count(1)
+
 
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def dial_outcome(sip_code: int) -> str:
+    """What a failed outbound attempt means to an application."""
+    if sip_code in (486, 600, 603):
+        return "busy"
+    if sip_code in (408, 480, 487):
+        return "no-answer"
+    return "failed"
+
+
 class CallSession:
-    def __init__(self, gw: Gateway, incoming: ev.IncomingCall, app: Application) -> None:
+    direction = "inbound"
+
+    def __init__(self, gw: Gateway, leg: ev.IncomingCall, app: Application) -> None:
         self.gw = gw
-        self.incoming = incoming
+        self.incoming = leg
         self.app = app
-        self.call_id = incoming.call_id
+        self.call_id = leg.call_id
         self.customer_id = app.customer_id
         self.status = "ringing"
         self.created_at = time.time()
@@ -53,6 +74,9 @@ class CallSession:
         self.codec: str | None = None
         self._answer_sent = False
         self._media_ready = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.digits: asyncio.Queue[str] = asyncio.Queue()
+        self._plays: dict[int, asyncio.Future[None]] = {}
         self.task: asyncio.Task[None] | None = None
 
     # -- the JSON the application sees -----------------------------------------------
@@ -62,7 +86,7 @@ class CallSession:
             "customer_id": self.app.customer_id,
             "application_id": self.app.id,
             "status": self.status,
-            "direction": "inbound",
+            "direction": self.direction,
             "from": self.incoming.from_user,
             "to": self.incoming.dialed,
         }
@@ -113,6 +137,9 @@ class CallSession:
             await self._flow()
         except asyncio.CancelledError:
             raise
+        except AnswerUrlError as exc:  # from gather's action_url or redirect's url
+            self._failed(exc)
+            await self._end(500, exc.code, "Application Error")
         except Exception as exc:
             log.exception("call flow failed", extra={"call_id": self.call_id})
             self.error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
@@ -126,15 +153,17 @@ class CallSession:
                 urls, self.app.secret, self.envelope("call.answer", self.sip_data()),
                 self.call_id)
         except AnswerUrlError as exc:
-            self.error = exc.as_error()
-            self.note("answer_url.error", message=exc.message,
-                      details=[d.as_dict() for d in exc.details])
+            self._failed(exc)
             await self._end(500, "answer_url_error", "Answer URL Error")
             return
         self.note("actions", actions=[a.name for a in actions])
         await run_actions(actions, self)
         if self.ended_at is None and self.hangup_cause is None:
             await self._end(603, "actions_exhausted", "")
+
+    def _failed(self, exc: AnswerUrlError) -> None:
+        self.error = exc.as_error()
+        self.note(f"{exc.code}", message=exc.message, details=[d.as_dict() for d in exc.details])
 
     async def _end(self, code: int, cause: str, reason: str, by: str = "gateway") -> None:
         if self.ended_at is not None or self.hangup_cause is not None:
@@ -162,6 +191,76 @@ class CallSession:
         finally:
             self.room = None
 
+    async def prompt_file(self, url: str) -> Path:
+        return await self.gw.media.fetch(url)
+
+    async def prompt_speech(self, text: str, voice: str | None) -> Path:
+        return await self.gw.media.speak(text, voice)
+
+    async def play(self, path: Path) -> None:
+        play_id = next(_play_ids)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._plays[play_id] = done
+        try:
+            await self.gw.engine.send(cmd.Play(self.call_id, str(path), play_id))
+            await done
+        finally:
+            self._plays.pop(play_id, None)
+            # Interrupted (a digit, a hang-up): stop the player. Cancelling our task also
+            # cancels `done`, so "cancelled" means interrupted too.
+            if not done.done() or done.cancelled():
+                self.gw.send_quiet(cmd.StopPlay(self.call_id, play_id))
+
+    def clear_digits(self) -> None:
+        while not self.digits.empty():
+            self.digits.get_nowait()
+
+    async def next_digit(self, timeout: float | None) -> str | None:
+        try:
+            return await asyncio.wait_for(self.digits.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def fetch_actions(
+        self, url: str, event: str, data: dict[str, Any]
+    ) -> tuple[Action, ...]:
+        actions = await self.gw.hooks.fetch_actions(
+            [url], self.app.secret, self.envelope(event, data), self.call_id,
+            kind="action_url", error_code="action_url_error")
+        self.note("actions", source=event, actions=[a.name for a in actions])
+        return actions
+
+    async def transfer(self, to: str, caller_id: str | None, timeout: float) -> str:
+        try:
+            uri = self.gw.dial_uri(to)
+        except ValueError as exc:
+            self.note("transfer.failed", to=to, reason=str(exc))
+            return "failed"
+        child = await self.gw.dial(self, uri, caller_id or self.incoming.from_user)
+        ringback = asyncio.create_task(repeat(self, self.gw.ringback, 0))
+        try:
+            try:
+                await asyncio.wait_for(child.answered_or_ended(), timeout)
+            except TimeoutError:
+                child.outcome = "no-answer"
+                await child.cancel_leg()
+                await child.ended.wait()
+                return "no-answer"
+            finally:
+                ringback.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ringback
+            if child.ended.is_set():
+                return child.outcome or "failed"
+            self.gw.send_quiet(cmd.ApplyLinks(
+                connect=(Link(self.call_id, child.call_id), Link(child.call_id, self.call_id))))
+            self.note("transfer.bridged", child_call_id=child.call_id)
+            await child.ended.wait()
+            return "answered"
+        finally:
+            if not child.ended.is_set():  # we were cancelled: the caller hung up
+                await child.cancel_leg()
+
     # -- SIP events --------------------------------------------------------------------
     def on_answered(self) -> None:
         self.answered_at = time.time()
@@ -172,11 +271,36 @@ class CallSession:
         self.codec = event.codec
         self._media_ready.set()
 
+    def on_dtmf(self, event: ev.DtmfDigit) -> None:
+        self.note("dtmf", digit=event.digit, method=event.method)
+        self.digits.put_nowait(event.digit)
+
+    def on_play_done(self, event: ev.PlayDone) -> None:
+        done = self._plays.get(event.play_id)
+        if done is not None and not done.done():
+            done.set_result(None)
+
     def on_ended(self, event: ev.CallEnded) -> None:
         self.ended_at = time.time()
         self.sip_code = event.sip_code
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        self._classify_end(event)
+        data: dict[str, Any] = {
+            "duration_s": round(self.ended_at - self.answered_at, 3) if self.answered_at else 0,
+            "hangup_cause": self.hangup_cause,
+            "hangup_by": self.hangup_by,
+            "sip_code": self.sip_code,
+        }
+        if self.hangup_reason:
+            data["hangup_reason"] = self.hangup_reason
+        data.update(self.extra_completed_data())
+        if self.error:
+            data["error"] = self.error
+        self.ended.set()
+        self._webhook("call.completed", data)
+
+    def _classify_end(self, event: ev.CallEnded) -> None:
         if not event.by_gateway:
             self.hangup_by = "caller"
             self.hangup_cause = "normal_clearing" if self.answered_at else "originator_cancel"
@@ -192,14 +316,56 @@ class CallSession:
             self.status = "canceled"
         else:
             self.status = "completed" if self.hangup_cause == "hangup_action" else "failed"
-        data: dict[str, Any] = {
-            "duration_s": round(self.ended_at - self.answered_at, 3) if self.answered_at else 0,
-            "hangup_cause": self.hangup_cause,
-            "hangup_by": self.hangup_by,
-            "sip_code": self.sip_code,
-        }
-        if self.hangup_reason:
-            data["hangup_reason"] = self.hangup_reason
-        if self.error:
-            data["error"] = self.error
-        self._webhook("call.completed", data)
+
+    def extra_completed_data(self) -> dict[str, Any]:
+        return {}
+
+
+class OutboundSession(CallSession):
+    """The leg a `transfer` dials: webhooks of its own, linked to its parent."""
+
+    direction = "outbound"
+
+    def __init__(self, gw: Gateway, parent: CallSession, uri: str, from_user: str) -> None:
+        leg = ev.IncomingCall(call_id=new_call_id(), sip_call_id="", from_uri="", to_uri=uri,
+                              from_user=from_user, dialed=uri_user(uri) or uri, source="")
+        super().__init__(gw, leg, parent.app)
+        self.parent = parent
+        self.uri = uri
+        self.outcome: str | None = None
+
+    def sip_data(self) -> dict[str, Any]:
+        return {"to_uri": self.uri, "parent_call_id": self.parent.call_id}
+
+    async def answered_or_ended(self) -> None:
+        media = asyncio.create_task(self._media_ready.wait())
+        ended = asyncio.create_task(self.ended.wait())
+        try:
+            await asyncio.wait({media, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            media.cancel()
+            ended.cancel()
+
+    async def cancel_leg(self) -> None:
+        if not self.ended.is_set():
+            await self._end(487, "transfer_ended", "Request Terminated")
+
+    def _classify_end(self, event: ev.CallEnded) -> None:
+        if self.answered_at:
+            self.outcome = "answered"
+            self.status = "completed"
+            if event.by_gateway:
+                self.hangup_by = self.hangup_by or "gateway"
+                self.hangup_cause = self.hangup_cause or "parent_hangup"
+            else:
+                self.hangup_by, self.hangup_cause = "callee", "normal_clearing"
+            return
+        if self.outcome is None:
+            self.outcome = "canceled" if self.hangup_by else dial_outcome(event.sip_code)
+        self.status = {"busy": "busy", "no-answer": "no-answer",
+                       "canceled": "canceled"}.get(self.outcome, "failed")
+        self.hangup_by = self.hangup_by or "callee"
+        self.hangup_cause = self.hangup_cause or self.outcome
+
+    def extra_completed_data(self) -> dict[str, Any]:
+        return {"parent_call_id": self.parent.call_id, "outcome": self.outcome}

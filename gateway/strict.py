@@ -148,7 +148,11 @@ def build(cls: type[T], data: Any, path: str, errors: list[Detail]) -> T:
         kwargs[name] = value
     if len(errors) > start:
         return typing.cast(T, None)
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    # Rules that involve several fields: a `cross_check` method returns (field, reason) pairs.
+    for name, reason in getattr(obj, "cross_check", lambda: ())():
+        errors.append(Detail(sub(name) if name else path, reason))
+    return obj
 
 
 def parse(cls: type[T], data: Any, path: str = "") -> T:

@@ -21,6 +21,14 @@ def silence(seconds: float, rate: int = 8000) -> Samples:
     return np.zeros(round(seconds * rate))
 
 
+def ringback(rate: int = 8000, level_dbfs: float = -16.0) -> Samples:
+    """One cycle of North American ringback: 440 + 480 Hz, 2 s on, 4 s off."""
+    t = np.arange(int(2.0 * rate)) / rate
+    amp = 10 ** (level_dbfs / 20) / 2
+    on = amp * (np.sin(2 * np.pi * 440 * t) + np.sin(2 * np.pi * 480 * t))
+    return np.concatenate([on, silence(4.0, rate)])
+
+
 def to_pcm16(samples: Samples) -> bytes:
     return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 

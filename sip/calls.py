@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import TYPE_CHECKING, Any
 
 import pjsua2 as pj
 
 from sip import events as ev
+from sip.events import new_call_id
 from sip.sipmsg import request_uri, uri_user
 
 if TYPE_CHECKING:
     from sip.engine import _SipThread
 
 log = logging.getLogger("minivoice.sip")
-
-
-def new_call_id() -> str:
-    return "call_" + secrets.token_urlsafe(16)
 
 
 class GatewayAccount(pj.Account):  # type: ignore[misc]
@@ -50,11 +46,14 @@ class GatewayAccount(pj.Account):  # type: ignore[misc]
 
 
 class GatewayCall(pj.Call):  # type: ignore[misc]
-    def __init__(self, engine: _SipThread, acc: GatewayAccount, pj_call_id: int) -> None:
+    def __init__(self, engine: _SipThread, acc: pj.Account, pj_call_id: int = -1,
+                 call_id: str | None = None) -> None:
         super().__init__(acc, pj_call_id)
         self.engine = engine
-        self.call_id = new_call_id()
+        self.call_id = call_id or new_call_id()
+        self.outbound = call_id is not None
         self.audio: Any = None  # pj.AudioMedia once media is active
+        self.audio_index = 0
         self.by_gateway = False
         self.cause = "normal"
         self.media_reported = False
@@ -79,6 +78,8 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
     def onCallState(self, prm: Any) -> None:
         try:
             info = self.getInfo()
+            if self.outbound and info.state == pj.PJSIP_INV_STATE_EARLY:
+                self.engine.post(ev.CallProgress(self.call_id, int(info.lastStatusCode)))
             if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
                 self.engine.post(ev.CallAnswered(self.call_id))
             elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
@@ -98,6 +99,7 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
                 if (mi.type == pj.PJMEDIA_TYPE_AUDIO
                         and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE):
                     self.audio = self.getAudioMedia(i)
+                    self.audio_index = i
                     if not self.media_reported:
                         self.media_reported = True
                         codec = self.getStreamInfo(i).codecName
@@ -106,14 +108,36 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
         except Exception:
             log.exception("media state handling failed", extra={"call_id": self.call_id})
 
+    def onDtmfDigit(self, prm: Any) -> None:
+        # May run on a media thread: only post an event, touch no pj object.
+        try:
+            method = "info" if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc4733"
+            self.engine.post(ev.DtmfDigit(self.call_id, prm.digit, method))
+        except Exception:
+            log.exception("dtmf handling failed", extra={"call_id": self.call_id})
+
     def check_media(self, now: float, timeout: float) -> None:
         """Hang up a call whose RTP has stopped for `timeout` seconds."""
         if self.audio is None:
             return
-        pkts = self.getStreamStat(0).rtcp.rxStat.pkt
+        pkts = self.getStreamStat(self.audio_index).rtcp.rxStat.pkt
         if pkts != self.last_rx_pkts:
             self.last_rx_pkts, self.last_rx_change = pkts, now
         elif now - self.last_rx_change >= timeout:
             log.info("media timeout", extra={"call_id": self.call_id, "seconds": timeout})
             self.cause = "media_timeout"
             self.hangup_call(200, "media timeout")
+
+
+class PromptPlayer(pj.AudioMediaPlayer):  # type: ignore[misc]
+    """Plays one file once to one call. End of file is reported through the engine."""
+
+    def __init__(self, engine: _SipThread, call_id: str, play_id: int) -> None:
+        super().__init__()
+        self.engine = engine
+        self.key = (call_id, play_id)
+
+    def onEof2(self) -> None:
+        # Called on the media clock thread: hand the key to the SIP thread, nothing more
+        # (a player must not be destroyed inside its own callback).
+        self.engine.finished_players.put(self.key)

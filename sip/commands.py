@@ -31,8 +31,32 @@ class ApplyLinks:
 
 
 @dataclass(frozen=True)
+class Play:
+    """Play a WAV file (16-bit PCM) to the caller once; `PlayDone` follows at its end."""
+
+    call_id: str
+    path: str
+    play_id: int
+
+
+@dataclass(frozen=True)
+class StopPlay:
+    call_id: str
+    play_id: int
+
+
+@dataclass(frozen=True)
+class Dial:
+    """Place an outbound call to `uri` whose MiniVoice call ID is `call_id`."""
+
+    call_id: str
+    uri: str
+    from_user: str = ""
+
+
+@dataclass(frozen=True)
 class Shutdown:
     pass
 
 
-Command = Answer | Hangup | ApplyLinks | Shutdown
+Command = Answer | Hangup | ApplyLinks | Play | StopPlay | Dial | Shutdown

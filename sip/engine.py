@@ -33,6 +33,7 @@ log = logging.getLogger("minivoice.sip")
 
 POLL_MS = 5  # libHandleEvents timeout: also the worst-case latency of a queued command
 MEDIA_CHECK_EVERY_S = 5.0
+MAX_DIAL_ACCOUNTS = 4  # pjsua's PJSUA_MAX_ACC is 8, one is the gateway's own
 
 
 class SipEngine:
@@ -125,6 +126,9 @@ class _SipThread:
         self.post = post
         self.handle = handle
         self.calls: dict[str, Any] = {}  # MiniVoice call ID -> calls.GatewayCall
+        self.players: dict[tuple[str, int], Any] = {}  # (call ID, play ID) -> PromptPlayer
+        self.finished_players: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
+        self.dial_accounts: dict[str, Any] = {}  # caller ID -> pj.Account for outbound calls
         self.graveyard: list[Any] = []  # calls to delete outside their own callbacks
         self.running = True
 
@@ -144,11 +148,13 @@ class _SipThread:
             except Exception:
                 log.exception("libHandleEvents raised")
             self._drain_commands()
+            self._reap_players()
             if self.graveyard:
                 self.graveyard.clear()
             now = time.monotonic()
             if now >= next_media_check:
-                next_media_check = now + MEDIA_CHECK_EVERY_S
+                next_media_check = now + max(0.5, min(MEDIA_CHECK_EVERY_S,
+                                                      self.cfg.media_timeout_s / 2))
                 self._check_media(now)
         self._shutdown()
 
@@ -214,6 +220,12 @@ class _SipThread:
                 call.hangup_call(c.code, c.reason)
         elif isinstance(c, cmd.ApplyLinks):
             self._apply_links(c)
+        elif isinstance(c, cmd.Play):
+            self._play(c)
+        elif isinstance(c, cmd.StopPlay):
+            self._stop_player((c.call_id, c.play_id))
+        elif isinstance(c, cmd.Dial):
+            self._dial(c)
         elif isinstance(c, cmd.Shutdown):
             self.running = False
         else:
@@ -237,6 +249,73 @@ class _SipThread:
                 continue
             src.audio.startTransmit(dst.audio)
 
+    def _play(self, c: cmd.Play) -> None:
+        import pjsua2 as pj
+
+        from sip.calls import PromptPlayer
+
+        call = self._call(c.call_id)
+        if call.audio is None:
+            raise RuntimeError("call has no active audio")
+        player = PromptPlayer(self, c.call_id, c.play_id)
+        player.createPlayer(c.path, pj.PJMEDIA_FILE_NO_LOOP)
+        player.startTransmit(call.audio)
+        self.players[(c.call_id, c.play_id)] = player
+        log.debug("play", extra={"call_id": c.call_id, "play_id": c.play_id, "path": c.path})
+
+    def _stop_player(self, key: tuple[str, int]) -> None:
+        player = self.players.pop(key, None)
+        log.debug("stop player", extra={"call_id": key[0], "play_id": key[1],
+                                        "found": player is not None})
+        if player is not None:
+            call = self.calls.get(key[0])
+            if call is not None and call.audio is not None:
+                player.stopTransmit(call.audio)
+            self.graveyard.append(player)
+
+    def _reap_players(self) -> None:
+        while True:
+            try:
+                key = self.finished_players.get_nowait()
+            except queue.Empty:
+                return
+            if key in self.players:
+                self._stop_player(key)
+                self.post(ev.PlayDone(*key))
+
+    def _dial(self, c: cmd.Dial) -> None:
+        import pjsua2 as pj
+
+        from sip.calls import GatewayCall
+
+        call = GatewayCall(self, self._dial_account(c.from_user), call_id=c.call_id)
+        self.calls[c.call_id] = call
+        try:
+            call.makeCall(c.uri, pj.CallOpParam(True))
+        except Exception:
+            del self.calls[c.call_id]
+            raise
+
+    def _dial_account(self, from_user: str) -> Any:
+        """pjsua2 takes an outbound call's From from its account: one account per caller ID
+        in use (a few at most, recycled), all sharing the gateway's transports."""
+        import pjsua2 as pj
+
+        from sip import pjconfig
+
+        if not from_user:
+            return self.account
+        acc = self.dial_accounts.get(from_user)
+        if acc is None:
+            if len(self.dial_accounts) >= MAX_DIAL_ACCOUNTS:
+                _, old = self.dial_accounts.popitem()
+                self.graveyard.append(old)
+            cfg = pjconfig.account_config(self.cfg, self.port, user=from_user)
+            acc = pj.Account()
+            acc.create(cfg, False)
+            self.dial_accounts[from_user] = acc
+        return acc
+
     def _check_media(self, now: float) -> None:
         if self.cfg.media_timeout_s <= 0:
             return
@@ -249,6 +328,8 @@ class _SipThread:
     # -- from calls.py ----------------------------------------------------------------
     def call_gone(self, call: Any) -> None:
         self.calls.pop(call.call_id, None)
+        for key in [k for k in self.players if k[0] == call.call_id]:
+            self._stop_player(key)
         self.graveyard.append(call)
 
     def _hangup_all(self) -> None:
@@ -265,6 +346,8 @@ class _SipThread:
         while self.calls and time.monotonic() < deadline:
             self.ep.libHandleEvents(20)
         self.calls.clear()
+        self.players.clear()
+        self.dial_accounts.clear()
         self.graveyard.clear()
         with contextlib.suppress(Exception):
             self.account.shutdown()

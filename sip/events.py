@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
+
+
+def new_call_id() -> str:
+    """A MiniVoice call ID: `call_` + 22 random URL-safe characters."""
+    return "call_" + secrets.token_urlsafe(16)
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,27 @@ class CallEnded:
 
 
 @dataclass(frozen=True)
+class CallProgress:
+    """A provisional or final response on an outbound leg (180, 183, 486, ...)."""
+
+    call_id: str
+    code: int
+
+
+@dataclass(frozen=True)
+class DtmfDigit:
+    call_id: str
+    digit: str
+    method: str  # "rfc4733" | "info"
+
+
+@dataclass(frozen=True)
+class PlayDone:
+    call_id: str
+    play_id: int
+
+
+@dataclass(frozen=True)
 class CommandDone:
     req_id: int
     error: str | None = None
@@ -52,5 +79,5 @@ class EngineFailed:
     error: str
 
 
-Event = (IncomingCall | CallAnswered | MediaReady | CallEnded | CommandDone | EngineStarted
-         | EngineFailed)
+Event = (IncomingCall | CallAnswered | MediaReady | CallEnded | CallProgress | DtmfDigit
+         | PlayDone | CommandDone | EngineStarted | EngineFailed)

@@ -66,9 +66,9 @@ def transport_config(cfg: SipConfig, port: int) -> Any:
     return tc
 
 
-def account_config(cfg: SipConfig, port: int) -> Any:
+def account_config(cfg: SipConfig, port: int, user: str = "minivoice") -> Any:
     ac = pj.AccountConfig()
-    ac.idUri = f"sip:minivoice@{cfg.public_host or cfg.host}:{port}"
+    ac.idUri = f"sip:{user}@{cfg.public_host or cfg.host}:{port}"
     mt = ac.mediaConfig.transportConfig
     mt.port = cfg.rtp_port_start
     mt.portRange = cfg.rtp_port_range

@@ -78,6 +78,10 @@ class AppServer:
     a dict (sent as JSON), a (status, body-bytes) tuple, or an awaitable of either."""
 
     answer: Handler = lambda payload: {"actions": [{"conference": {"room": "r1"}}]}
+    # POST /hook/<name> (gather action_url, redirect url) -> hooks[name](payload)
+    hooks: dict[str, Handler] = field(default_factory=dict)
+    # GET /media/<name> -> (body, content headers); honours If-None-Match with the ETag
+    media: dict[str, tuple[bytes, dict[str, str]]] = field(default_factory=dict)
     events_status: int = 204
     requests: list[Received] = field(default_factory=list)
     port: int = 0
@@ -90,6 +94,9 @@ class AppServer:
     def webhooks(self, call_id: str | None = None) -> list[dict[str, Any]]:
         return [r.json for r in self.requests if r.path == "/events"
                 and (call_id is None or r.json["call"]["id"] == call_id)]
+
+    def posts(self, path: str) -> list[Received]:
+        return [r for r in self.requests if r.path == path]
 
     def answers(self) -> list[Received]:
         return [r for r in self.requests if r.path == "/answer"]
@@ -123,13 +130,24 @@ class AppServer:
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         rec = await self._record(request)
-        result = self.answer(rec.json)
+        handler = self.answer
+        if request.path.startswith("/hook/"):
+            handler = self.hooks[request.match_info["name"]]
+        result = handler(rec.json)
         if asyncio.iscoroutine(result):
             result = await result
         if isinstance(result, tuple):
             status, body = result
             return web.Response(status=status, body=body, content_type="application/json")
         return web.json_response(result)
+
+    async def _media(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        body, headers = self.media[request.match_info["name"]]
+        etag = headers.get("ETag")
+        if etag and request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=body, headers=headers)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
@@ -140,6 +158,8 @@ class AppServer:
         app.router.add_post("/answer", self._answer)
         app.router.add_post("/fallback", self._answer)
         app.router.add_post("/events", self._events)
+        app.router.add_post("/hook/{name}", self._answer)
+        app.router.add_get("/media/{name}", self._media)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

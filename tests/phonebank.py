@@ -7,12 +7,16 @@ stdin, one JSON object per line:
      "tone_hz": 440, "record": "/tmp/a.wav", "transport": "udp"}
     {"op": "hangup", "id": "a"}
     {"op": "dtmf", "id": "a", "digits": "1#", "method": "rfc4733" | "info"}
+    {"op": "listen", "mode": "answer" | "busy" | "ring", "tone_hz": 700, "record": "/tmp/in"}
+        incoming calls from now on are answered (playing the tone, recorded to
+        <record>-<id>.wav), rejected 486, or left ringing; they get IDs in1, in2, ...
     {"op": "quit"}
 stdout, one JSON object per line:
     {"event": "ready", "port": 40001}
     {"event": "state", "id": "a", "state": "CONFIRMED", "code": 200}
     {"event": "media", "id": "a", "codec": "PCMU"}
     {"event": "ended", "id": "a", "code": 200, "reason": "Normal call clearing"}
+    {"event": "incoming", "id": "in1", "from": "<sip:+1555@127.0.0.1>"}
     {"event": "error", "id": "a", "error": "..."}
 
 Each call plays its own looped WAV tone into the call and records what it hears
@@ -44,10 +48,37 @@ def emit(**event: Any) -> None:
     sys.stdout.flush()
 
 
+class Listener(pj.Account):  # type: ignore[misc]
+    """The default account: incoming calls land here."""
+
+    def __init__(self, bank: Bank) -> None:
+        super().__init__()
+        self.bank = bank
+        self.count = 0
+
+    def onIncomingCall(self, prm: Any) -> None:
+        self.count += 1
+        cid = f"in{self.count}"
+        mode = self.bank.listen
+        tone = self.bank.tone_file(int(mode["tone_hz"])) if mode.get("tone_hz") else None
+        record = f"{mode['record']}-{cid}.wav" if mode.get("record") else None
+        phone = Phone(self.bank, self, cid, tone, record, prm.callId)
+        self.bank.phones[cid] = phone
+        emit(event="incoming", id=cid, **{"from": phone.getInfo().remoteUri})
+        op = pj.CallOpParam(True)
+        if mode.get("mode", "answer") == "answer":
+            op.statusCode = 200
+        elif mode["mode"] == "busy":
+            op.statusCode = 486
+        else:
+            op.statusCode = 180
+        phone.answer(op)
+
+
 class Phone(pj.Call):  # type: ignore[misc]
     def __init__(self, bank: Bank, acc: pj.Account, cid: str, tone: str | None,
-                 record: str | None) -> None:
-        super().__init__(acc)
+                 record: str | None, pj_call_id: int = -1) -> None:
+        super().__init__(acc, pj_call_id)
         self.bank, self.cid, self.tone, self.record = bank, cid, tone, record
         self.player: Any = None
         self.recorder: Any = None
@@ -96,6 +127,7 @@ class Bank:
         self.tones: dict[int, str] = {}
         self.cmds: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self.tmp = tempfile.mkdtemp(prefix="phonebank-")
+        self.listen: dict[str, Any] = {"mode": "busy"}
 
     def start(self) -> None:
         self.ep = pj.Endpoint()
@@ -119,6 +151,12 @@ class Bank:
         self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP, tc)
         self.port = int(self.ep.transportGetInfo(tid).localName.rsplit(":", 1)[1])
         self.ep.libStart()
+        lc = pj.AccountConfig()
+        lc.idUri = f"sip:phonebank@127.0.0.1:{self.port}"
+        lc.mediaConfig.transportConfig.port = self.args.rtp_port_start
+        lc.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+        self.listener = Listener(self)
+        self.listener.create(lc, True)
         if self.args.codec:  # offer only this codec
             for info in self.ep.codecEnum2():
                 wanted = info.codecId.split("/")[0].lower() == self.args.codec.lower()
@@ -162,6 +200,8 @@ class Bank:
             if c.get("transport") == "tcp":
                 uri += ";transport=tcp"
             phone.makeCall(uri, pj.CallOpParam(True))
+        elif op == "listen":
+            self.listen = c
         elif op == "hangup":
             phone = self.phones.get(c["id"])
             if phone is not None:
@@ -198,6 +238,7 @@ class Bank:
         self.phones.clear()
         self.trash.clear()
         self.accounts.clear()
+        del self.listener
         import gc
 
         gc.collect()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 
@@ -23,6 +24,34 @@ class CallContext(Protocol):
 
     def note(self, event: str, **fields: Any) -> None:
         """Add an entry to the call's timeline (and log it)."""
+        ...
+
+    async def prompt_file(self, url: str) -> Path:
+        """A prompt fetched over HTTP(S), ready to play (cached)."""
+        ...
+
+    async def prompt_speech(self, text: str, voice: str | None) -> Path:
+        """Text spoken by the local TTS engine, ready to play (cached)."""
+        ...
+
+    async def play(self, path: Path) -> None:
+        """Play a prepared file to the caller once; return when it has ended."""
+        ...
+
+    def clear_digits(self) -> None: ...
+
+    async def next_digit(self, timeout: float | None) -> str | None:
+        """The next DTMF digit the caller presses, or None after `timeout` seconds."""
+        ...
+
+    async def fetch_actions(
+        self, url: str, event: str, data: dict[str, Any]
+    ) -> tuple[Action, ...]:
+        """POST the call's envelope (signed) to `url`; the validated actions it returns."""
+        ...
+
+    async def transfer(self, to: str, caller_id: str | None, timeout: float) -> str:
+        """Dial `to` and bridge; return the outcome: answered | busy | no-answer | failed."""
         ...
 
 
