@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import shutil
 import subprocess
@@ -78,3 +79,86 @@ async def run(workdir: Path, target: str, scenario_file: Path, *, service: str, 
         errors=(errors.read_text(errors="replace")[-3000:] if errors.exists() else "")
         + err.decode(errors="replace")[-1000:],
     )
+
+
+# -- long-running instances for the benchmark's ramp ------------------------------------
+def rooms_scenario(workdir: Path, audio: Path) -> Path:
+    """The conference caller, but each call dials the number on its line of an -inf file.
+
+    Derived from uac_conference.xml so there is one caller to maintain: only the dialed
+    user changes, from `-s <service>` (one number per SIPp process) to `[field0]`.
+    """
+    text = (SCENARIOS / "uac_conference.xml").read_text().replace("@AUDIO@", str(audio))
+    out = workdir / "uac_rooms.xml"
+    out.write_text(text.replace("[service]", "[field0]"))
+    return out
+
+
+def dial_plan(path: Path, numbers: list[str]) -> Path:
+    """An -inf file: call i dials numbers[i] (SEQUENTIAL: in order, one line per call)."""
+    path.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in numbers))
+    return path
+
+
+@dataclass
+class Instance:
+    """One SIPp process placing and holding calls in the background."""
+
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    calls: int
+
+    def stats(self) -> dict[str, str]:
+        """The last row of SIPp's -trace_stat CSV (written every second)."""
+        path = self.workdir / "stats.csv"
+        if not path.exists():
+            return {}
+        rows = list(csv.DictReader(path.open(), delimiter=";"))
+        return rows[-1] if rows else {}
+
+    def counter(self, name: str) -> int:
+        value = self.stats().get(name, "0")
+        return int(value) if value.isdigit() else 0
+
+    def setup_ms(self) -> list[float]:
+        """INVITE -> 200 OK of every answered call (SIPp's rtd, whole milliseconds)."""
+        out: list[float] = []
+        for path in self.workdir.glob("*_rtt.csv"):
+            for row in csv.DictReader(path.open(), delimiter=";"):
+                with contextlib.suppress(KeyError, ValueError):
+                    out.append(float(row["response_time_ms"]))
+        return out
+
+    def errors(self) -> str:
+        paths = list(self.workdir.glob("*errors.log"))
+        return paths[0].read_text(errors="replace")[-2000:] if paths else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start(workdir: Path, target: str, scenario_file: Path, inf: Path, *, calls: int,
+          rate: float, hold_ms: int, sip_port: int, media_port: int,
+          control_port: int) -> Instance:
+    """Start SIPp placing `calls` calls at `rate`/s, each held `hold_ms`, dialing from `inf`.
+
+    Ports are explicit: with -p 0 SIPp takes 5060 and 8888, which `make run` and other
+    SIPp processes on this machine may hold.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = [sipp_binary(), "-sf", str(scenario_file), target, "-inf", str(inf),
+            "-m", str(calls), "-l", str(calls), "-r", str(rate), "-d", str(hold_ms),
+            "-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp", str(media_port),
+            "-p", str(sip_port), "-cp", str(control_port), "-t", "u1", "-nostdin",
+            "-trace_stat", "-stf", str(workdir / "stats.csv"), "-fd", "1",
+            "-trace_rtt", "-rtt_freq", "1", "-trace_err",
+            "-max_recv_loops", "10000", "-max_sched_loops", "10000"]
+    proc = subprocess.Popen(args, cwd=workdir, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=(workdir / "stderr.log").open("wb"))
+    return Instance(proc, workdir, calls)

@@ -1,0 +1,218 @@
+"""`python -m bench [--quick]`: load the gateway, measure it, publish the numbers.
+
+    .venv/bin/python -m bench --quick     # ~2 minutes: 200 legs, delay, a room of 50
+    .venv/bin/python -m bench             # full: ramp to 1400 legs, rooms of 250 and 500
+
+Phases, each on a fresh gateway process (so one phase's leftovers never bias another):
+1. ramp: rooms of SIPp callers sending G.711 RTP, step by step (bench/load.py):
+   capacity, set-up latency at the stated call rate, CPU per leg-second, RSS per leg;
+2. mixer delay: tone bursts in at one probe leg, timed out of another (bench/audio.py);
+3. big rooms: one room of N probe legs, every one checked for audio (bench/audio.py).
+Writes bench/results/<stamp>.json and the generated block of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench import audio, gateway, load, report, sipp
+from bench.procstat import Sample, Window
+from gateway.logs import KeyValueFormatter
+
+log = logging.getLogger("bench")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few minutes: small ramp, small room")
+    p.add_argument("--room-size", type=int, help="callers per room in the ramp (10)")
+    p.add_argument("--rooms-per-step", type=int, help="rooms added per ramp step")
+    p.add_argument("--steps", type=int, help="ramp steps at most")
+    p.add_argument("--rate", type=float, default=50.0, help="calls per second (50)")
+    p.add_argument("--window", type=float, help="seconds of steady state measured per step")
+    p.add_argument("--big-room", type=int, action="append",
+                   help="room sizes to audit (repeatable); the next runs only if one passes")
+    p.add_argument("--bursts", type=int, help="tone bursts timed for the mixer delay")
+    p.add_argument("--only", choices=["ramp", "delay", "room"], action="append",
+                   help="run only these phases (repeatable)")
+    p.add_argument("--log-level", default="WARNING",
+                   help="the gateway's --log-level (WARNING keeps logging off per-call paths)")
+    p.add_argument("--conf-threads", type=int, help="sip.conf_threads for the gateway")
+    p.add_argument("--patch", help="experiment: JSON for bench.patched (see its docstring)")
+    p.add_argument("--pjsua2-dir", type=Path, help="experiment: another pjsua2 build to use")
+    p.add_argument("--room-window", type=float, default=8.0,
+                   help="seconds every big-room participant listens (8)")
+    p.add_argument("--results-dir", type=Path, default=report.RESULTS,
+                   help="where the JSON goes (bench/results, git-ignored)")
+    p.add_argument("--label", default="", help="a name for this run in the JSON")
+    p.add_argument("--no-markdown", action="store_true",
+                   help="write only the JSON (experiments must not replace the published table)")
+    return p
+
+
+async def _start(args: argparse.Namespace, work: Path, name: str) -> gateway.Gateway:
+    overrides: dict[str, Any] = {}
+    if args.conf_threads:
+        overrides["conf_threads"] = args.conf_threads
+    return await gateway.start(work / name, log_level=args.log_level, sip_overrides=overrides,
+                               patch=json.loads(args.patch) if args.patch else None,
+                               pjsua2_dir=args.pjsua2_dir)
+
+
+def _stop(gw: gateway.Gateway) -> dict[str, Any]:
+    code = gw.stop()
+    tail = gw.tail(200_000)
+    problems = [line for line in tail.splitlines()
+                if " ERROR " in line or "Traceback" in line][:20]
+    return {"exit_code": code, "error_lines": problems}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    plan = load.RampPlan(
+        room_size=args.room_size or 10,
+        rooms_per_step=args.rooms_per_step or (10 if quick else 20),
+        max_steps=args.steps or (2 if quick else 7),
+        rate=args.rate,
+        window_s=args.window or (5.0 if quick else 10.0),
+    )
+    rooms_to_try = args.big_room or ([50] if quick else [250, 500])
+    bursts = args.bursts or (5 if quick else 10)
+    phases = set(args.only or ["ramp", "delay", "room"])
+    work = Path(tempfile.mkdtemp(prefix="minivoice-bench-"))
+    result: dict[str, Any] = {"mode": "quick" if quick else "full", "label": args.label,
+                              "plan": asdict(plan), "workdir": str(work)}
+    tone = sipp.alaw_tone(work / "tone.wav", 1000, 2.0, volume=0.25)
+
+    if "ramp" in phases:
+        gw = await _start(args, work, "ramp")
+        result["gateway_command"] = gw.command
+        try:
+            await asyncio.sleep(1.0)
+            idle = Sample.take(gw.pid)
+            steps = await load.ramp(gw, work / "ramp", tone, plan, idle.rss_kb)
+            result["ramp"] = load.summary(steps)
+            result["ramp"]["idle_rss_mb"] = round(idle.rss_kb / 1024, 1)
+        finally:
+            result["ramp_gateway"] = _stop(gw)
+
+    if "delay" in phases:
+        gw = await _start(args, work, "delay")
+        result["gateway_command"] = gw.command
+        try:
+            d = await audio.mixer_delay(("127.0.0.1", gw.sip_port), "7001", bursts)
+            result["mixer_delay"] = asdict(d)
+        finally:
+            result["delay_gateway"] = _stop(gw)
+
+    if "room" in phases:
+        result["big_rooms"] = []
+        for n in rooms_to_try:
+            gw = await _start(args, work, f"room-{n}")
+            result["gateway_command"] = gw.command
+            marks: list[Sample] = []
+
+            async def on_window(start: bool, pid: int = gw.pid,
+                                marks: list[Sample] = marks) -> None:
+                marks.append(Sample.take(pid))
+
+            try:
+                audit = await audio.big_room(("127.0.0.1", gw.sip_port), f"8{n:03d}", n,
+                                             rate=args.rate, window_s=args.room_window,
+                                             on_window=on_window)
+                if len(marks) == 2:
+                    win = Window(marks[0], marks[1])
+                    audit.gateway = {"cpu_cores": round(win.cpu_share, 3),
+                                     "cpu_ms_per_leg_s": round(win.ms_per_leg_second(n), 3),
+                                     "rss_mb": round(marks[1].rss_kb / 1024, 1),
+                                     "threads": win.by_thread()}
+                result["big_rooms"].append(audit.as_dict())
+                log.info("big room", extra={"n": n, "ok": audit.ok, "heard_by": audit.heard_by})
+            finally:
+                result[f"room_{n}_gateway"] = _stop(gw)
+            if not audit.ok:
+                break
+    result["summary"] = summarize(result)
+    return result
+
+
+def summarize(r: dict[str, Any]) -> dict[str, Any]:
+    t = report.TARGETS
+    rows: list[dict[str, Any]] = []
+    ramp = r.get("ramp")
+    if ramp:
+        last = ramp["last_good"] or {}
+        legs = ramp["last_good_legs"]
+        rows.append({"measure": "Concurrent legs, zero failed calls, RTP heard (last good step)",
+                     "target": f">= {t['legs']}", "result": f"{legs}",
+                     "met": legs >= t["legs"]})
+        at_target = next((s for s in ramp["steps"] if s["legs"] >= t["legs"] and s["ok"]), None)
+        ref = at_target or last
+        if ref:
+            rows.append({"measure": f"Gateway CPU per leg-second (at {ref['legs']} legs)",
+                         "target": f"<= {t['cpu_ms_per_leg_s']} ms",
+                         "result": f"{ref['cpu_ms_per_leg_s']:.3f} ms "
+                                   f"({ref['cpu_cores']:.2f} cores)",
+                         "met": ref["cpu_ms_per_leg_s"] <= t["cpu_ms_per_leg_s"]
+                         if at_target else None})
+            rows.append({"measure": f"RSS per leg (at {ref['legs']} legs)", "target": "-",
+                         "result": f"{ref['rss_kb_per_leg']:g} KB ({ref['rss_mb']:g} MB total)",
+                         "met": None})
+        good = [s for s in ramp["steps"] if s["ok"]]
+        if good:
+            worst = max(good, key=lambda s: s["setup_p99_ms"])
+            rows.append({
+                "measure": f"Set-up INVITE->200 incl. answer_url, {r['plan']['rate']:g} calls/s "
+                           f"(worst good step, {worst['legs']} legs)",
+                "target": f"p99 <= {t['setup_p99_ms']:g} ms",
+                "result": f"p50 {worst['setup_p50_ms']:g} ms, p99 {worst['setup_p99_ms']:g} ms",
+                "met": worst["setup_p99_ms"] <= t["setup_p99_ms"]})
+    d = r.get("mixer_delay")
+    if d:
+        rows.append({"measure": f"Delay added by the gateway, leg to leg ({d['bursts']} bursts)",
+                     "target": f"<= {t['mixer_delay_ms']:g} ms",
+                     "result": f"median {d['median_ms']:g} ms, max {d['max_ms']:g} ms",
+                     "met": d["max_ms"] <= t["mixer_delay_ms"]})
+    rooms = r.get("big_rooms")
+    if rooms:
+        best = max((x["participants"] for x in rooms if x["ok"]), default=0)
+        tried = ", ".join(f"{x['participants']}: {'ok' if x['ok'] else 'failed'}" for x in rooms)
+        rows.append({"measure": "Largest single room with audio to every participant",
+                     "target": f">= {t['big_room']} (stretch {t['big_room_stretch']})",
+                     "result": f"{best} (tried {tried})", "met": best >= t["big_room"]})
+    return {"rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    result: dict[str, Any] = {
+        "stamp": stamp, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "machine": report.machine()}
+    result.update(asyncio.run(run(args)))
+    path = report.write_json(result, stamp, args.results_dir)
+    if not args.no_markdown:
+        report.update_markdown(result)
+    for row in result["summary"]["rows"]:
+        print(f"{row['measure']}: {row['result']} (target {row['target']})")
+    print(f"result: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Start and stop the gateway under test, exactly as an operator would run it.
+
+`python -m gateway serve --config <generated from configs/bench.yaml>` in its own
+process, so /proc/<pid> is the gateway alone. For experiments (a pjsua2 setting,
+the SIP thread's poll interval, another pjsua2 build) the same command runs
+through `bench.patched`, which applies the change in that process only: the
+repository's gateway code is never edited by the benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "bench.yaml"
+
+log = logging.getLogger("bench.gateway")
+
+
+def free_port() -> int:
+    """A port free on UDP and TCP alike (SIP on UDP, HTTP on TCP)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = int(u.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def render_config(workdir: Path, sip_port: int, http_port: int,
+                  sip_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    text = CONFIG.read_text()
+    text = text.replace("{sip_port}", str(sip_port)).replace("{http_port}", str(http_port))
+    text = text.replace("{database}", str(workdir / "gateway.db"))
+    cfg: dict[str, Any] = yaml.safe_load(text)
+    cfg["sip"]["port"] = int(cfg["sip"]["port"])
+    cfg["http"]["port"] = int(cfg["http"]["port"])
+    cfg["sip"].update(sip_overrides or {})
+    return cfg
+
+
+@dataclass
+class Gateway:
+    proc: subprocess.Popen[bytes]
+    sip_port: int
+    http_port: int
+    log_path: Path
+    command: list[str]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    async def get(self, path: str) -> Any:
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as s, s.get(self.base + path) as r:
+            return await r.json()
+
+    async def participants(self) -> dict[str, int]:
+        """Room name -> member count, from the gateway's own view (GET /v1/conferences)."""
+        body = await self.get("/v1/conferences")
+        return {c["room"]: len(c["participants"]) for c in body["conferences"]}
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:]
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM (the gateway hangs up its calls), SIGKILL if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("gateway did not stop; killing", extra={"pid": self.proc.pid})
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+async def start(workdir: Path, *, log_level: str = "WARNING",
+                sip_overrides: dict[str, Any] | None = None,
+                patch: dict[str, Any] | None = None,
+                pjsua2_dir: Path | None = None) -> Gateway:
+    """Start a gateway and wait for /healthz. `patch` and `pjsua2_dir` are experiments."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    sip_port, http_port = free_port(), free_port()
+    cfg = render_config(workdir, sip_port, http_port, sip_overrides)
+    cfg_path = workdir / "gateway.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ)
+    module = "gateway"
+    if patch:
+        module = "bench.patched"
+        env["MINIVOICE_BENCH_PATCH"] = json.dumps(patch)
+    if pjsua2_dir is not None:
+        # PYTHONPATH comes before site-packages: this pjsua2 shadows the venv's one
+        env["PYTHONPATH"] = f"{pjsua2_dir}:{ROOT}"
+    command = [sys.executable, "-m", module, "serve", "--config", str(cfg_path),
+               "--log-level", log_level]
+    log_path = workdir / "gateway.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    gw = Gateway(proc, sip_port, http_port, log_path, command)
+    deadline = time.monotonic() + 30
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=timeout) as s:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("gateway exited:\n" + gw.tail())
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with s.get(gw.base + "/healthz") as r:
+                    if r.status == 200:
+                        return gw
+            if time.monotonic() > deadline:
+                gw.stop()
+                raise RuntimeError("gateway did not become healthy:\n" + gw.tail())
+            await asyncio.sleep(0.1)

@@ -1,0 +1,61 @@
+"""`python -m bench.patched serve ...`: the gateway with one experimental change applied.
+
+Used only by bench experiments (`--patch`), to measure a lever before anyone edits
+sip/ or media/. The change lives in this process alone; MINIVOICE_BENCH_PATCH is a
+JSON object:
+
+    poll_ms        sip.engine.POLL_MS (libHandleEvents timeout of the SIP thread)
+    media          {MediaConfig attribute: value}, set after sip.pjconfig builds it,
+                   e.g. {"jbInit": 1, "jbMinPre": 1, "jbMaxPre": 4}
+    speakers       int K: rooms mix only their first K members to everyone (a stand-in
+                   for active-speaker selection: K*(N-1) bridge links instead of N*(N-1))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+
+def apply(patch: dict[str, Any]) -> None:
+    from sip import engine, pjconfig
+
+    if "poll_ms" in patch:
+        engine.POLL_MS = int(patch["poll_ms"])
+    media = patch.get("media") or {}
+    if media:
+        original = pjconfig.endpoint_config
+
+        def endpoint_config(cfg: Any, writer: Any) -> Any:
+            ep_cfg = original(cfg, writer)
+            for key, value in media.items():
+                setattr(ep_cfg.medConfig, key, value)
+                if getattr(ep_cfg.medConfig, key) != value:  # SWIG structs: read back
+                    raise RuntimeError(f"medConfig.{key} did not take {value!r}")
+            return ep_cfg
+
+        pjconfig.endpoint_config = endpoint_config
+    if "speakers" in patch:
+        from media import rooms
+
+        k = int(patch["speakers"])
+
+        def links(self: rooms.Room) -> set[rooms.Link]:
+            ids = list(self.members)
+            talkers = [s for s in ids[:k] if not self.members[s].muted]
+            return {rooms.Link(src, dst) for src in talkers for dst in ids if dst != src}
+
+        rooms.Room.links = links  # type: ignore[method-assign]
+
+
+def main() -> int:
+    apply(json.loads(os.environ.get("MINIVOICE_BENCH_PATCH", "{}")))
+    from gateway.cli import main as gateway_main
+
+    return gateway_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
