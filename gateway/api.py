@@ -1,36 +1,113 @@
-"""HTTP endpoints on the gateway's port: health, and read-only views of calls and rooms."""
+"""The HTTP API on the gateway's port: health, and the REST API under /v1 to see and steer
+live calls and conference rooms. JSON in and out; errors are
+`{"error": {"code": ..., "message": ...}}`. The OpenAPI document at /v1/openapi.json is
+built from the same route table, so the two cannot drift apart.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway import __version__
+from media.rooms import Room, RoomError, RoomKey
+from sip import commands as cmd
+
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
+log = logging.getLogger("minivoice.api")
+
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+TALKING_LEVEL = 8  # pjmedia signal level (0-255) above which a participant counts as talking
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: dict[str, Any] | None = None  # JSON schema of the request body
 
 
 def setup(app: web.Application, gw: Gateway) -> None:
     app[GATEWAY] = gw
+    app.middlewares.append(errors_and_auth)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/v1/calls", list_calls)
-    app.router.add_get("/v1/calls/{call_id}", get_call)
-    app.router.add_get("/v1/conferences", list_conferences)
+    for r in ROUTES:
+        app.router.add_route(r.method, r.path, r.handler)
+    app.router.add_get("/v1/openapi.json", openapi)
+    if not gw.cfg.api.tokens:
+        log.warning("api open: no tokens configured", extra={"http": gw.cfg.http.host})
 
 
+# -- middleware ---------------------------------------------------------------------------
+@web.middleware
+async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        if request.path.startswith("/v1/") and request.path != "/v1/openapi.json":
+            request["scope"] = _authorize(request)
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:  # aiohttp's own 404/405: same JSON shape
+        if exc.status >= 400:
+            return _error(exc.status, "http_error", exc.reason)
+        raise
+
+
+def _authorize(request: web.Request) -> tuple[bool, str | None]:
+    """(is_admin, customer_id) of the caller; raises 401 for a missing or unknown token."""
+    tokens = request.app[GATEWAY].cfg.api.tokens
+    if not tokens:
+        return (True, None)
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        raise ApiError(401, "unauthorized", "missing bearer token")
+    presented = header[len("Bearer "):].strip()
+    for t in tokens:
+        if t.token == presented:
+            return (t.customer_id is None, t.customer_id)
+    raise ApiError(401, "unauthorized", "unknown token")
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _visible(request: web.Request, customer_id: str) -> bool:
+    admin, customer = request["scope"]
+    return bool(admin or customer == customer_id)
+
+
+# -- health -------------------------------------------------------------------------------
 async def healthz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     alive = gw.engine.alive
-    body = {"status": "ok" if alive else "sip engine not running", "calls": len(gw.sessions),
+    body = {"status": "ok" if alive else "sip engine not running",
+            "accepting_calls": gw.accepting, "calls": len(gw.sessions),
             "webhooks_pending": gw.store.outbox_pending_count()}
     return web.json_response(body, status=200 if alive else 503)
 
 
+# -- calls --------------------------------------------------------------------------------
 async def list_calls(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    live = [s.record() for s in gw.sessions.values()]
+    live = [s.record() for s in gw.sessions.values() if _visible(request, s.customer_id)]
     return web.json_response({"calls": live})
 
 
@@ -39,25 +116,179 @@ async def get_call(request: web.Request) -> web.Response:
     cid = request.match_info["call_id"]
     session = gw.sessions.get(cid)
     record = session.record() if session else gw.store.call_get(cid)
-    if record is None:
-        return _error(404, "not_found", f"no call {cid}")
+    if record is None or not _visible(request, record["customer_id"]):
+        raise ApiError(404, "not_found", f"no call {cid}")
     return web.json_response(record)
+
+
+async def hangup_call(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    cid = request.match_info["call_id"]
+    session = gw.sessions.get(cid)
+    if session is None or not _visible(request, session.customer_id):
+        raise ApiError(404, "not_found", f"no live call {cid}")
+    session.note("api.hangup")
+    await session._end(487 if session.answered_at is None else 200, "api_hangup",
+                       "Hung up by API", by="api")
+    return web.json_response({"call_id": cid, "status": "hanging_up"}, status=202)
+
+
+# -- conferences --------------------------------------------------------------------------
+def _room(request: web.Request) -> Room:
+    """The room named in the path, within the caller's customer scope."""
+    gw = request.app[GATEWAY]
+    name = request.match_info["room"]
+    admin, customer = request["scope"]
+    if not admin:
+        room = gw.conferences.book.room(RoomKey(str(customer), name))
+    else:
+        wanted = request.query.get("customer_id")
+        found = [r for k, r in gw.conferences.book.rooms.items()
+                 if k.name == name and (wanted is None or k.customer_id == wanted)]
+        if len(found) > 1:
+            raise ApiError(409, "ambiguous", f"room {name} exists for several customers: "
+                                             "add ?customer_id=")
+        room = found[0] if found else None
+    if room is None:
+        raise ApiError(404, "not_found", f"no room {name}")
+    return room
+
+
+def _member(request: web.Request, room: Room) -> str:
+    cid = request.match_info["call_id"]
+    if cid not in room.members:
+        raise ApiError(404, "not_found", f"{cid} is not in room {room.key.name}")
+    return cid
+
+
+async def _room_view(gw: Gateway, room: Room) -> dict[str, Any]:
+    ids = tuple(room.members)
+    levels = dict(await gw.engine.send(cmd.QueryLevels(ids)) or ()) if ids else {}
+    return {
+        "room": room.key.name,
+        "customer_id": room.key.customer_id,
+        "created_at": _iso(room.created_at),
+        "participants": [_participant(gw, room, cid, levels.get(cid, 0)) for cid in ids],
+    }
+
+
+def _participant(gw: Gateway, room: Room, cid: str, level: int) -> dict[str, Any]:
+    m = room.members[cid]
+    session = gw.sessions.get(cid)
+    return {"call_id": cid, "from": session.incoming.from_user if session else None,
+            "muted": m.muted, "end_on_exit": m.end_on_exit, "joined_at": _iso(m.joined_at),
+            "talking": level > TALKING_LEVEL}
+
+
+def _iso(ts: float) -> str:
+    from gateway.session import iso
+
+    return iso(ts)
 
 
 async def list_conferences(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    rooms: list[dict[str, Any]] = []
-    for key, room in sorted(gw.conferences.book.rooms.items()):
-        rooms.append({
-            "room": key.name,
-            "customer_id": key.customer_id,
-            "participants": [
-                {"call_id": m.call_id, "muted": m.muted, "end_on_exit": m.end_on_exit}
-                for m in room.members.values()
-            ],
-        })
-    return web.json_response({"conferences": rooms})
+    rooms = [r for k, r in sorted(gw.conferences.book.rooms.items())
+             if _visible(request, k.customer_id)]
+    return web.json_response({"conferences": [await _room_view(gw, r) for r in rooms]})
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+async def get_conference(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return web.json_response(await _room_view(gw, _room(request)))
+
+
+async def end_conference(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    room = _room(request)
+    gw.conferences.end(room.key)
+    return web.Response(status=204)
+
+
+async def patch_participant(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    room = _room(request)
+    cid = _member(request, room)
+    try:
+        body = json.loads(await request.read())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_body", "body must be JSON") from None
+    if not isinstance(body, dict) or set(body) != {"muted"} or not isinstance(body["muted"], bool):
+        raise ApiError(400, "invalid_body", 'body must be {"muted": true|false}')
+    gw.conferences.set_muted(cid, body["muted"])
+    session = gw.sessions.get(cid)
+    if session:
+        session.note("api.mute", muted=body["muted"])
+    return web.json_response(_participant(gw, room, cid, 0) | {"talking": None})
+
+
+async def remove_participant(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    room = _room(request)
+    cid = _member(request, room)
+    try:
+        gw.conferences.remove(cid)
+    except RoomError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    return web.Response(status=204)
+
+
+ROUTES = (
+    Route("GET", "/v1/calls", list_calls, "Live calls"),
+    Route("GET", "/v1/calls/{call_id}", get_call,
+          "A call's state, timeline and error (live, or kept after it ended)"),
+    Route("DELETE", "/v1/calls/{call_id}", hangup_call, "Hang up a live call"),
+    Route("GET", "/v1/conferences", list_conferences, "Live rooms and their participants"),
+    Route("GET", "/v1/conferences/{room}", get_conference, "One room"),
+    Route("DELETE", "/v1/conferences/{room}", end_conference,
+          "End the room: every participant leaves and runs its next action"),
+    Route("PATCH", "/v1/conferences/{room}/participants/{call_id}", patch_participant,
+          "Mute or unmute a participant",
+          {"type": "object", "required": ["muted"], "additionalProperties": False,
+           "properties": {"muted": {"type": "boolean"}}}),
+    Route("DELETE", "/v1/conferences/{room}/participants/{call_id}", remove_participant,
+          "Remove a participant from the room: their next action runs"),
+)
+
+
+def openapi_document() -> dict[str, Any]:
+    error = {"type": "object", "properties": {"error": {"type": "object", "properties": {
+        "code": {"type": "string"}, "message": {"type": "string"}}}}}
+    paths: dict[str, Any] = {}
+    for r in ROUTES:
+        params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for p in ("room", "call_id") if "{" + p + "}" in r.path]
+        if "{room}" in r.path:
+            params.append({"name": "customer_id", "in": "query", "required": False,
+                           "schema": {"type": "string"},
+                           "description": "with an admin token, when several customers "
+                                          "have a room of that name"})
+        op: dict[str, Any] = {
+            "summary": r.summary, "operationId": r.handler.__name__, "parameters": params,
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": {"description": "OK", "content": {"application/json": {
+                    "schema": {"type": "object"}}}},
+                "202": {"description": "Accepted"}, "204": {"description": "Done"},
+                "400": {"description": "Bad request", "content": {
+                    "application/json": {"schema": error}}},
+                "401": {"description": "Missing or unknown token", "content": {
+                    "application/json": {"schema": error}}},
+                "404": {"description": "Not found", "content": {
+                    "application/json": {"schema": error}}},
+            },
+        }
+        if r.body is not None:
+            op["requestBody"] = {"required": True,
+                                 "content": {"application/json": {"schema": r.body}}}
+        paths.setdefault(r.path, {})[r.method.lower()] = op
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "MiniVoice gateway API", "version": __version__},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": paths,
+    }
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ class Gateway:
         self.conferences = Conferences(self.send_quiet)
         self.sessions: dict[str, CallSession] = {}
         self.accepting = True
+        self.drain_deadline = 0.0
         self.store: Store
         self.outbox: Outbox
         self.hooks: HookClient
@@ -56,6 +58,7 @@ class Gateway:
                       self.cfg.sip.clock_rate)
         self.outbox = Outbox(self.store, self._http, self.cfg.hooks)
         self._outbox_task = asyncio.create_task(self.outbox.run())
+        self._housekeeping_task = asyncio.create_task(self._housekeeping())
         app = web.Application(client_max_size=1024 * 1024)
         api.setup(app, self)
         if self.cfg.demo:
@@ -75,11 +78,12 @@ class Gateway:
             "applications": len(self.cfg.applications)})
 
     async def stop(self, drain_s: float = 0.0) -> None:
-        self.accepting = False
+        self.accepting = False  # new INVITEs get 503 from now on
+        loop = asyncio.get_running_loop()
+        self.drain_deadline = loop.time() + drain_s
         if drain_s > 0 and self.sessions:
             log.info("draining", extra={"calls": len(self.sessions), "seconds": drain_s})
-            deadline = asyncio.get_running_loop().time() + drain_s
-            while self.sessions and asyncio.get_running_loop().time() < deadline:
+            while self.sessions and loop.time() < self.drain_deadline:
                 await asyncio.sleep(0.1)
         for session in list(self.sessions.values()):
             await session._end(503, "shutdown", "Service Unavailable")
@@ -92,10 +96,20 @@ class Gateway:
         await self.outbox.stop()
         if self._outbox_task:
             self._outbox_task.cancel()
+        self._housekeeping_task.cancel()
         if self._runner:
             await self._runner.cleanup()
         await self._http.close()
         self.store.close()
+
+    async def _housekeeping(self) -> None:
+        """Drop call records past their retention, and delivered webhooks after a day."""
+        while True:
+            now = time.time()
+            kept = self.store.calls_prune(now - self.cfg.records.retention_days * 86400)
+            self.store.outbox_prune(now - 86400)
+            log.debug("housekeeping", extra={"calls_pruned": kept})
+            await asyncio.sleep(3600)
 
     def send_quiet(self, command: cmd.Command) -> None:
         fut = self.engine.send(command)
@@ -177,13 +191,24 @@ def _log_failure(fut: asyncio.Future[Any]) -> None:
         log.warning("sip command failed", extra={"error": str(fut.exception())})
 
 
-async def serve(cfg: Config, drain_s: float = 0.0) -> None:
+async def serve(cfg: Config, drain_s: float | None = None) -> None:
+    """Run until a signal. SIGTERM drains (no new calls, calls in progress get `drain_s`);
+    SIGINT (Ctrl-C) or a second signal hangs up at once."""
     gw = Gateway(cfg)
     await gw.start()
-    stop = asyncio.Event()
+    signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping")
-    await gw.stop(drain_s)
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    first = await signals.get()
+    drain = (cfg.shutdown.drain_s if drain_s is None else drain_s) \
+        if first == signal.SIGTERM else 0.0
+    log.info("stopping", extra={"signal": first.name, "drain_s": drain})
+    stopping = asyncio.create_task(gw.stop(drain))
+    again = asyncio.create_task(signals.get())
+    await asyncio.wait({stopping, again}, return_when=asyncio.FIRST_COMPLETED)
+    if not stopping.done():
+        log.info("second signal: stopping now")
+        gw.drain_deadline = 0.0
+        await stopping
+    again.cancel()

@@ -54,6 +54,33 @@ class HooksConfig:
 
 
 @dataclass(frozen=True)
+class ApiToken:
+    token: str = checked(length(16, 256))
+    # Scope: the token sees only this customer's calls and rooms; none = every customer.
+    customer_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    # Bearer tokens for /v1/*. With none, the API is open to whoever reaches http.host
+    # (fine on 127.0.0.1 for development; a warning is logged at start).
+    tokens: tuple[ApiToken, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShutdownConfig:
+    # On SIGTERM: refuse new calls (503) and let calls in progress run this long, then hang
+    # up the rest. Ctrl-C (SIGINT), or a second signal, stops at once.
+    drain_s: float = checked(between(0, 86400), default=30.0)
+
+
+@dataclass(frozen=True)
+class RecordsConfig:
+    # Finished calls are kept in SQLite this long (GET /v1/calls/{id} after the call).
+    retention_days: float = checked(between(0, 3650), default=7.0)
+
+
+@dataclass(frozen=True)
 class Application:
     id: str = checked(length(1, 64))
     customer_id: str = checked(length(1, 64))
@@ -73,6 +100,9 @@ class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
+    records: RecordsConfig = field(default_factory=RecordsConfig)
     database: str = "var/minivoice.db"
     # Serve the embedded demo application at /demo/* on the HTTP port.
     demo: bool = False

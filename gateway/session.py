@@ -314,8 +314,10 @@ class CallSession:
             self.status = "completed"
         elif self.hangup_by == "caller":
             self.status = "canceled"
+        elif self.hangup_cause == "hangup_action":
+            self.status = "completed"
         else:
-            self.status = "completed" if self.hangup_cause == "hangup_action" else "failed"
+            self.status = "canceled" if self.hangup_by == "api" else "failed"
 
     def extra_completed_data(self) -> dict[str, Any]:
         return {}

@@ -111,6 +111,10 @@ class Store:
         row = self.db.execute("SELECT record FROM calls WHERE call_id=?", (call_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def calls_prune(self, older_than: float) -> int:
+        cur = self.db.execute("DELETE FROM calls WHERE updated_at < ?", (older_than,))
+        return cur.rowcount
+
     def calls_recent(self, limit: int) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT record FROM calls ORDER BY updated_at DESC LIMIT ?", (limit,)).fetchall()

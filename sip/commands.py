@@ -55,8 +55,15 @@ class Dial:
 
 
 @dataclass(frozen=True)
+class QueryLevels:
+    """The level (0-255) of what each call is sending into the bridge right now."""
+
+    call_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Shutdown:
     pass
 
 
-Command = Answer | Hangup | ApplyLinks | Play | StopPlay | Dial | Shutdown
+Command = Answer | Hangup | ApplyLinks | Play | StopPlay | Dial | QueryLevels | Shutdown

@@ -44,7 +44,7 @@ class SipEngine:
         self._on_event = on_event
         self._queue: queue.SimpleQueue[tuple[int, cmd.Command]] = queue.SimpleQueue()
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._pending: dict[int, asyncio.Future[Any]] = {}
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started: asyncio.Future[None] | None = None
@@ -63,11 +63,12 @@ class SipEngine:
         self._thread.start()
         await self._started
 
-    def send(self, command: cmd.Command) -> asyncio.Future[None]:
-        """Queue a command for the SIP thread; the future resolves when it has run."""
+    def send(self, command: cmd.Command) -> asyncio.Future[Any]:
+        """Queue a command for the SIP thread; the future resolves when it has run, with the
+        command's value (queries) or None."""
         assert self._loop is not None
         req_id = next(self._ids)
-        fut: asyncio.Future[None] = self._loop.create_future()
+        fut: asyncio.Future[Any] = self._loop.create_future()
         self._pending[req_id] = fut
         self._queue.put((req_id, command))
         return fut
@@ -95,7 +96,7 @@ class SipEngine:
                 if event.error:
                     fut.set_exception(SipCommandError(event.error))
                 else:
-                    fut.set_result(None)
+                    fut.set_result(event.value)
             return
         if isinstance(event, ev.EngineStarted) and self._started and not self._started.done():
             self.bound_port = event.port
@@ -202,16 +203,18 @@ class _SipThread:
                 req_id, command = self.commands.get_nowait()
             except queue.Empty:
                 return
-            error = None
+            error, value = None, None
             try:
-                self._execute(command)
+                value = self._execute(command)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 log.warning("command failed", extra={"command": repr(command), "error": error})
             if req_id:
-                self.post(ev.CommandDone(req_id, error))
+                self.post(ev.CommandDone(req_id, error, value))
 
-    def _execute(self, c: cmd.Command) -> None:
+    def _execute(self, c: cmd.Command) -> tuple[tuple[str, int], ...] | None:
+        if isinstance(c, cmd.QueryLevels):
+            return tuple((cid, self._rx_level(cid)) for cid in c.call_ids)
         if isinstance(c, cmd.Answer):
             self._call(c.call_id).answer_call(c.code)
         elif isinstance(c, cmd.Hangup):
@@ -230,6 +233,11 @@ class _SipThread:
             self.running = False
         else:
             raise ValueError(f"unknown command {c!r}")
+        return None
+
+    def _rx_level(self, call_id: str) -> int:
+        call = self.calls.get(call_id)
+        return int(call.audio.getRxLevel()) if call is not None and call.audio else 0
 
     def _call(self, call_id: str) -> Any:
         call = self.calls.get(call_id)

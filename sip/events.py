@@ -67,6 +67,7 @@ class PlayDone:
 class CommandDone:
     req_id: int
     error: str | None = None
+    value: tuple[tuple[str, int], ...] | None = None  # what a query command returns
 
 
 @dataclass(frozen=True)

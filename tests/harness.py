@@ -191,9 +191,20 @@ class GatewayProc:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    token: str | None = None  # bearer token sent by get()/request() when set
+
     async def get(self, path: str) -> tuple[int, Any]:
-        async with aiohttp.ClientSession() as s, s.get(self.http + path) as r:
-            return r.status, await r.json()
+        return await self.request("GET", path)
+
+    async def request(self, method: str, path: str, body: Any = None,
+                      token: str | None = "default") -> tuple[int, Any]:
+        """An API call; `token="default"` uses self.token, None sends no Authorization."""
+        token = self.token if token == "default" else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with aiohttp.ClientSession() as s, s.request(
+                method, self.http + path, json=body, headers=headers) as r:
+            text = await r.text()
+            return r.status, json.loads(text) if text else None
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -223,6 +234,8 @@ async def start_gateway(tmp: Path, applications: list[dict[str, Any]],
         "http": {"host": "127.0.0.1", "port": http_port},
         "database": str(db),
         "applications": applications,
+        # short drain, so a test that fails with calls up still tears down quickly
+        "shutdown": {"drain_s": 2},
     }
     for name, values in sections.items():
         cfg[name] = {**cfg.get(name, {}), **values}
@@ -274,7 +287,9 @@ class Phonebank:
         assert self.proc.stdout is not None
         async for line in self.proc.stdout:
             with contextlib.suppress(json.JSONDecodeError):
-                self.events.append(json.loads(line))
+                event = json.loads(line)
+                event["at"] = asyncio.get_running_loop().time()  # arrival, on the test's clock
+                self.events.append(event)
                 self._changed.set()
 
     def send(self, **command: Any) -> None:
