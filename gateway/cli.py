@@ -8,7 +8,7 @@ import contextlib
 import sys
 from typing import Any
 
-from gateway import __version__, logs
+from gateway import __version__, logs, users_cli
 from gateway.config import Config, ConfigError, from_dict, load, with_overrides
 
 
@@ -29,11 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--rtp-port-start", type=int)
     s.add_argument("--db", help="SQLite file (default var/minivoice.db)")
     s.add_argument("--demo", action="store_true", help="also serve the demo app at /demo/*")
-    s.add_argument("--drain", type=float, default=0.0,
-                   help="on SIGTERM, seconds to let calls finish before hanging up")
+    s.add_argument("--drain", type=float, default=None,
+                   help="on SIGTERM, seconds to let calls finish before hanging up "
+                        "(default: shutdown.drain_s from the config, 30)")
     s.add_argument("--log-level", default="INFO")
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("path")
+    users_cli.add_parser(sub)
     return p
 
 
@@ -66,6 +68,8 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "users":
+        return users_cli.run(args)
     if args.command == "check-config":
         try:
             load(args.path)
@@ -80,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if cfg.edge.enabled:  # the whole stack: Kamailio in front, the gateway on loopback
+        from gateway import edge
+
+        return edge.run_stack(cfg, args.drain)
     from gateway.app import serve  # imports pjsua2: after config errors are reported
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -1,12 +1,100 @@
-"""Configuration of the SIP edge (Kamailio) in front of the gateway. See issue 3."""
+"""Configuration of the SIP edge (Kamailio) in front of the gateway. See issue 3 and docs/edge.md.
+
+    edge:
+      enabled: true
+      listen: 0.0.0.0          # where phones and trunks reach the edge
+      udp_port: 5060
+      tcp_port: 5060
+      tls_port: 5061           # 0 turns TLS off
+      trusted: [203.0.113.0/24]  # trunks / load generators: no digest auth
+
+With the edge enabled the gateway's own SIP socket (`sip.host`) must be loopback: the edge is
+the only way in, and it forwards to `sip.host:sip.port`.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+
+from gateway.strict import between, checked, length, pattern
+
+_REALM = pattern(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,63}", "letters, digits, '.' and '-' (1-64)")
+
+
+def _ip(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return "must be an IP address (the edge never resolves names)"
+    return None
+
+
+def _networks(values: tuple[str, ...]) -> str | None:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            return f"{v!r} is not an address or CIDR network (e.g. 192.168.1.0/24)"
+    return None
+
+
+def _nonempty_networks(values: tuple[str, ...]) -> str | None:
+    return _networks(values) if values else "at least one network is required"
 
 
 @dataclass(frozen=True)
 class EdgeConfig:
-    """Placeholder: the edge is not built yet. `enabled: false` keeps the gateway on its own."""
-
     enabled: bool = False
+    # Kamailio's listening address; 0.0.0.0 = every interface.
+    listen: str = checked(_ip, default="0.0.0.0")
+    # Host:port written in Via/Record-Route when `listen` is 0.0.0.0 or behind NAT.
+    advertise: str | None = checked(_ip, default=None)
+    udp_port: int = checked(between(1, 65535), default=5060)
+    tcp_port: int = checked(between(0, 65535), default=5060)  # 0: no TCP
+    tls_port: int = checked(between(0, 65535), default=5061)  # 0: no TLS
+    # PEM files; unset = a self-signed pair generated on first run under `runtime_dir`/tls.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    realm: str = checked(_REALM, default="minivoice")
+    # SQLite file with the SIP users (`python -m gateway users ...`), read live by Kamailio.
+    users_db: str = checked(length(1, 4096), default="var/users.db")
+    # Rendered kamailio.cfg, TLS pair, digest secret.
+    runtime_dir: str = checked(length(1, 4096), default="var/edge")
+    # Source networks let in without digest auth (carriers, SIPp). They are never banned.
+    trusted: tuple[str, ...] = checked(_networks, default=())
+    # Networks the edge may send requests to (the gateway, registered phones). Anything else
+    # is refused with 403, so the edge can never be used as an open relay.
+    relay_networks: tuple[str, ...] = checked(_nonempty_networks, default=("0.0.0.0/0",))
+    # Banning: this many failed digest answers from one source within `failure_window_s`...
+    ban_after_failures: int = checked(between(1, 1000), default=5)
+    failure_window_s: int = checked(between(1, 86400), default=60)
+    # ...or more than `flood_requests` requests per `flood_window_s` (Kamailio pike)...
+    flood_requests: int = checked(between(2, 100000), default=60)
+    flood_window_s: int = checked(between(1, 60), default=2)
+    # ...and the source gets no answer at all for `ban_s` seconds.
+    ban_s: int = checked(between(1, 86400), default=300)
+    # How long a digest challenge (nonce) may be answered.
+    nonce_ttl_s: int = checked(between(10, 3600), default=300)
+    max_expires_s: int = checked(between(60, 86400), default=3600)
+    kamailio: str = checked(length(1, 4096), default="kamailio")
+    children: int = checked(between(1, 64), default=4)
+    # Kamailio's own log level: -1 errors only ... 3 debug.
+    log_level: int = checked(between(-1, 3), default=1)
+
+    def cross_check(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        if (self.tls_cert is None) != (self.tls_key is None):
+            problems.append(("tls_cert", "give both tls_cert and tls_key, or neither"))
+        if self.tls_port and self.tls_port in (self.udp_port, self.tcp_port):
+            problems.append(("tls_port", "must differ from udp_port and tcp_port"))
+        return problems
+
+    def probe_host(self) -> str:
+        """An address of the edge reachable from this machine (0.0.0.0 is not one)."""
+        return "127.0.0.1" if ipaddress.ip_address(self.listen).is_unspecified else self.listen
+
+
+def edge_registrar(edge: EdgeConfig) -> tuple[str, int]:
+    """Where the gateway sends INVITEs for registered users (the edge's own SIP address)."""
+    return (edge.probe_host(), edge.udp_port)

@@ -13,7 +13,10 @@ APT_PACKAGES=(
     libssl-dev libopus-dev libsrtp2-dev libspeex-dev libspeexdsp-dev
     libgsm1-dev libsamplerate0-dev uuid-dev
     sip-tester                                                   # SIPp: tests and benchmark
-    espeak-ng sox                                                # text to speech, audio tools
+    espeak-ng sox libsox-fmt-mp3                                 # TTS, prompt conversion (MP3)
+    kamailio kamailio-sqlite-modules kamailio-tls-modules        # the SIP edge (edge/)
+    openssl sqlite3 iproute2                                     # edge TLS pair, users db, ss
+    linphone-cli                                                 # tests: a real softphone
 )
 PY=${PYTHON:-python3}
 
@@ -31,6 +34,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Debian package may start its own kamailio (where services start): it would hold port
+# 5060. The project runs Kamailio itself (gateway/edge.py), so stop and disable that one.
+if [ -f /run/kamailio/kamailio.pid ] && kill -0 "$(cat /run/kamailio/kamailio.pid)" 2>/dev/null; then
+    log "stopping the system kamailio service (the project runs its own)"
+    kill "$(cat /run/kamailio/kamailio.pid)" || true
+    command -v update-rc.d >/dev/null && update-rc.d kamailio disable >/dev/null 2>&1 || true
 fi
 
 if [ ! -x .venv/bin/python ]; then

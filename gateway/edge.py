@@ -1,0 +1,353 @@
+"""The SIP edge: Kamailio in front of the gateway, run as a child of `python -m gateway serve`.
+
+pjsua2 has no registrar and no server-side digest authentication, so a real SIP server faces
+the network: Kamailio registers and authenticates phones, bans scanners and guessers, and
+forwards only authenticated or trusted calls to the gateway, which listens on loopback.
+
+    prepare(cfg)      check the config, render <runtime_dir>/kamailio.cfg, make the TLS pair
+    Edge(plan)        start / supervise / stop the kamailio process
+    run_stack(cfg)    both plus the gateway, until Ctrl-C or SIGTERM (what `make run` does)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway import logs
+from gateway.config import Config
+from gateway.edge_config import EdgeConfig
+from gateway.users import UserStore
+
+log = logging.getLogger("edge")
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "edge" / "kamailio.cfg.tmpl"
+MODULE_DIRS = ("/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/aarch64-linux-gnu/"
+               "kamailio/modules", "/usr/lib/kamailio/modules", "/usr/local/lib64/kamailio/modules")
+
+
+class EdgeError(Exception):
+    """The edge cannot be set up or started; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class EdgePlan:
+    edge: EdgeConfig
+    gateway_host: str
+    gateway_port: int
+    runtime_dir: Path
+    config_path: Path
+    tls_cert: Path | None
+    tls_key: Path | None
+    binary: str
+
+
+def check(cfg: Config) -> None:
+    """Rules that span `sip:` and `edge:`. Raises EdgeError."""
+    edge = cfg.edge
+    try:
+        loopback = ipaddress.ip_address(cfg.sip.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise EdgeError(f"sip.host is {cfg.sip.host!r}: with edge.enabled the gateway must listen "
+                        "on loopback only (sip.host: 127.0.0.1); phones reach it through the edge")
+    if cfg.sip.port == 0:
+        raise EdgeError("sip.port must be a fixed port with edge.enabled (the edge forwards to it)")
+    edge_ports = {edge.udp_port, edge.tcp_port, edge.tls_port} - {0}
+    if cfg.sip.port in edge_ports:
+        raise EdgeError(f"sip.port {cfg.sip.port} is also an edge port: give the gateway another "
+                        "one (e.g. 5070); phones use the edge's port")
+
+
+def module_path() -> str:
+    for d in MODULE_DIRS:
+        if Path(d, "tm.so").exists():
+            return d
+    raise EdgeError("Kamailio modules not found: install kamailio, kamailio-sqlite-modules and "
+                    "kamailio-tls-modules (scripts/setup.sh does)")
+
+
+def _secret(runtime_dir: Path) -> str:
+    """The HMAC key for nonces and dialog routes; kept across restarts so that phones' nonces
+    and calls in progress stay valid."""
+    path = runtime_dir / "secret"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    value = path.read_text().strip()
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise EdgeError(f"{path} is corrupt: delete it (a new one is made on start)")
+    return value
+
+
+def ensure_certificate(cert: Path, key: Path, listen: str) -> None:
+    """A self-signed pair for TLS on first run (phones must accept it; see docs/edge.md)."""
+    if cert.exists() and key.exists():
+        return
+    if not shutil.which("openssl"):
+        raise EdgeError("openssl not found: it is needed once to make the edge's TLS certificate")
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    names = ["DNS:localhost", "IP:127.0.0.1"]
+    if not ipaddress.ip_address(listen).is_unspecified and listen != "127.0.0.1":
+        names.append(f"IP:{listen}")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "825",
+         "-subj", "/CN=MiniVoice edge", "-addext", "subjectAltName=" + ",".join(names),
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True)
+    key.chmod(0o600)
+    log.info("edge.certificate_created", extra={"cert": str(cert)})
+
+
+def _listen_lines(edge: EdgeConfig) -> str:
+    adv = f" advertise {edge.advertise}:{{port}}" if edge.advertise else ""
+    lines = [f"listen=udp:{edge.listen}:{edge.udp_port}{adv.format(port=edge.udp_port)}"]
+    if edge.tcp_port:
+        lines.append(f"listen=tcp:{edge.listen}:{edge.tcp_port}{adv.format(port=edge.tcp_port)}")
+    else:
+        lines.append("disable_tcp=yes")
+    if edge.tls_port:
+        lines.append("enable_tls=yes")
+        lines.append(f"listen=tls:{edge.listen}:{edge.tls_port}{adv.format(port=edge.tls_port)}")
+    return "\n".join(lines)
+
+
+def _subnet_checks(networks: tuple[str, ...], var: str) -> str:
+    out = []
+    for net in networks:
+        n = ipaddress.ip_network(net, strict=False)
+        if n.prefixlen == 0:
+            out.append("\treturn 1;")
+            break
+        out.append(f'\tif (is_in_subnet("{var}", "{n}")) {{\n\t\treturn 1;\n\t}}')
+    return "\n".join(out) if out else "\t# none configured"
+
+
+def render(plan: EdgePlan, secret: str) -> str:
+    e = plan.edge
+    values = {
+        "DEFINES": "#!define WITH_TLS" if e.tls_port else "",
+        "LOG_LEVEL": str(e.log_level),
+        "CHILDREN": str(e.children),
+        "LISTEN": _listen_lines(e),
+        "MODULE_PATH": module_path(),
+        "MAX_EXPIRES": str(e.max_expires_s),
+        "BAN_S": str(e.ban_s),
+        "FAILURE_WINDOW_S": str(e.failure_window_s),
+        "NONCE_TTL_S": str(e.nonce_ttl_s),
+        "FLOOD_WINDOW_S": str(e.flood_window_s),
+        "FLOOD_REQUESTS": str(e.flood_requests),
+        "BAN_AFTER_FAILURES": str(e.ban_after_failures),
+        "USERS_DB": str(Path(e.users_db).resolve()),
+        "TLS_CERT": str(plan.tls_cert or ""),
+        "TLS_KEY": str(plan.tls_key or ""),
+        "GATEWAY_HOST": plan.gateway_host,
+        "GATEWAY_PORT": str(plan.gateway_port),
+        "TRUSTED_CHECKS": _subnet_checks(e.trusted, "$si"),
+        "RELAY_CHECKS": _subnet_checks(e.relay_networks, "$var(dh)"),
+        "REALM": e.realm,
+        "SECRET": secret,
+    }
+    text = TEMPLATE.read_text()
+    for name, value in values.items():
+        text = text.replace(f"@@{name}@@", value)
+    left = sorted(set(re.findall(r"@@([A-Z_]+)@@", text)))
+    if left:
+        raise EdgeError(f"{TEMPLATE}: no value for {', '.join(left)}")
+    return text
+
+
+def prepare(cfg: Config) -> EdgePlan:
+    """Everything before starting Kamailio; raises EdgeError with what to fix."""
+    check(cfg)
+    e = cfg.edge
+    binary = shutil.which(e.kamailio)
+    if not binary:
+        raise EdgeError(f"{e.kamailio!r} not found: install Debian package kamailio "
+                        "(scripts/setup.sh does)")
+    runtime = Path(e.runtime_dir).resolve()
+    runtime.mkdir(parents=True, exist_ok=True)
+    cert = key = None
+    if e.tls_port:
+        if e.tls_cert and e.tls_key:
+            cert, key = Path(e.tls_cert).resolve(), Path(e.tls_key).resolve()
+            for p in (cert, key):
+                if not p.is_file():
+                    raise EdgeError(f"TLS file {p} does not exist (edge.tls_cert/tls_key)")
+        else:
+            cert, key = runtime / "tls" / "cert.pem", runtime / "tls" / "key.pem"
+            ensure_certificate(cert, key, e.listen)
+    store = UserStore(e.users_db, e.realm)
+    store.ensure()
+    stale = store.other_realm_count()
+    if stale:
+        log.warning("edge.users_other_realm", extra={"count": stale, "realm": e.realm})
+    plan = EdgePlan(e, cfg.sip.host, cfg.sip.port, runtime, runtime / "kamailio.cfg", cert, key,
+                    binary)
+    text = render(plan, _secret(runtime))
+    plan.config_path.write_text(text)
+    plan.config_path.chmod(0o600)  # it holds the HMAC secret
+    return plan
+
+
+_KAM_LINE = re.compile(r"^\s*\d+\((\d+)\) (\w+): (?:<script>: )?(.*)$")
+_LEVELS = {"CRITICAL": logging.CRITICAL, "ALERT": logging.CRITICAL, "ERROR": logging.ERROR,
+           "WARNING": logging.WARNING, "NOTICE": logging.INFO, "INFO": logging.INFO,
+           "DEBUG": logging.DEBUG}
+
+
+def _relog(line: str) -> None:
+    """Kamailio's stderr as our key=value log. Script lines are already `edge.event k=v ...`."""
+    m = _KAM_LINE.match(line)
+    if not m:
+        log.debug("edge.kamailio", extra={"line": line})
+        return
+    pid, level, text = m.groups()
+    lvl = _LEVELS.get(level, logging.INFO)
+    if text.startswith("edge."):
+        event, _, rest = text.partition(" ")
+        fields = dict(kv.split("=", 1) for kv in rest.split() if "=" in kv)
+        log.log(lvl, event, extra=logs.fields(**fields))
+    else:
+        log.log(lvl, "edge.kamailio", extra={"pid": pid, "line": text})
+
+
+class Edge:
+    """One kamailio process. It dies with us (PR_SET_PDEATHSIG through setpriv), so a killed
+    gateway never leaves an orphan holding port 5060."""
+
+    def __init__(self, plan: EdgePlan) -> None:
+        self.plan = plan
+        self.proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.stopping = False
+        self._tail: list[str] = []
+
+    def command(self) -> list[str]:
+        p = self.plan
+        cmd = [p.binary, "-f", str(p.config_path), "-D", "-E", "-m", "64", "-M", "8",
+               "-Y", str(p.runtime_dir), "-P", str(p.runtime_dir / "kamailio.pid"),
+               "-w", str(p.runtime_dir)]
+        setpriv = shutil.which("setpriv")
+        return [setpriv, "--pdeathsig", "TERM", *cmd] if setpriv else cmd
+
+    async def start(self, timeout_s: float = 15.0) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.command(), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True)  # Ctrl-C reaches us only; we stop Kamailio in order
+        self._reader = asyncio.create_task(self._read_stderr())
+        deadline = time.monotonic() + timeout_s
+        while not await asyncio.to_thread(self._probe):
+            if self.proc.returncode is not None:
+                await asyncio.sleep(0.2)  # let the reader catch the last lines
+                raise EdgeError("kamailio exited at start:\n" + "\n".join(self._tail[-15:]))
+            if time.monotonic() > deadline:
+                await self.stop()
+                raise EdgeError("kamailio did not answer OPTIONS within "
+                                f"{timeout_s:.0f} s:\n" + "\n".join(self._tail[-15:]))
+        e = self.plan.edge
+        log.info("edge.started", extra={"pid": self.proc.pid, "listen": e.listen,
+                                        "udp": e.udp_port, "tcp": e.tcp_port, "tls": e.tls_port,
+                                        "gateway": f"{self.plan.gateway_host}:"
+                                                   f"{self.plan.gateway_port}"})
+
+    def _probe(self) -> bool:
+        """Kamailio is up when it answers an OPTIONS on its UDP port."""
+        host, port = self.plan.edge.probe_host(), self.plan.edge.udp_port
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((host, 0))
+            s.settimeout(0.3)
+            me = s.getsockname()[1]
+            msg = (f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
+                   f"Via: SIP/2.0/UDP {host}:{me};branch=z9hG4bK{secrets.token_hex(8)};rport\r\n"
+                   f"From: <sip:probe@{host}>;tag={secrets.token_hex(4)}\r\nTo: <sip:{host}>\r\n"
+                   f"Call-ID: {secrets.token_hex(8)}@probe\r\nCSeq: 1 OPTIONS\r\n"
+                   "Max-Forwards: 2\r\nContent-Length: 0\r\n\r\n")
+            try:
+                s.sendto(msg.encode(), (host, port))
+                return s.recv(4096).startswith(b"SIP/2.0 200")
+            except OSError:
+                return False
+
+    async def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if not line:
+                continue
+            self._tail = [*self._tail[-50:], line]
+            with contextlib.suppress(Exception):  # a log line must never stop the reader
+                _relog(line)
+
+    async def wait(self) -> int:
+        assert self.proc is not None
+        return await self.proc.wait()
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        self.stopping = True
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("edge.kill", extra={"pid": self.proc.pid})
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+        if self._reader:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._reader, 2)
+        log.info("edge.stopped", extra={"code": self.proc.returncode})
+
+
+async def serve_stack(cfg: Config, drain_s: float = 0.0) -> int:
+    """Kamailio, then the gateway; a dead Kamailio takes the gateway down (exit 1), since
+    nobody could reach it any more."""
+    plan = prepare(cfg)
+    edge = Edge(plan)
+    await edge.start()
+    from gateway.app import serve  # imports pjsua2
+
+    code = 0
+    gateway = asyncio.create_task(serve(cfg, drain_s), name="gateway")
+    watcher = asyncio.create_task(edge.wait(), name="edge")
+    try:
+        done, _ = await asyncio.wait({gateway, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if watcher in done and not edge.stopping:
+            log.error("edge.exited", extra={"code": watcher.result()})
+            code = 1
+            # app.serve stops on SIGTERM (its own handler): the orderly path, drain included.
+            os.kill(os.getpid(), signal.SIGTERM)
+        await gateway
+    finally:
+        watcher.cancel()
+        await edge.stop()
+    return code
+
+
+def run_stack(cfg: Config, drain_s: float = 0.0) -> int:
+    """`python -m gateway serve` with `edge.enabled`: the whole stack in the foreground."""
+    try:
+        return asyncio.run(serve_stack(cfg, drain_s))
+    except EdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C before the gateway installed its handlers
+        return 0

@@ -1,0 +1,151 @@
+"""Test helpers for the SIP edge: the whole stack (Kamailio + gateway) on loopback, and a tiny
+digest-speaking SIP client to poke at it. Used by tests/test_edge*.py."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.harness import GatewayProc, free_port, start_gateway
+
+
+@dataclass
+class Stack:
+    gw: GatewayProc
+    edge_port: int  # UDP and TCP
+    tls_port: int
+    users_db: Path
+    config: Path
+    runtime_dir: Path
+
+    def uri(self, user: str = "1001") -> str:
+        return f"sip:{user}@127.0.0.1:{self.edge_port}"
+
+    def edge_log(self) -> list[str]:
+        return [line for line in self.gw.log().splitlines() if " edge." in line]
+
+
+async def start_stack(tmp: Path, applications: list[dict[str, Any]],
+                      **edge: Any) -> Stack:
+    """The gateway behind Kamailio, both as `python -m gateway serve` would run them."""
+    port, tls = free_port(), free_port()
+    section = {"enabled": True, "listen": "127.0.0.1", "udp_port": port, "tcp_port": port,
+               "tls_port": tls, "users_db": str(tmp / "users.db"),
+               "runtime_dir": str(tmp / "edge"), "relay_networks": ["127.0.0.0/8"],
+               "children": 2, **edge}
+    gw = await start_gateway(tmp, applications, edge=section)
+    config = next(tmp.glob(f"gateway-{gw.sip_port}.yaml"))
+    return Stack(gw, port, tls, tmp / "users.db", config, tmp / "edge")
+
+
+# ---------------------------------------------------------------------- digest client ---
+def _h(alg: str, text: str) -> str:
+    data = text.encode()
+    if alg == "SHA-256":
+        return hashlib.sha256(data).hexdigest()
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+@dataclass
+class Response:
+    code: int
+    text: str
+
+    def headers(self, name: str) -> list[str]:
+        return re.findall(rf"^{name}:\s*(.*?)\r?$", self.text, re.IGNORECASE | re.MULTILINE)
+
+    def challenges(self) -> dict[str, dict[str, str]]:
+        """algorithm -> params of each WWW-/Proxy-Authenticate header."""
+        out = {}
+        for value in self.headers("WWW-Authenticate") + self.headers("Proxy-Authenticate"):
+            params = dict(re.findall(r'(\w+)="?([^",]*)"?', value))
+            out[params.get("algorithm", "MD5")] = params
+        return out
+
+
+@dataclass
+class SipClient:
+    """One UDP socket from a chosen loopback source address (127.0.0.x is a distinct source
+    for the edge's bans)."""
+
+    target: tuple[str, int]
+    source: str = "127.0.0.1"
+    sock: socket.socket = field(init=False)
+    cseq: int = 0
+
+    def __post_init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((self.source, 0))
+        self.port = self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def request(self, method: str, ruri: str, user: str, *, extra: str = "",
+                call_id: str | None = None, body: str = "", timeout: float = 2.0,
+                to_user: str | None = None, to_tag: str | None = None,
+                wait: bool = True) -> Response | None:
+        """Send one request; the final response, or None if nothing came back (banned)."""
+        self.cseq += 1
+        host = f"{self.source}:{self.port}"
+        branch = "z9hG4bK" + secrets.token_hex(8)
+        msg = (f"{method} {ruri} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP {host};branch={branch};rport\r\n"
+               f"Max-Forwards: 70\r\n"
+               f"From: <sip:{user}@127.0.0.1>;tag={secrets.token_hex(4)}\r\n"
+               f"To: <sip:{to_user or user}@127.0.0.1>{';tag=' + to_tag if to_tag else ''}\r\n"
+               f"Call-ID: {call_id or secrets.token_hex(10)}\r\n"
+               f"CSeq: {self.cseq} {method}\r\n"
+               f"Contact: <sip:{user}@{host}>\r\n{extra}"
+               + ("Content-Type: application/sdp\r\n" if body else "")
+               + f"Content-Length: {len(body)}\r\n\r\n{body}")
+        self.sock.sendto(msg.encode(), self.target)
+        if not wait:
+            return None
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65535).decode(errors="replace")
+            except TimeoutError:
+                return None
+            code = int(data.split(" ", 2)[1]) if data.startswith("SIP/2.0 ") else 0
+            if branch in data and code >= 200:
+                return Response(code, data)
+
+    def register(self, user: str, password: str | None, *, algorithm: str = "MD5",
+                 realm: str | None = None, expires: int = 60) -> Response | None:
+        """REGISTER, answering the challenge for `algorithm` if a password is given."""
+        ruri = f"sip:127.0.0.1:{self.target[1]}"
+        call_id = secrets.token_hex(10)
+        first = self.request("REGISTER", ruri, user, call_id=call_id,
+                             extra=f"Expires: {expires}\r\n")
+        if first is None or first.code != 401 or password is None:
+            return first
+        return self.request("REGISTER", ruri, user, call_id=call_id,
+                            extra=f"Expires: {expires}\r\n" + authorization(
+                                "Authorization", first, "REGISTER", ruri, user, password,
+                                algorithm, realm))
+
+
+def authorization(header: str, challenge: Response, method: str, uri: str, user: str,
+                  password: str, algorithm: str = "MD5", realm: str | None = None,
+                  nc: str = "00000001") -> str:
+    params = challenge.challenges()[algorithm]
+    realm = realm or params["realm"]
+    nonce, cnonce = params["nonce"], secrets.token_hex(8)
+    ha1 = _h(algorithm, f"{user}:{realm}:{password}")
+    ha2 = _h(algorithm, f"{method}:{uri}")
+    resp = _h(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
+    return (f'{header}: Digest username="{user}", realm="{realm}", nonce="{nonce}", '
+            f'uri="{uri}", response="{resp}", algorithm={algorithm}, cnonce="{cnonce}", '
+            f"qop=auth, nc={nc}\r\n")

@@ -1,0 +1,190 @@
+"""The SIP edge (Kamailio) in front of the gateway: registration, digest auth with MD5 and
+SHA-256, what unauthenticated callers get, bans, and that the gateway hides on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bench import sipp
+from gateway.users import UserStore
+from tests.edge_stack import SipClient, Stack, authorization, start_stack
+from tests.harness import PYTHON, ROOT, AppServer, app_config, rtp_block
+
+pytestmark = pytest.mark.sip
+
+PASSWORD = "correct-horse-42"
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, app: AppServer) -> AsyncIterator[Stack]:
+    s = await start_stack(tmp_path, [app_config(app)], trusted=["127.0.0.5/32"],
+                          ban_after_failures=4, ban_s=3, failure_window_s=30)
+    UserStore(s.users_db, "minivoice").add("alice", PASSWORD)
+    yield s
+    code = s.gw.stop()
+    log = s.gw.log()
+    assert "Traceback" not in log, log[-4000:]
+    assert code == 0, f"exit code {code}\n{log[-3000:]}"
+    assert "edge.stopped" in log
+
+
+def client(stack: Stack, source: str = "127.0.0.1") -> SipClient:
+    return SipClient(("127.0.0.1", stack.edge_port), source)
+
+
+async def test_register_md5_and_sha256(stack: Stack) -> None:
+    c = client(stack)
+    first = c.request("REGISTER", f"sip:127.0.0.1:{stack.edge_port}", "alice")
+    assert first is not None and first.code == 401
+    # both algorithms offered, SHA-256 first (RFC 8760 order of preference)
+    algs = [re.search(r"algorithm=([\w-]+)", h).group(1)  # type: ignore[union-attr]
+            for h in first.headers("WWW-Authenticate")]
+    assert algs == ["SHA-256", "MD5"], first.text
+    for alg in ("MD5", "SHA-256"):
+        r = c.register("alice", PASSWORD, algorithm=alg)
+        assert r is not None and r.code == 200, (alg, r)
+        assert "alice@127.0.0.1" in r.text  # the binding is echoed back
+    assert "kamailio" not in first.text.lower()  # no product or version for scanners
+    c.close()
+
+
+async def test_unknown_user_and_wrong_password_look_the_same(stack: Stack) -> None:
+    c = client(stack, "127.0.0.21")
+    wrong = c.register("alice", "not-the-password")
+    unknown = c.register("mallory", "not-the-password")
+    assert wrong is not None and unknown is not None
+    assert wrong.code == unknown.code == 401
+
+    def shape(r: str) -> list[str]:  # everything but per-request values
+        return [re.sub(r'(nonce|tag|branch|rport)=("?)[^";\s,]*', r"\1=X", line)
+                for line in r.splitlines()
+                if not line.lower().startswith(("call-id", "cseq", "from", "to", "via",
+                                                 "content-length"))]
+    assert shape(wrong.text) == shape(unknown.text)
+    c.close()
+
+
+async def test_replayed_and_tampered_answers_fail(stack: Stack) -> None:
+    c = client(stack, "127.0.0.22")
+    ruri = f"sip:127.0.0.1:{stack.edge_port}"
+    ch = c.request("REGISTER", ruri, "alice")
+    assert ch is not None
+    auth = authorization("Authorization", ch, "REGISTER", ruri, "alice", PASSWORD, "SHA-256")
+    ok = c.request("REGISTER", ruri, "alice", extra=auth)
+    assert ok is not None and ok.code == 200
+    again = c.request("REGISTER", ruri, "alice", extra=auth)  # the very same answer
+    assert again is not None and again.code == 401
+    # a nonce we did not issue
+    forged = auth.replace(ch.challenges()["SHA-256"]["nonce"][:12], "1700000000.A")
+    bad = c.request("REGISTER", ruri, "alice", extra=forged)
+    assert bad is not None and bad.code == 401
+    # someone else's registration with alice's credentials
+    other = c.request("REGISTER", ruri, "alice", to_user="bob", extra=authorization(
+        "Authorization", ch, "REGISTER", ruri, "alice", PASSWORD, "MD5", nc="00000002"))
+    assert other is not None and other.code == 403
+    c.close()
+
+
+async def test_unauthenticated_invites_never_reach_the_gateway(
+        stack: Stack, app: AppServer) -> None:
+    c = client(stack, "127.0.0.23")
+    sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.23\r\ns=-\r\nc=IN IP4 127.0.0.23\r\nt=0 0\r\n" \
+          "m=audio 4000 RTP/AVP 0\r\n"
+    r = c.request("INVITE", stack.uri("1001"), "alice", body=sdp)
+    assert r is not None and r.code == 407 and "Proxy-Authenticate" in r.text
+    wrong = authorization("Proxy-Authorization", r, "INVITE", stack.uri("1001"), "alice",
+                          "guess-guess")
+    r2 = c.request("INVITE", stack.uri("1001"), "alice", body=sdp, extra=wrong)
+    assert r2 is not None and r2.code == 407
+    # a forged in-dialog INVITE (To-tag, Route to the edge) is refused as well
+    forged = c.request("INVITE", f"sip:1001@127.0.0.1:{stack.gw.sip_port}", "alice", body=sdp,
+                       extra=f"Route: <sip:127.0.0.1:{stack.edge_port};lr>\r\n",
+                       to_user="1001", to_tag="abc")
+    assert forged is not None and forged.code in (403, 404)
+    await asyncio.sleep(0.5)
+    assert app.answers() == [], "an unauthenticated INVITE reached the gateway"
+    c.close()
+
+
+async def test_trusted_trunk_calls_without_auth(stack: Stack, app: AppServer,
+                                                tmp_path: Path) -> None:
+    """SIPp from 127.0.0.5 (edge.trusted): no challenge, the calls reach the room, and the
+    in-dialog ACK/BYE follow the edge's signed route set."""
+    tone = sipp.alaw_tone(tmp_path / "tone.wav", 1000, seconds=1.0, volume=0.02)
+    scenario = tmp_path / "uac_trunk.xml"
+    scenario.write_text((ROOT / "edge" / "sipp" / "uac_trunk.xml").read_text()
+                        .replace("@AUDIO@", str(tone)))
+    result = await sipp.run(tmp_path, f"127.0.0.1:{stack.edge_port}", scenario,
+                            service="1001", calls=3, rate=10, hold_ms=1500,
+                            media_port=rtp_block(), timeout_s=60, extra=("-i", "127.0.0.5"))
+    assert result.successful == 3 and result.failed == 0, result.errors
+    done = await app.completed(count=3, timeout=15)
+    assert all(w["data"]["hangup_by"] == "caller" for w in done), done
+    assert app.answers()[0].json["call"]["to"] == "1001"
+    # not trusted: the same scenario from another address is challenged and fails
+    result = await sipp.run(tmp_path, f"127.0.0.1:{stack.edge_port}", scenario,
+                            service="1001", calls=1, rate=1, hold_ms=100,
+                            media_port=rtp_block(), timeout_s=30, extra=("-i", "127.0.0.6"))
+    assert result.successful == 0
+    assert len(app.answers()) == 3
+
+
+async def test_gateway_listens_on_loopback_only(stack: Stack) -> None:
+    out = subprocess.run(["ss", "-Hlnpu"], capture_output=True, text=True).stdout + \
+        subprocess.run(["ss", "-Hlnpt"], capture_output=True, text=True).stdout
+    mine = [line for line in out.splitlines()
+            if f":{stack.gw.sip_port} " in line and f"pid={stack.gw.proc.pid}," in line]
+    assert mine, out
+    for line in mine:
+        local = line.split()[3]
+        assert local.startswith("127.0.0.1:"), line
+
+
+async def test_auth_failures_ban_the_source_for_a_while(stack: Stack) -> None:
+    attacker, bystander = client(stack, "127.0.0.31"), client(stack, "127.0.0.32")
+    for _ in range(4):  # ban_after_failures
+        attacker.register("alice", "wrong-password-1")
+    assert attacker.request("OPTIONS", stack.uri("x"), "probe", timeout=0.5) is None
+    ok = bystander.register("alice", PASSWORD)
+    assert ok is not None and ok.code == 200, "a bystander was affected by the ban"
+    await asyncio.sleep(3.2)  # ban_s
+    back = attacker.request("OPTIONS", stack.uri("x"), "probe")
+    assert back is not None and back.code == 200, "the ban did not expire"
+    assert any("edge.ban src=127.0.0.31 reason=auth_failures" in line
+               for line in stack.edge_log())
+    attacker.close()
+    bystander.close()
+
+
+async def test_flood_bans_the_source(tmp_path: Path, app: AppServer) -> None:
+    s = await start_stack(tmp_path, [app_config(app)], flood_requests=20, flood_window_s=2,
+                          ban_s=2)
+    try:
+        c = client(s, "127.0.0.41")
+        for _ in range(100):  # as fast as we can: 100 requests in well under 2 s
+            c.request("OPTIONS", s.uri("x"), "flood", wait=False)
+        await asyncio.sleep(0.3)
+        assert c.request("OPTIONS", s.uri("x"), "flood", timeout=0.5) is None
+        other = client(s, "127.0.0.42").request("OPTIONS", s.uri("x"), "me")
+        assert other is not None and other.code == 200
+        assert any("reason=flood" in line for line in s.edge_log())
+    finally:
+        assert s.gw.stop() == 0
+
+
+def test_edge_refuses_a_gateway_reachable_from_the_network(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sip: {host: 0.0.0.0, port: 5070}\n"
+                   "applications: [{id: a, customer_id: c, answer_url: 'http://127.0.0.1:1/'}]\n"
+                   f"edge: {{enabled: true, runtime_dir: {tmp_path / 'e'}}}\n")
+    out = subprocess.run([PYTHON, "-m", "gateway", "serve", "--config", str(cfg)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "sip.host is '0.0.0.0': with edge.enabled the gateway must listen on loopback" \
+        in out.stderr
