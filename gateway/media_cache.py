@@ -46,6 +46,15 @@ def max_age_s(cache_control: str | None) -> float:
     return DEFAULT_MAX_AGE_S
 
 
+def audio_kind(body: bytes) -> str | None:
+    """WAV or MP3, by content (servers' Content-Type is often generic)."""
+    if body[:4] == b"RIFF" and body[8:12] == b"WAVE":
+        return "wav"
+    if body[:3] == b"ID3" or (len(body) > 1 and body[0] == 0xFF and body[1] & 0xE0 == 0xE0):
+        return "mp3"
+    return None
+
+
 class MediaCache:
     def __init__(self, root: Path, http: aiohttp.ClientSession, rate: int,
                  timeout_s: float = 10.0) -> None:
@@ -97,7 +106,9 @@ class MediaCache:
                 log.warning("media.stale", extra={"url": url, "error": str(exc)})
                 return wav
             raise MediaError(f"{url}: {type(exc).__name__}") from None
-        kind = "mp3" if body[:3] == b"ID3" or body[:2] in (b"\xff\xfb", b"\xff\xf3") else "wav"
+        kind = audio_kind(body)
+        if kind is None:
+            raise MediaError(f"{url}: neither WAV nor MP3")
         raw = self.root / f"{key}.download.{kind}"
         raw.write_bytes(body)
         await self._convert(raw, wav)

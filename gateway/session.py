@@ -24,6 +24,7 @@ from gateway.actions.play import repeat
 from gateway.config import Application
 from gateway.hooks import AnswerUrlError
 from gateway.interpreter import run_actions
+from gateway.media_cache import MediaError
 from media.rooms import Link, RoomKey
 from sip import commands as cmd
 from sip import events as ev
@@ -140,6 +141,10 @@ class CallSession:
         except AnswerUrlError as exc:  # from gather's action_url or redirect's url
             self._failed(exc)
             await self._end(500, exc.code, "Application Error")
+        except MediaError as exc:  # a prompt that cannot be fetched or is not audio
+            self.error = {"code": "media_error", "message": str(exc)}
+            self.note("media.error", message=str(exc))
+            await self._end(500, "media_error", "Media Error")
         except Exception as exc:
             log.exception("call flow failed", extra={"call_id": self.call_id})
             self.error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
 import wave
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,27 @@ async def test_play_served_wav_is_heard_and_cached(
     gets = app.posts("/media/tone.wav")
     assert len(gets) == 2, "the prompt was not cached"
     assert gets[1].headers.get("If-None-Match") == '"v1"', "no revalidation with the ETag"
+
+
+async def test_play_mp3_and_bad_media(
+    gateway: GatewayProc, app: AppServer, phones: Phonebank, tmp_path: Path
+) -> None:
+    mp3 = tmp_path / "tone.mp3"
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "2", str(mp3), "synth", "1.5",
+                    "sine", "1000", "vol", "0.3"], check=True)
+    app.media["tone.mp3"] = (mp3.read_bytes(), {"Content-Type": "application/octet-stream"})
+    app.media["junk.wav"] = (b"this is not audio", {"Content-Type": "audio/wav"})
+    app.answer = lambda p: {"actions": [
+        {"play": {"url": app.url + "/media/tone.mp3"}},
+        {"play": {"url": app.url + "/media/junk.wav"}}]}
+    rec = tmp_path / "x.wav"
+    phones.call("x", gateway.uri(), record=str(rec))
+    await phones.wait("ended", "x", timeout=20)
+    heard = levels(rec, 1000, skip_s=0.3, tail_s=0.3)
+    assert heard[1000] > -20, heard
+    (done,) = await app.completed()  # the second prompt is not audio: a clear error
+    assert done["call"]["status"] == "failed"
+    assert "neither WAV nor MP3" in done["data"]["error"]["message"]
 
 
 async def test_say_pause_redirect_hangup(
