@@ -238,8 +238,10 @@ class Edge:
         self._tail: list[str] = []
 
     def command(self) -> list[str]:
+        # -DD: stay in the foreground but fork the workers (-D alone would run one process
+        # serving only the first listening socket: no TCP, no TLS).
         p = self.plan
-        cmd = [p.binary, "-f", str(p.config_path), "-D", "-E", "-m", "64", "-M", "8",
+        cmd = [p.binary, "-f", str(p.config_path), "-DD", "-E", "-m", "64", "-M", "8",
                "-Y", str(p.runtime_dir), "-P", str(p.runtime_dir / "kamailio.pid"),
                "-w", str(p.runtime_dir)]
         setpriv = shutil.which("setpriv")
@@ -317,7 +319,7 @@ class Edge:
         log.info("edge.stopped", extra={"code": self.proc.returncode})
 
 
-async def serve_stack(cfg: Config, drain_s: float = 0.0) -> int:
+async def serve_stack(cfg: Config, drain_s: float | None = None) -> int:
     """Kamailio, then the gateway; a dead Kamailio takes the gateway down (exit 1), since
     nobody could reach it any more."""
     plan = prepare(cfg)
@@ -342,7 +344,7 @@ async def serve_stack(cfg: Config, drain_s: float = 0.0) -> int:
     return code
 
 
-def run_stack(cfg: Config, drain_s: float = 0.0) -> int:
+def run_stack(cfg: Config, drain_s: float | None = None) -> int:
     """`python -m gateway serve` with `edge.enabled`: the whole stack in the foreground."""
     try:
         return asyncio.run(serve_stack(cfg, drain_s))
