@@ -100,6 +100,10 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
                         and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE):
                     self.audio = self.getAudioMedia(i)
                     self.audio_index = i
+                    # After a hold or another re-INVITE the bridge port may have been
+                    # re-created, even under the same slot number: connect it again on
+                    # every ACTIVE report (connecting an existing link is harmless).
+                    self.engine.relink(self.call_id)
                     if not self.media_reported:
                         self.media_reported = True
                         codec = self.getStreamInfo(i).codecName

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config import SipConfig
+from media.rooms import Link
 from sip import commands as cmd
 from sip import events as ev
 
@@ -128,6 +129,9 @@ class _SipThread:
         self.handle = handle
         self.calls: dict[str, Any] = {}  # MiniVoice call ID -> calls.GatewayCall
         self.players: dict[tuple[str, int], Any] = {}  # (call ID, play ID) -> PromptPlayer
+        # Every bridge link asked for and not yet undone: re-applied when a call's media
+        # port is (re)created, e.g. after a re-INVITE, or when media comes up after the ask.
+        self.links: set[Link] = set()
         self.finished_players: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self.dial_accounts: dict[str, Any] = {}  # caller ID -> pj.Account for outbound calls
         self.graveyard: list[Any] = []  # calls to delete outside their own callbacks
@@ -248,14 +252,23 @@ class _SipThread:
     def _apply_links(self, c: cmd.ApplyLinks) -> None:
         # Calls that already hung up are skipped: pjsua removed their bridge ports.
         for link in c.disconnect:
+            self.links.discard(link)
             src, dst = self.calls.get(link.src), self.calls.get(link.dst)
             if src is not None and dst is not None and src.audio and dst.audio:
                 src.audio.stopTransmit(dst.audio)
         for link in c.connect:
-            src, dst = self.calls.get(link.src), self.calls.get(link.dst)
-            if src is None or dst is None or not src.audio or not dst.audio:
-                continue
+            self.links.add(link)
+            self._transmit(link)
+
+    def _transmit(self, link: Link) -> None:
+        src, dst = self.calls.get(link.src), self.calls.get(link.dst)
+        if src is not None and dst is not None and src.audio and dst.audio:
             src.audio.startTransmit(dst.audio)
+
+    def relink(self, call_id: str) -> None:
+        """A call's bridge port is new: connect it again as the rooms say."""
+        for link in [lk for lk in self.links if call_id in (lk.src, lk.dst)]:
+            self._transmit(link)
 
     def _play(self, c: cmd.Play) -> None:
         import pjsua2 as pj
@@ -336,6 +349,7 @@ class _SipThread:
     # -- from calls.py ----------------------------------------------------------------
     def call_gone(self, call: Any) -> None:
         self.calls.pop(call.call_id, None)
+        self.links = {lk for lk in self.links if call.call_id not in (lk.src, lk.dst)}
         for key in [k for k in self.players if k[0] == call.call_id]:
             self._stop_player(key)
         self.graveyard.append(call)

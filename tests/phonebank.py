@@ -7,6 +7,7 @@ stdin, one JSON object per line:
      "tone_hz": 440, "record": "/tmp/a.wav", "transport": "udp"}
     {"op": "hangup", "id": "a"}
     {"op": "dtmf", "id": "a", "digits": "1#", "method": "rfc4733" | "info"}
+    {"op": "hold", "id": "a"}, {"op": "unhold", "id": "a"}   (re-INVITEs)
     {"op": "listen", "mode": "answer" | "busy" | "ring", "tone_hz": 700, "record": "/tmp/in"}
         incoming calls from now on are answered (playing the tone, recorded to
         <record>-<id>.wav), rejected 486, or left ringing; they get IDs in1, in2, ...
@@ -97,18 +98,22 @@ class Phone(pj.Call):  # type: ignore[misc]
         info = self.getInfo()
         for i, mi in enumerate(info.media):
             if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
-                if self.audio is not None:
-                    return
+                # Connect on every ACTIVE report: after a hold the port may be re-created
+                # (even under the same slot number); connecting twice is harmless.
+                first = self.audio is None
                 self.audio = self.getAudioMedia(i)
                 if self.tone:
-                    self.player = pj.AudioMediaPlayer()
-                    self.player.createPlayer(self.tone, 0)  # 0 = loop
+                    if self.player is None:
+                        self.player = pj.AudioMediaPlayer()
+                        self.player.createPlayer(self.tone, 0)  # 0 = loop
                     self.player.startTransmit(self.audio)
                 if self.record:
-                    self.recorder = pj.AudioMediaRecorder()
-                    self.recorder.createRecorder(self.record)
+                    if self.recorder is None:
+                        self.recorder = pj.AudioMediaRecorder()
+                        self.recorder.createRecorder(self.record)
                     self.audio.startTransmit(self.recorder)
-                emit(event="media", id=self.cid, codec=self.getStreamInfo(i).codecName)
+                if first:
+                    emit(event="media", id=self.cid, codec=self.getStreamInfo(i).codecName)
                 return
 
     def stop_media(self) -> None:
@@ -200,6 +205,12 @@ class Bank:
             if c.get("transport") == "tcp":
                 uri += ";transport=tcp"
             phone.makeCall(uri, pj.CallOpParam(True))
+        elif op == "hold":
+            self.phones[c["id"]].setHold(pj.CallOpParam(True))
+        elif op == "unhold":
+            prm = pj.CallOpParam(True)
+            prm.opt.flag = pj.PJSUA_CALL_UNHOLD
+            self.phones[c["id"]].reinvite(prm)
         elif op == "listen":
             self.listen = c
         elif op == "hangup":

@@ -300,7 +300,7 @@ async def test_caller_hangs_up_mid_action(
     app.media["long.wav"] = (wav_bytes(sine(500, 3.0, 8000), 8000), {"ETag": '"l"'})
 
     async def slow(payload: dict[str, Any]) -> Any:
-        await asyncio.sleep(30)
+        await asyncio.sleep(4)  # longer than the caller stays; short enough for teardown
         return {"actions": [{"hangup": {}}]}
 
     app.hooks["slow"] = slow

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.audio import levels
+from tests.audio import levels, read_final
 from tests.harness import AppServer, GatewayProc, Phonebank, app_config
 
 pytestmark = pytest.mark.sip
@@ -172,3 +172,27 @@ async def test_codecs_offered_carry_audio(
     finally:
         await bank_a.close()
         await bank_b.close()
+
+
+async def test_room_survives_hold_and_unhold(
+    gateway: GatewayProc, app: AppServer, phones: Phonebank, tmp_path: Path
+) -> None:
+    """A re-INVITE may give the call a new bridge port: its room links must follow."""
+    recs = {c: tmp_path / f"{c}.wav" for c in "ab"}
+    for cid, hz in (("a", 440), ("b", 700)):
+        phones.call(cid, gateway.uri(), tone_hz=hz, record=str(recs[cid]))
+        await phones.wait("media", cid)
+    await asyncio.sleep(1.0)
+    phones.send(op="hold", id="a")
+    await asyncio.sleep(1.0)
+    phones.send(op="unhold", id="a")
+    await asyncio.sleep(2.5)
+    for cid in "ab":
+        phones.hangup(cid)
+        await phones.wait("ended", cid)
+    x, rate = read_final(recs["b"])
+    end = len(x) / rate
+    b_after = levels(recs["b"], 440, 700, start_s=end - 1.8, end_s=end - 0.3)
+    a_after = levels(recs["a"], 440, 700, start_s=end - 1.8, end_s=end - 0.3)
+    assert b_after[440] > HEARD_DB, f"b no longer hears a after unhold: {b_after}"
+    assert a_after[700] > HEARD_DB, f"a no longer hears b after unhold: {a_after}"
