@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import sys
 from typing import Any
 
@@ -59,10 +60,9 @@ def build_config(args: argparse.Namespace) -> Config:
             if v is not None}
     cfg = with_overrides(cfg, sip=sip, http=http)
     if args.db:
-        cfg = with_overrides(cfg)
-        cfg = type(cfg)(**{**cfg.__dict__, "database": args.db})
+        cfg = dataclasses.replace(cfg, database=args.db)
     if args.demo:
-        cfg = type(cfg)(**{**cfg.__dict__, "demo": True})
+        cfg = dataclasses.replace(cfg, demo=True)
     return cfg
 
 
