@@ -106,9 +106,23 @@ async def healthz(request: web.Request) -> web.Response:
 
 # -- calls --------------------------------------------------------------------------------
 async def list_calls(request: web.Request) -> web.Response:
+    """Live calls, or with ?state=ended the most recent finished ones (up to ?limit=)."""
     gw = request.app[GATEWAY]
-    live = [s.record() for s in gw.sessions.values() if _visible(request, s.customer_id)]
-    return web.json_response({"calls": live})
+    state = request.query.get("state", "live")
+    if state == "live":
+        calls = [s.record() for s in gw.sessions.values() if _visible(request, s.customer_id)]
+    elif state == "ended":
+        try:
+            limit = int(request.query.get("limit", "50"))
+        except ValueError:
+            raise ApiError(400, "invalid_query", "limit must be an integer") from None
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, "invalid_query", "limit must be 1 to 1000")
+        admin, customer = request["scope"]
+        calls = gw.store.calls_recent(limit, None if admin else customer)
+    else:
+        raise ApiError(400, "invalid_query", "state must be live or ended")
+    return web.json_response({"calls": calls})
 
 
 async def get_call(request: web.Request) -> web.Response:
@@ -234,7 +248,8 @@ async def remove_participant(request: web.Request) -> web.Response:
 
 
 ROUTES = (
-    Route("GET", "/v1/calls", list_calls, "Live calls"),
+    Route("GET", "/v1/calls", list_calls,
+          "Live calls; ?state=ended&limit=N for the most recent finished ones"),
     Route("GET", "/v1/calls/{call_id}", get_call,
           "A call's state, timeline and error (live, or kept after it ended)"),
     Route("DELETE", "/v1/calls/{call_id}", hangup_call, "Hang up a live call"),

@@ -115,7 +115,13 @@ class Store:
         cur = self.db.execute("DELETE FROM calls WHERE updated_at < ?", (older_than,))
         return cur.rowcount
 
-    def calls_recent(self, limit: int) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT record FROM calls ORDER BY updated_at DESC LIMIT ?", (limit,)).fetchall()
-        return [json.loads(r[0]) for r in rows]
+    def calls_recent(self, limit: int, customer_id: str | None = None) -> list[dict[str, Any]]:
+        """The most recently finished calls, newest first (of one customer if given)."""
+        if customer_id is None:
+            rows = self.db.execute(
+                "SELECT record FROM calls ORDER BY updated_at DESC LIMIT ?", (limit,))
+        else:
+            rows = self.db.execute(
+                "SELECT record FROM calls WHERE json_extract(record, '$.customer_id') = ?"
+                " ORDER BY updated_at DESC LIMIT ?", (customer_id, limit))
+        return [json.loads(r[0]) for r in rows.fetchall()]
