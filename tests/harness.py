@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import random
 import signal
 import socket
@@ -335,7 +334,3 @@ class Phonebank:
                 self.proc.kill()
                 await self.proc.wait()
         self._reader.cancel()
-
-
-def env_without_proxy() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
