@@ -142,7 +142,7 @@ async def hangup_call(request: web.Request) -> web.Response:
     if session is None or not _visible(request, session.customer_id):
         raise ApiError(404, "not_found", f"no live call {cid}")
     session.note("api.hangup")
-    await session._end(487 if session.answered_at is None else 200, "api_hangup",
+    await session.end_call(487 if session.answered_at is None else 200, "api_hangup",
                        "Hung up by API", by="api")
     return web.json_response({"call_id": cid, "status": "hanging_up"}, status=202)
 

@@ -86,7 +86,7 @@ class Gateway:
             while self.sessions and loop.time() < self.drain_deadline:
                 await asyncio.sleep(0.1)
         for session in list(self.sessions.values()):
-            await session._end(503, "shutdown", "Service Unavailable")
+            await session.end_call(503, "shutdown", "Service Unavailable")
         for _ in range(40):  # let CallEnded events arrive so call.completed is queued
             if not self.sessions:
                 break

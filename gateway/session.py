@@ -140,15 +140,15 @@ class CallSession:
             raise
         except AnswerUrlError as exc:  # from gather's action_url or redirect's url
             self._failed(exc)
-            await self._end(500, exc.code, "Application Error")
+            await self.end_call(500, exc.code, "Application Error")
         except MediaError as exc:  # a prompt that cannot be fetched or is not audio
             self.error = {"code": "media_error", "message": str(exc)}
             self.note("media.error", message=str(exc))
-            await self._end(500, "media_error", "Media Error")
+            await self.end_call(500, "media_error", "Media Error")
         except Exception as exc:
             log.exception("call flow failed", extra={"call_id": self.call_id})
             self.error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
-            await self._end(500, "internal_error", "Internal Server Error")
+            await self.end_call(500, "internal_error", "Internal Server Error")
 
     async def _flow(self) -> None:
         self._webhook("call.initiated", self.sip_data())
@@ -159,18 +159,20 @@ class CallSession:
                 self.call_id)
         except AnswerUrlError as exc:
             self._failed(exc)
-            await self._end(500, "answer_url_error", "Answer URL Error")
+            await self.end_call(500, "answer_url_error", "Answer URL Error")
             return
         self.note("actions", actions=[a.name for a in actions])
         await run_actions(actions, self)
         if self.ended_at is None and self.hangup_cause is None:
-            await self._end(603, "actions_exhausted", "")
+            await self.end_call(603, "actions_exhausted", "")
 
     def _failed(self, exc: AnswerUrlError) -> None:
         self.error = exc.as_error()
         self.note(f"{exc.code}", message=exc.message, details=[d.as_dict() for d in exc.details])
 
-    async def _end(self, code: int, cause: str, reason: str, by: str = "gateway") -> None:
+    async def end_call(self, code: int, cause: str, reason: str, by: str = "gateway") -> None:
+        """Hang up (or reject with `code` before answer), once; `call.completed` follows
+        when the SIP side confirms, with `cause` and `by`."""
         if self.ended_at is not None or self.hangup_cause is not None:
             return
         self.hangup_cause, self.hangup_by = cause, by
@@ -185,7 +187,7 @@ class CallSession:
 
     async def hangup(self, reason: str | None = None) -> None:
         self.hangup_reason = reason
-        await self._end(603, "hangup_action", reason or "")
+        await self.end_call(603, "hangup_action", reason or "")
 
     async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
         self.room = RoomKey(self.customer_id, room)
@@ -355,7 +357,7 @@ class OutboundSession(CallSession):
 
     async def cancel_leg(self) -> None:
         if not self.ended.is_set():
-            await self._end(487, "transfer_ended", "Request Terminated")
+            await self.end_call(487, "transfer_ended", "Request Terminated")
 
     def _classify_end(self, event: ev.CallEnded) -> None:
         if self.answered_at:
