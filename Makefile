@@ -6,6 +6,8 @@ PY := .venv/bin/python
 setup:
 	@scripts/setup.sh
 
+# The whole stack (configs/demo.yaml): the SIP edge (Kamailio) on 5060 UDP/TCP and 5061 TLS,
+# the gateway behind it on loopback, the demo application. Ctrl-C stops all of it.
 run: setup
 	$(PY) -m gateway serve --config configs/demo.yaml
 
