@@ -71,9 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "users":
         return users_cli.run(args)
     if args.command == "check-config":
+        from gateway import edge
+
         try:
-            load(args.path)
-        except ConfigError as exc:
+            cfg = load(args.path)
+            if cfg.edge.enabled:  # the rules that span sip: and edge:, as serve applies them
+                edge.check(cfg)
+        except (ConfigError, edge.EdgeError) as exc:
             print(exc, file=sys.stderr)
             return 2
         print(f"{args.path}: ok")

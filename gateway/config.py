@@ -28,6 +28,10 @@ class SipConfig:
     transports: tuple[Literal["udp", "tcp"], ...] = ("udp", "tcp")
     # Address written in SDP/Contact when it differs from `host` (e.g. bound to 0.0.0.0).
     public_host: str | None = None
+    # Where RTP sockets bind; default `host`. Behind the edge the SIP socket is loopback-only
+    # but phones on the LAN send RTP straight to the gateway: set 0.0.0.0 (SDP then carries
+    # the machine's primary address, or `public_host`).
+    rtp_host: str | None = None
     rtp_port_start: int = checked(between(1024, 65000), default=10000)
     rtp_port_range: int = checked(between(0, 60000), default=0)
     codecs: tuple[Codec, ...] = ("PCMU", "PCMA", "G722", "opus")

@@ -72,7 +72,7 @@ def account_config(cfg: SipConfig, port: int, user: str = "minivoice") -> Any:
     mt = ac.mediaConfig.transportConfig
     mt.port = cfg.rtp_port_start
     mt.portRange = cfg.rtp_port_range
-    mt.boundAddress = cfg.host
+    mt.boundAddress = cfg.rtp_host or cfg.host
     if cfg.public_host:
         mt.publicAddress = cfg.public_host
     return ac

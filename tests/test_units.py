@@ -186,3 +186,22 @@ def test_outbox_rows_keep_per_call_order(tmp_path: Path) -> None:
     assert {r.call_id: r.event_id for r in store.outbox_heads()}["c1"] == "evt_1"
     assert store.outbox_pending_count() == 3
     store.close()
+
+
+def test_rtp_can_bind_apart_from_sip() -> None:
+    from gateway.config import SipConfig
+    from sip.pjconfig import account_config
+
+    behind_edge = account_config(SipConfig(host="127.0.0.1", rtp_host="0.0.0.0"), 5070)
+    assert behind_edge.mediaConfig.transportConfig.boundAddress == "0.0.0.0"
+    alone = account_config(SipConfig(host="127.0.0.1"), 5060)
+    assert alone.mediaConfig.transportConfig.boundAddress == "127.0.0.1"
+
+
+def test_check_config_applies_edge_rules(tmp_path: Path) -> None:
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text("sip: {host: 0.0.0.0, port: 5070}\nedge: {enabled: true}\n"
+                   "applications: [{id: a, customer_id: c, answer_url: 'http://x/a'}]\n")
+    run = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(cfg)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and "loopback" in run.stderr, run.stderr
