@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Build pjsua2 (pjproject's Python binding) with MiniVoice's config_site.h and
+# install it into a virtualenv.
+#
+#   sip/build/build_pjsua2.sh <venv-python>
+#
+# Why not the PyPI wheels: they are built with PJSUA_MAX_CALLS=4 (see
+# shared/notes/pjsua2-build.md). Source comes from Debian's `asterisk` source
+# package, which carries upstream pjproject as a component tarball; apt checks
+# its signature and checksums, and no host name is written here.
+#
+# The result is cached under $MINIVOICE_CACHE (default ~/.cache/minivoice),
+# keyed by the pjproject tarball, config_site.h, this script and the Python
+# version, so a second run only copies two files.
+set -euo pipefail
+
+PY=${1:?usage: build_pjsua2.sh <python>}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CACHE=${MINIVOICE_CACHE:-$HOME/.cache/minivoice}
+SRC_CACHE=$CACHE/src
+JOBS=${JOBS:-$(nproc)}
+log() { printf '[pjsua2-build] %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- source ----
+find_tarball() { ls -1t "$SRC_CACHE"/*orig-Xpjproject.tar.* 2>/dev/null | head -n1 || true; }
+
+fetch_source() {
+    mkdir -p "$SRC_CACHE"
+    local tarball
+    tarball=$(find_tarball)
+    if [ -n "$tarball" ]; then echo "$tarball"; return; fi
+    "$HERE/../../scripts/apt-sid-src.sh" >&2
+    log "downloading Debian's asterisk source package (for its pjproject component)"
+    (cd "$SRC_CACHE" && apt-get source --download-only asterisk >&2)
+    tarball=$(find_tarball)
+    [ -n "$tarball" ] || { log "no *orig-Xpjproject* tarball in the asterisk source package"; exit 1; }
+    # Keep only the component we need.
+    find "$SRC_CACHE" -maxdepth 1 -type f ! -name "$(basename "$tarball")" -delete
+    echo "$tarball"
+}
+
+# Bump when the configure flags or build steps below change (not for install-step edits).
+RECIPE=1
+TARBALL=$(fetch_source)
+PYTAG=$("$PY" -c 'import sys, sysconfig; print(sys.implementation.cache_tag + "-" + sysconfig.get_platform())')
+KEY=$( { sha256sum "$TARBALL" | cut -d' ' -f1; cat "$HERE/config_site.h"; echo "recipe=$RECIPE $PYTAG"; } | sha256sum | cut -c1-16)
+OUT=$CACHE/pjsua2/$KEY
+
+install_into_venv() {
+    local site f
+    site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
+    for f in "$OUT"/pjsua2.py "$OUT"/_pjsua2*.so "$OUT"/BUILDINFO; do
+        local dst=$site/$(basename "$f")
+        [ "$(basename "$f")" = BUILDINFO ] && dst=$site/pjsua2.BUILDINFO
+        cmp -s "$f" "$dst" && continue
+        # Copy then rename: a gateway running from the old module keeps its mapped file
+        # (overwriting a loaded .so in place kills running processes with SIGBUS).
+        cp -f "$f" "$dst.tmp.$$" && mv -f "$dst.tmp.$$" "$dst"
+    done
+    "$PY" -c 'import pjsua2' || { log "pjsua2 does not import"; exit 1; }
+}
+
+if [ -f "$OUT/BUILDINFO" ]; then
+    log "cached build $KEY"
+    install_into_venv
+    exit 0
+fi
+
+# ----------------------------------------------------------------- build ----
+WORK=$CACHE/work/$KEY
+rm -rf "$WORK"; mkdir -p "$WORK"
+tar -C "$WORK" -xf "$TARBALL"
+PJ=$(find "$WORK" -mindepth 1 -maxdepth 1 -type d | head -n1)
+ver=$(awk -F':= *' '/^export PJ_VERSION_MAJOR/{ma=$2} /^export PJ_VERSION_MINOR/{mi=$2} END{print ma"."mi}' "$PJ/version.mak")
+log "pjproject $ver from $(basename "$TARBALL")"
+case "$ver" in 2.1[6-9]|2.[2-9][0-9]|[3-9].*) ;; *) log "pjproject >= 2.16 required, got $ver"; exit 1;; esac
+
+cp "$HERE/config_site.h" "$PJ/pjlib/include/pj/config_site.h"
+# Debian removed this non-free driver from the tarball; drop it from the build as Debian does.
+sed -i 's/ bdimad_dev\.o//' "$PJ/pjmedia/build/Makefile"
+
+(
+    cd "$PJ"
+    log "configure"
+    ./configure --disable-shared --disable-sound --disable-video --enable-epoll \
+        --enable-libsamplerate --disable-libwebrtc --disable-libyuv --disable-v4l2 \
+        --disable-sdl --disable-ffmpeg --disable-openh264 --disable-ilbc-codec \
+        --disable-g7221-codec --with-external-gsm --with-external-speex \
+        --with-external-srtp --disable-bcg729 --disable-silk --disable-opencore-amr \
+        CFLAGS="-O2 -fPIC" CXXFLAGS="-O2 -fPIC" >configure.log 2>&1 \
+        || { tail -n 30 configure.log; exit 1; }
+    log "make lib (C libraries)"
+    { make dep && make -j"$JOBS" lib; } >make.log 2>&1 || { tail -n 40 make.log; exit 1; }
+    # The reference C app, used by the benchmark as the floor to compare with.
+    make -C pjsip-apps/build pjsua >>make.log 2>&1 || { tail -n 40 make.log; exit 1; }
+    log "SWIG python wrapper (a few minutes, single-threaded)"
+    make -C pjsip-apps/src/swig/python PYTHON_EXE="$PY" >swig.log 2>&1 || { tail -n 40 swig.log; exit 1; }
+)
+
+STAGE=$OUT.tmp
+rm -rf "$STAGE"; mkdir -p "$STAGE"
+cp "$PJ"/pjsip-apps/src/swig/python/pjsua2.py "$STAGE"/
+find "$PJ"/pjsip-apps/src/swig/python/build -name '_pjsua2*.so' -exec cp {} "$STAGE"/ \;
+cp "$PJ"/pjsip-apps/bin/pjsua-* "$STAGE"/pjsua
+printf 'pjproject=%s\nsource=%s\nkey=%s\npython=%s\n' "$ver" "$(basename "$TARBALL")" "$KEY" "$PYTAG" >"$STAGE"/BUILDINFO
+rm -rf "$OUT"; mv "$STAGE" "$OUT"
+rm -rf "$WORK"
+log "built $KEY"
+install_into_venv
