@@ -51,8 +51,10 @@ fi
 stamp=.venv/.deps-$(sha256sum pyproject.toml | cut -c1-12)
 if [ ! -f "$stamp" ]; then
     log "installing Python dependencies"
-    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    piplog=.venv/pip-install.log
+    { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip setuptools wheel &&
+      .venv/bin/python -m pip install --disable-pip-version-check -e '.[dev]'; } >"$piplog" 2>&1 \
+        || { tail -n 40 "$piplog"; log "pip failed (full log: $piplog)"; exit 1; }
     rm -f .venv/.deps-*; touch "$stamp"
 fi
 
