@@ -16,7 +16,6 @@ from aiohttp import web
 
 from gateway import __version__
 from media.rooms import Room, RoomError, RoomKey
-from sip import commands as cmd
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("minivoice.api")
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
-TALKING_LEVEL = 8  # pjmedia signal level (0-255) above which a participant counts as talking
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -177,7 +175,7 @@ def _member(request: web.Request, room: Room) -> str:
 
 async def _room_view(gw: Gateway, room: Room) -> dict[str, Any]:
     ids = tuple(room.members)
-    levels = dict(await gw.engine.send(cmd.QueryLevels(ids)) or ()) if ids else {}
+    levels = await gw.levels(ids) if ids else {}
     return {
         "room": room.key.name,
         "customer_id": room.key.customer_id,
@@ -191,7 +189,7 @@ def _participant(gw: Gateway, room: Room, cid: str, level: int) -> dict[str, Any
     session = gw.sessions.get(cid)
     return {"call_id": cid, "from": session.incoming.from_user if session else None,
             "muted": m.muted, "end_on_exit": m.end_on_exit, "joined_at": _iso(m.joined_at),
-            "talking": level > TALKING_LEVEL}
+            "talking": level >= gw.cfg.rooms.speaker_level}
 
 
 def _iso(ts: float) -> str:

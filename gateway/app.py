@@ -34,7 +34,7 @@ class Gateway:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.engine = SipEngine(cfg.sip, self.on_sip_event)
-        self.conferences = Conferences(self.send_quiet)
+        self.conferences = Conferences(self.send_quiet, cfg.rooms)
         self.sessions: dict[str, CallSession] = {}
         self.accepting = True
         self.drain_deadline = 0.0
@@ -59,6 +59,8 @@ class Gateway:
         self.outbox = Outbox(self.store, self._http, self.cfg.hooks)
         self._outbox_task = asyncio.create_task(self.outbox.run())
         self._housekeeping_task = asyncio.create_task(self._housekeeping())
+        self._speakers_task = asyncio.create_task(
+            self.conferences.run_speaker_detection(self.levels))
         app = web.Application(client_max_size=1024 * 1024)
         api.setup(app, self)
         if self.cfg.demo:
@@ -97,6 +99,7 @@ class Gateway:
         if self._outbox_task:
             self._outbox_task.cancel()
         self._housekeeping_task.cancel()
+        self._speakers_task.cancel()
         if self._runner:
             await self._runner.cleanup()
         await self._http.close()
@@ -110,6 +113,10 @@ class Gateway:
             self.store.outbox_prune(now - 86400)
             log.debug("housekeeping", extra={"calls_pruned": kept})
             await asyncio.sleep(3600)
+
+    async def levels(self, call_ids: tuple[str, ...]) -> dict[str, int]:
+        """Each call's current level (0-255) of what it sends into the bridge."""
+        return dict(await self.engine.send(cmd.QueryLevels(call_ids)) or ())
 
     def send_quiet(self, command: cmd.Command) -> None:
         fut = self.engine.send(command)

@@ -4,6 +4,9 @@
 ended, or the API removed them); a hang-up cancels it, and its `finally` takes
 the caller out of the room (ending the room for everyone if they joined with
 end_on_exit).
+
+Large rooms mix only their current speakers: `run_speaker_detection` polls the
+members' levels from the bridge and moves the links as people start and stop talking.
 """
 
 from __future__ import annotations
@@ -11,20 +14,49 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from media.rooms import Departure, LinkChange, RoomBook, RoomKey
+from gateway.config import RoomsConfig
+from media.rooms import Departure, LinkChange, RoomBook, RoomKey, SpeakerState, choose_speakers
 from sip.commands import ApplyLinks
+
+# Ask the bridge for the current level (0-255) of each call.
+LevelQuery = Callable[[tuple[str, ...]], Awaitable[dict[str, int]]]
 
 log = logging.getLogger("minivoice.conference")
 
 
 class Conferences:
-    def __init__(self, send: Callable[[ApplyLinks], Any]) -> None:
-        self.book = RoomBook()
+    def __init__(self, send: Callable[[ApplyLinks], Any],
+                 cfg: RoomsConfig | None = None) -> None:
+        self.cfg = cfg or RoomsConfig()
+        self.book = RoomBook(self.cfg.full_mesh_max)
         self._send = send
         self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._speaker_state: dict[RoomKey, SpeakerState] = {}
+
+    async def run_speaker_detection(self, levels: LevelQuery) -> None:
+        """Forever: every poll, pick the speakers of each large room and relink it."""
+        period = self.cfg.speaker_poll_ms / 1000
+        while True:
+            await asyncio.sleep(period)
+            for room in self.book.large_rooms():
+                try:
+                    heard = await levels(tuple(room.members))
+                except Exception as exc:  # a failed poll must not stop detection
+                    log.warning("speaker poll failed", extra={"room": room.key.name,
+                                                              "error": str(exc)})
+                    continue
+                state = self._speaker_state.setdefault(room.key, SpeakerState())
+                speakers = choose_speakers(
+                    heard, room.speakers, state, now=time.monotonic(),
+                    max_speakers=self.cfg.max_speakers, threshold=self.cfg.speaker_level,
+                    hold_s=self.cfg.speaker_hold_s)
+                if speakers != room.speakers:
+                    self._apply(self.book.set_speakers(room.key, speakers))
+            for key in [k for k in self._speaker_state if k not in self.book.rooms]:
+                del self._speaker_state[key]
 
     async def join(
         self, key: RoomKey, call_id: str, *, mute: bool, end_on_exit: bool

@@ -58,6 +58,17 @@ class HooksConfig:
 
 
 @dataclass(frozen=True)
+class RoomsConfig:
+    # Rooms up to this size are a full mesh (everyone mixed for everyone). Larger rooms mix
+    # only the current speakers, chosen every `speaker_poll_ms` from the members' levels.
+    full_mesh_max: int = checked(between(2, 2000), default=20)
+    max_speakers: int = checked(between(1, 32), default=6)
+    speaker_level: int = checked(between(1, 255), default=10)  # pjmedia level 0-255
+    speaker_hold_s: float = checked(between(0, 10), default=1.0)
+    speaker_poll_ms: int = checked(between(20, 2000), default=100)
+
+
+@dataclass(frozen=True)
 class ApiToken:
     token: str = checked(length(16, 256))
     # Scope: the token sees only this customer's calls and rooms; none = every customer.
@@ -105,6 +116,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    rooms: RoomsConfig = field(default_factory=RoomsConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
     database: str = "var/minivoice.db"

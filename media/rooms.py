@@ -1,10 +1,18 @@
 """Conference room bookkeeping as plain data.
 
-A room is a set of members; what pjmedia's bridge must carry follows from it:
-every unmuted member transmits to every other member (never to itself). Each
-operation returns the *change* in those links, which the SIP thread applies to
-the bridge. Nothing here does I/O, so every rule (mute, leave, end on exit,
-per-customer scoping) is testable without SIP.
+A room is a set of members; what pjmedia's bridge must carry follows from it.
+Each operation returns the *change* in links, which the SIP thread applies to the
+bridge. Nothing here does I/O, so every rule (mute, leave, end on exit,
+per-customer scoping, speakers) is testable without SIP.
+
+Two topologies:
+- small rooms (up to `full_mesh_max` members): every unmuted member transmits to
+  every other member, never to itself: N*(N-1) links;
+- large rooms: only the current *speakers* (at most a few, chosen by
+  `choose_speakers` from the members' levels) transmit to the others; every member
+  also transmits to MONITOR, a sink whose only job is to make the bridge read (and
+  measure) each member's audio, so a silent member who starts talking is noticed.
+  That is about K*N links instead of N*(N-1): a room of 500 costs what ~50 cost.
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ class RoomKey:
 
     customer_id: str
     name: str
+
+
+MONITOR = "@monitor"  # link destination: the bridge's level monitor (a discarding sink)
 
 
 @dataclass(frozen=True, order=True)
@@ -49,17 +60,23 @@ class Member:
 class Room:
     key: RoomKey
     created_at: float
+    full_mesh_max: int = 20
     members: dict[str, Member] = field(default_factory=dict)
+    speakers: set[str] = field(default_factory=set)  # used when the room is large
+
+    @property
+    def large(self) -> bool:
+        return len(self.members) > self.full_mesh_max
 
     def links(self) -> set[Link]:
         ids = list(self.members)
-        return {
-            Link(src, dst)
-            for src in ids
-            if not self.members[src].muted
-            for dst in ids
-            if dst != src
-        }
+        sources = [m for m in ids if not self.members[m].muted]
+        out: set[Link] = set()
+        if self.large:
+            sources = [m for m in sources if m in self.speakers]
+            out = {Link(m, MONITOR) for m in ids}
+        out.update(Link(src, dst) for src in sources for dst in ids if dst != src)
+        return out
 
 
 @dataclass(frozen=True)
@@ -82,7 +99,8 @@ def _diff(before: set[Link], after: set[Link]) -> LinkChange:
 class RoomBook:
     """Every live room and which room each call is in. One call is in at most one room."""
 
-    def __init__(self) -> None:
+    def __init__(self, full_mesh_max: int = 20) -> None:
+        self.full_mesh_max = full_mesh_max
         self.rooms: dict[RoomKey, Room] = {}
         self.room_of: dict[str, RoomKey] = {}
 
@@ -93,7 +111,8 @@ class RoomBook:
             raise RoomError(f"{call_id} is already in room {self.room_of[call_id].name}")
         room = self.rooms.get(key)
         if room is None:
-            room = self.rooms[key] = Room(key, created_at=now)
+            room = self.rooms[key] = Room(key, created_at=now,
+                                          full_mesh_max=self.full_mesh_max)
         before = room.links()
         room.members[call_id] = Member(call_id, muted, end_on_exit, now)
         self.room_of[call_id] = key
@@ -112,6 +131,7 @@ class RoomBook:
             return self.end(room.key, leaving=call_id)
         before = room.links()
         del room.members[call_id]
+        room.speakers.discard(call_id)
         del self.room_of[call_id]
         ended = not room.members
         if ended:
@@ -130,6 +150,17 @@ class RoomBook:
         room.members.clear()
         return Departure(_diff(before, set()), room_ended=True, evicted=evicted)
 
+    def set_speakers(self, key: RoomKey, speakers: set[str]) -> LinkChange:
+        room = self.rooms.get(key)
+        if room is None:
+            return LinkChange()
+        before = room.links()
+        room.speakers = speakers & set(room.members)
+        return _diff(before, room.links())
+
+    def large_rooms(self) -> list[Room]:
+        return [r for r in self.rooms.values() if r.large]
+
     def room(self, key: RoomKey) -> Room | None:
         return self.rooms.get(key)
 
@@ -138,3 +169,29 @@ class RoomBook:
         if key is None:
             raise RoomError(f"{call_id} is not in a room")
         return self.rooms[key]
+
+
+@dataclass
+class SpeakerState:
+    """What speaker choice remembers between polls: when each member was last loud."""
+
+    last_loud: dict[str, float] = field(default_factory=dict)
+
+
+def choose_speakers(
+    levels: dict[str, int], current: set[str], state: SpeakerState, *, now: float,
+    max_speakers: int, threshold: int, hold_s: float,
+) -> set[str]:
+    """The members who should be heard: loud now, or loud within `hold_s` (so a speaker is
+    not cut between words), loudest first, current speakers winning ties; at most
+    `max_speakers`."""
+    for cid, level in levels.items():
+        if level >= threshold:
+            state.last_loud[cid] = now
+    for cid in list(state.last_loud):
+        if cid not in levels:
+            del state.last_loud[cid]
+    candidates = [c for c, t in state.last_loud.items() if now - t <= hold_s]
+    candidates.sort(key=lambda c: (levels.get(c, 0) >= threshold, levels.get(c, 0),
+                                   c in current), reverse=True)
+    return set(candidates[:max_speakers])

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config import SipConfig
-from media.rooms import Link
+from media.rooms import MONITOR, Link
 from sip import commands as cmd
 from sip import events as ev
 
@@ -175,6 +175,9 @@ class _SipThread:
         self.writer = pjconfig.PjLogWriter()
         self.ep.libInit(pjconfig.endpoint_config(self.cfg, self.writer))
         self.ep.audDevManager().setNullDev()
+        # The null device's playback port discards what it gets: large rooms send every
+        # member there so that the bridge reads (and measures the level of) each member.
+        self.monitor = self.ep.audDevManager().getPlaybackDevMedia()
         port = self.cfg.port
         kinds = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP}
         for name in self.cfg.transports:
@@ -240,8 +243,10 @@ class _SipThread:
         return None
 
     def _rx_level(self, call_id: str) -> int:
+        # pjsua2 names levels from the port's side: what a call *transmits* into the bridge
+        # is what the caller says (getRxLevel would be the mix they hear).
         call = self.calls.get(call_id)
-        return int(call.audio.getRxLevel()) if call is not None and call.audio else 0
+        return int(call.audio.getTxLevel()) if call is not None and call.audio else 0
 
     def _call(self, call_id: str) -> Any:
         call = self.calls.get(call_id)
@@ -253,17 +258,24 @@ class _SipThread:
         # Calls that already hung up are skipped: pjsua removed their bridge ports.
         for link in c.disconnect:
             self.links.discard(link)
-            src, dst = self.calls.get(link.src), self.calls.get(link.dst)
-            if src is not None and dst is not None and src.audio and dst.audio:
-                src.audio.stopTransmit(dst.audio)
+            src, dst = self._ports(link)
+            if src is not None and dst is not None:
+                src.stopTransmit(dst)
         for link in c.connect:
             self.links.add(link)
             self._transmit(link)
 
+    def _ports(self, link: Link) -> tuple[Any, Any]:
+        """The bridge ports of a link's ends (None where a call is gone or has no media)."""
+        src = self.calls.get(link.src)
+        dst = self.monitor if link.dst == MONITOR else getattr(
+            self.calls.get(link.dst), "audio", None)
+        return (src.audio if src is not None else None), dst
+
     def _transmit(self, link: Link) -> None:
-        src, dst = self.calls.get(link.src), self.calls.get(link.dst)
-        if src is not None and dst is not None and src.audio and dst.audio:
-            src.audio.startTransmit(dst.audio)
+        src, dst = self._ports(link)
+        if src is not None and dst is not None:
+            src.startTransmit(dst)
 
     def relink(self, call_id: str) -> None:
         """A call's bridge port is new: connect it again as the rooms say."""
@@ -368,6 +380,7 @@ class _SipThread:
         while self.calls and time.monotonic() < deadline:
             self.ep.libHandleEvents(20)
         self.calls.clear()
+        self.monitor = None
         self.players.clear()
         self.dial_accounts.clear()
         self.graveyard.clear()

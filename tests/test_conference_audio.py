@@ -196,3 +196,39 @@ async def test_room_survives_hold_and_unhold(
     a_after = levels(recs["a"], 440, 700, start_s=end - 1.8, end_s=end - 0.3)
     assert b_after[440] > HEARD_DB, f"b no longer hears a after unhold: {b_after}"
     assert a_after[700] > HEARD_DB, f"a no longer hears b after unhold: {a_after}"
+
+
+async def test_large_room_mixes_the_speakers_for_everyone(
+    app: AppServer, gateway_factory: Any, phones: Phonebank, tmp_path: Path
+) -> None:
+    """Past rooms.full_mesh_max, only detected speakers are mixed: the two talkers are still
+    heard by every member, and the silent members cost no mixing."""
+    gw = await gateway_factory([app_config(app)],
+                               rooms={"full_mesh_max": 3, "max_speakers": 2})
+    talkers = {"a": 440, "b": 700}
+    silent = ["c", "d", "e", "f"]
+    recs = await talk(phones, gw, {**{k: {"tone_hz": hz} for k, hz in talkers.items()},
+                                   **{k: {"tone_hz": 0} for k in silent}}, tmp_path,
+                      hold_s=3.5)
+    for cid in silent:
+        heard = levels(recs[cid], 440, 700, skip_s=2.0)
+        assert heard[440] > HEARD_DB and heard[700] > HEARD_DB, (cid, heard)
+    a = levels(recs["a"], 440, 700, skip_s=2.0)
+    assert a[700] > HEARD_DB and a[700] - a[440] >= 30, a
+    log = gw.log()
+    assert "conference.join" in log and "members=6" in log
+
+
+async def test_api_reports_who_is_talking_in_a_large_room(
+    app: AppServer, gateway_factory: Any, phones: Phonebank
+) -> None:
+    gw = await gateway_factory([app_config(app)], rooms={"full_mesh_max": 2})
+    for cid, hz in (("a", 440), ("b", 0), ("c", 0)):
+        phones.call(cid, gw.uri(), tone_hz=hz, **{"from": f"+1{cid}"})
+        await phones.wait("media", cid)
+    await asyncio.sleep(1.5)
+    _, room = await gw.get("/v1/conferences/r1")
+    talking = {p["from"]: p["talking"] for p in room["participants"]}
+    assert talking == {"+1a": True, "+1b": False, "+1c": False}, room
+    for cid in "abc":
+        phones.hangup(cid)

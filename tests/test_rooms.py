@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from media.rooms import Link, RoomBook, RoomError, RoomKey
+from media.rooms import MONITOR, Link, RoomBook, RoomError, RoomKey, SpeakerState, choose_speakers
 
 R1 = RoomKey("cust", "r1")
 
@@ -78,3 +78,57 @@ def test_errors() -> None:
         book.leave("nobody")
     with pytest.raises(RoomError):
         book.end(RoomKey("c", "none"))
+
+
+# -- large rooms: only speakers are mixed --------------------------------------------------
+def big_room(n: int, full_mesh_max: int = 3) -> RoomBook:
+    book = RoomBook(full_mesh_max)
+    for i in range(n):
+        book.join(R1, f"m{i}", muted=False, end_on_exit=False, now=0)
+    return book
+
+
+def test_large_room_links_speakers_and_monitor_only() -> None:
+    book = big_room(3)
+    assert len(links(book)) == 6  # still a full mesh at the threshold
+    change = book.join(R1, "m3", muted=False, end_on_exit=False, now=0)
+    # over the threshold: nobody is a speaker yet, everyone feeds the monitor
+    assert links(book) == {(f"m{i}", MONITOR) for i in range(4)}
+    assert len(change.disconnect) == 6
+    change = book.set_speakers(R1, {"m1"})
+    assert set(change.connect) == {Link("m1", "m0"), Link("m1", "m2"), Link("m1", "m3")}
+    assert not change.disconnect
+
+
+def test_large_room_muted_speaker_is_not_mixed_and_leaving_clears_it() -> None:
+    book = big_room(5)
+    book.set_speakers(R1, {"m0", "m1"})
+    book.set_muted("m0", True)
+    assert not any(src == "m0" and dst != MONITOR for src, dst in links(book))
+    book.leave("m1")
+    assert book.rooms[R1].speakers == {"m0"}
+    book.leave("m4")  # back to the threshold: full mesh again, minus the muted one
+    assert links(book) == {(a, b) for a in ("m2", "m3") for b in ("m0", "m2", "m3") if a != b}
+
+
+def test_link_count_grows_linearly_in_large_rooms() -> None:
+    book = big_room(500, full_mesh_max=20)
+    book.set_speakers(R1, {f"m{i}" for i in range(6)})
+    assert len(links(book)) == 500 + 6 * 499  # vs 500 * 499 = 249500 in a full mesh
+
+
+def test_choose_speakers_loudest_with_hangover() -> None:
+    state = SpeakerState()
+    kw = {"max_speakers": 2, "threshold": 10, "hold_s": 1.0}
+    got = choose_speakers({"a": 50, "b": 5, "c": 30, "d": 40}, set(), state, now=0.0, **kw)
+    assert got == {"a", "d"}
+    # a pauses between words: kept by the hangover while still within hold_s ...
+    got = choose_speakers({"a": 0, "b": 5, "c": 0, "d": 40}, got, state, now=0.5, **kw)
+    assert got == {"a", "d"}
+    # ... but someone loud now wins over a silent hangover
+    got = choose_speakers({"a": 0, "b": 60, "c": 0, "d": 40}, got, state, now=0.6, **kw)
+    assert got == {"b", "d"}
+    got = choose_speakers({"a": 0, "b": 0, "c": 0, "d": 0}, got, state, now=5.0, **kw)
+    assert got == set()
+    choose_speakers({"x": 0}, got, state, now=6.0, **kw)
+    assert set(state.last_loud) <= {"x"}  # members who left are forgotten
