@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", type=Path, default=report.RESULTS,
                    help="where the JSON goes (bench/results, git-ignored)")
     p.add_argument("--label", default="", help="a name for this run in the JSON")
+    p.add_argument("--from-json", type=Path,
+                   help="only re-render BENCHMARKS.md from an earlier result file")
     p.add_argument("--no-markdown", action="store_true",
                    help="write only the JSON (experiments must not replace the published table)")
     return p
@@ -70,12 +72,15 @@ async def _start(args: argparse.Namespace, work: Path, name: str) -> gateway.Gat
                                pjsua2_dir=args.pjsua2_dir)
 
 
-def _stop(gw: gateway.Gateway) -> dict[str, Any]:
-    code = gw.stop()
+async def _stop(gw: gateway.Gateway) -> dict[str, Any]:
+    """Stop the gateway off the event loop, so probe legs can answer its BYEs meanwhile."""
+    t0 = time.monotonic()
+    code = await asyncio.to_thread(gw.stop, 60)
+    stop_s = round(time.monotonic() - t0, 1)
     tail = gw.tail(200_000)
     problems = [line for line in tail.splitlines()
                 if " ERROR " in line or "Traceback" in line][:20]
-    return {"exit_code": code, "error_lines": problems}
+    return {"exit_code": code, "stop_s": stop_s, "error_lines": problems}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,20 +97,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     phases = set(args.only or ["ramp", "delay", "room"])
     work = Path(tempfile.mkdtemp(prefix="minivoice-bench-"))
     result: dict[str, Any] = {"mode": "quick" if quick else "full", "label": args.label,
-                              "plan": asdict(plan), "workdir": str(work)}
+                              "plan": asdict(plan), "workdir": str(work),
+                              "gateway_log_level": args.log_level, "patch": args.patch,
+                              "pjsua2_dir": str(args.pjsua2_dir or "")}
     tone = sipp.alaw_tone(work / "tone.wav", 1000, 2.0, volume=0.25)
 
     if "ramp" in phases:
         gw = await _start(args, work, "ramp")
         result["gateway_command"] = gw.command
+        stopped: dict[str, Any] = {}
+
+        async def stop_ramp_gateway(gw: gateway.Gateway = gw) -> None:
+            stopped.update(await _stop(gw))
+
         try:
             await asyncio.sleep(1.0)
             idle = Sample.take(gw.pid)
-            steps = await load.ramp(gw, work / "ramp", tone, plan, idle.rss_kb)
+            steps = await load.ramp(gw, work / "ramp", tone, plan, idle.rss_kb,
+                                    stop_ramp_gateway)
             result["ramp"] = load.summary(steps)
             result["ramp"]["idle_rss_mb"] = round(idle.rss_kb / 1024, 1)
         finally:
-            result["ramp_gateway"] = _stop(gw)
+            result["ramp_gateway"] = stopped or await _stop(gw)
 
     if "delay" in phases:
         gw = await _start(args, work, "delay")
@@ -114,7 +127,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             d = await audio.mixer_delay(("127.0.0.1", gw.sip_port), "7001", bursts)
             result["mixer_delay"] = asdict(d)
         finally:
-            result["delay_gateway"] = _stop(gw)
+            result["delay_gateway"] = await _stop(gw)
 
     if "room" in phases:
         result["big_rooms"] = []
@@ -140,7 +153,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["big_rooms"].append(audit.as_dict())
                 log.info("big room", extra={"n": n, "ok": audit.ok, "heard_by": audit.heard_by})
             finally:
-                result[f"room_{n}_gateway"] = _stop(gw)
+                result[f"room_{n}_gateway"] = await _stop(gw)
             if not audit.ok:
                 break
     result["summary"] = summarize(result)
@@ -169,15 +182,18 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
             rows.append({"measure": f"RSS per leg (at {ref['legs']} legs)", "target": "-",
                          "result": f"{ref['rss_kb_per_leg']:g} KB ({ref['rss_mb']:g} MB total)",
                          "met": None})
+        # Set-up latency at the first step (a lightly loaded box) and at the target load:
+        # past ~600 legs the 2-core box is saturated and latency tracks that, not the code.
         good = [s for s in ramp["steps"] if s["ok"]]
-        if good:
-            worst = max(good, key=lambda s: s["setup_p99_ms"])
+        for label, st in (("first step", good[0] if good else None), ("target load", at_target)):
+            if st is None:
+                continue
             rows.append({
-                "measure": f"Set-up INVITE->200 incl. answer_url, {r['plan']['rate']:g} calls/s "
-                           f"(worst good step, {worst['legs']} legs)",
+                "measure": f"Set-up INVITE->200 incl. answer_url at {r['plan']['rate']:g} "
+                           f"calls/s, {label} ({st['legs']} legs up)",
                 "target": f"p99 <= {t['setup_p99_ms']:g} ms",
-                "result": f"p50 {worst['setup_p50_ms']:g} ms, p99 {worst['setup_p99_ms']:g} ms",
-                "met": worst["setup_p99_ms"] <= t["setup_p99_ms"]})
+                "result": f"p50 {st['setup_p50_ms']:g} ms, p99 {st['setup_p99_ms']:g} ms",
+                "met": st["setup_p99_ms"] <= t["setup_p99_ms"]})
     d = r.get("mixer_delay")
     if d:
         rows.append({"measure": f"Delay added by the gateway, leg to leg ({d['bursts']} bursts)",
@@ -196,13 +212,19 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.from_json:
+        earlier: dict[str, Any] = json.loads(args.from_json.read_text())
+        earlier["summary"] = summarize(earlier)
+        report.update_markdown(earlier)
+        return 0
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     result: dict[str, Any] = {
         "stamp": stamp, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join([".venv/bin/python -m bench",
+                             shlex.join(sys.argv[1:] if argv is None else argv)]).strip(),
         "machine": report.machine()}
     result.update(asyncio.run(run(args)))
     path = report.write_json(result, stamp, args.results_dir)

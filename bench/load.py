@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,10 @@ class Step:
     rss_kb_per_leg: float = 0.0
     window_s: float = 0.0
     threads: dict[str, float] = field(default_factory=dict)
+    # Python threads (asyncio loop + SIP thread) CPU per call while the step's calls were set
+    # up: the signalling, answer_url and webhook cost of a call, which RTP never touches.
+    python_ms_per_call: float = 0.0
+    sipp_cores: float = 0.0  # the load generator's own cost, to show how loaded the box was
     ok: bool = False
     why: str = ""
 
@@ -79,9 +84,14 @@ async def _wait_answered(inst: sipp.Instance, gw: Gateway, expected_in_rooms: in
     return answered, in_rooms
 
 
-async def ramp(gw: Gateway, workdir: Path, tone: Path, plan: RampPlan,
-               baseline_rss_kb: int) -> list[Step]:
-    """Run the ramp; return every step tried (the last may be the one that broke)."""
+async def ramp(gw: Gateway, workdir: Path, tone: Path, plan: RampPlan, baseline_rss_kb: int,
+               stop_gateway: Callable[[], Awaitable[Any]]) -> list[Step]:
+    """Run the ramp; return every step tried (the last may be the one that broke).
+
+    At the end `stop_gateway` runs while SIPp and the probes are still up: the gateway's
+    BYEs get their 200 OK (SIPp answers an unexpected BYE by default). Killing the callers
+    first would leave the gateway retransmitting BYEs into closed ports for ~30 s.
+    """
     scenario = sipp.rooms_scenario(workdir, tone)
     ua = ProbeUA(("127.0.0.1", gw.sip_port))
     await ua.start()
@@ -103,8 +113,11 @@ async def ramp(gw: Gateway, workdir: Path, tone: Path, plan: RampPlan,
             instances.append(inst)
             legs += calls
             log.info("step started", extra={"step": n + 1, "legs": legs})
+            setup_start = Sample.take(gw.pid)
             deadline = time.monotonic() + calls / plan.rate + 20
             answered, in_rooms = await _wait_answered(inst, gw, legs + len(probes), deadline)
+            setup = Window(setup_start, Sample.take(gw.pid))
+            python_s = setup.by_thread().get("python", 0.0) * setup.seconds
             # a listener in one of this step's rooms: does the mixed audio reach a caller?
             probe = Leg(f"listen-{n + 1}", str(first), silence)
             probe_ok = True
@@ -118,8 +131,12 @@ async def ramp(gw: Gateway, workdir: Path, tone: Path, plan: RampPlan,
             probe.rx.arrivals.clear()
             probe.rx.peaks.clear()
             before = Sample.take(gw.pid)
+            sipp_before = [(i.proc.pid, Sample.take(i.proc.pid)) for i in instances
+                           if i.proc.poll() is None]
             await asyncio.sleep(plan.window_s)
             after = Sample.take(gw.pid)
+            sipp_cores = sum(Window(s0, Sample.take(pid)).cpu_share for pid, s0 in sipp_before
+                             if Path(f"/proc/{pid}").exists())
             win = Window(before, after)
             in_rooms = sum((await gw.participants()).values())  # the probe is in by now
             expected = win.seconds / 0.02
@@ -137,7 +154,9 @@ async def ramp(gw: Gateway, workdir: Path, tone: Path, plan: RampPlan,
                 cpu_ms_per_leg_s=round(win.ms_per_leg_second(legs + len(probes)), 3),
                 rss_mb=round(after.rss_kb / 1024, 1),
                 rss_kb_per_leg=round((after.rss_kb - baseline_rss_kb) / legs, 1),
-                window_s=round(win.seconds, 2), threads=win.by_thread())
+                window_s=round(win.seconds, 2), threads=win.by_thread(),
+                python_ms_per_call=round(1000 * python_s / max(answered, 1), 3),
+                sipp_cores=round(sipp_cores, 3))
             step.ok, step.why = _judge(step, calls, legs, len(probes), probe_ok, inst)
             steps.append(step)
             log.info("step done", extra={k: v for k, v in asdict(step).items()
@@ -145,10 +164,9 @@ async def ramp(gw: Gateway, workdir: Path, tone: Path, plan: RampPlan,
             if not step.ok or not gw.alive():
                 break
     finally:
+        await stop_gateway()
         for inst in instances:
             inst.stop()
-        for probe in probes:
-            await ua.hangup(probe, timeout_s=2)
         await ua.close()
     return steps
 

@@ -7,8 +7,9 @@ JSON object:
     poll_ms        sip.engine.POLL_MS (libHandleEvents timeout of the SIP thread)
     media          {MediaConfig attribute: value}, set after sip.pjconfig builds it,
                    e.g. {"jbInit": 1, "jbMinPre": 1, "jbMaxPre": 4}
-    speakers       int K: rooms mix only their first K members to everyone (a stand-in
-                   for active-speaker selection: K*(N-1) bridge links instead of N*(N-1))
+
+(Big-room topology experiments were done here too; media/rooms.py now mixes only the
+current speakers of large rooms, see BENCHMARKS.md.)
 """
 
 from __future__ import annotations
@@ -37,17 +38,6 @@ def apply(patch: dict[str, Any]) -> None:
             return ep_cfg
 
         pjconfig.endpoint_config = endpoint_config
-    if "speakers" in patch:
-        from media import rooms
-
-        k = int(patch["speakers"])
-
-        def links(self: rooms.Room) -> set[rooms.Link]:
-            ids = list(self.members)
-            talkers = [s for s in ids[:k] if not self.members[s].muted]
-            return {rooms.Link(src, dst) for src in talkers for dst in ids if dst != src}
-
-        rooms.Room.links = links  # type: ignore[method-assign]
 
 
 def main() -> int:

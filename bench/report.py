@@ -45,7 +45,7 @@ def machine() -> dict[str, Any]:
         pj = info.read_text().replace("\n", " ").strip() if info.exists() else spec.origin
     return {"cores": os.cpu_count(), "model": model, "mem_gb": round(mem_kb / 2**20, 1),
             "kernel": platform.release(), "python": platform.python_version(),
-            "sipp": m.group(1) if m else "", "pjsua2": pj,
+            "sipp": m.group(1).rstrip(".") if m else "", "pjsua2": pj,
             "load_avg_at_start": os.getloadavg()}
 
 
@@ -71,8 +71,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['kernel']}, Python {m['python']}, SIPp {m['sipp']}, pjsua2 {m['pjsua2']}; "
         f"load average at start {', '.join(f'{x:.2f}' for x in m['load_avg_at_start'])}",
         f"- Command: `{result['command']}`",
-        f"- Gateway: `{' '.join(result['gateway_command'])}` (configs/bench.yaml; answer_url "
-        "and event_url are the gateway's embedded demo app, over loopback HTTP)",
+        "- Gateway: `python -m gateway serve --config <configs/bench.yaml with free ports> "
+        f"--log-level {result['gateway_log_level']}`, a fresh process per phase; answer_url "
+        "and event_url are its embedded demo app, over loopback HTTP",
         f"- Raw result: `bench/results/{result['stamp']}.json`",
         "",
         "| Measure | Target | Result | Met |",
@@ -91,14 +92,16 @@ def markdown(result: dict[str, Any]) -> str:
             f"{result['plan']['window_s']:g} s window with every call up):",
             "",
             "| legs | rooms | failed | retrans | setup p50/p99 ms | gateway cores | "
-            "CPU ms/leg-s | RSS MB | RSS KB/leg | probe hears | ok |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "CPU ms/leg-s | RSS MB | RSS KB/leg | Python ms/call set-up | SIPp cores | "
+            "probe hears | ok |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for st in ramp:
             lines.append(
                 f"| {st['legs']} | {st['rooms']} | {st['failed']} | {st['retransmissions']} | "
                 f"{st['setup_p50_ms']:g} / {st['setup_p99_ms']:g} | {st['cpu_cores']:.2f} | "
                 f"{st['cpu_ms_per_leg_s']:.3f} | {st['rss_mb']:g} | {st['rss_kb_per_leg']:g} | "
+                f"{st['python_ms_per_call']:g} | {st['sipp_cores']:.2f} | "
                 f"{st['probe_loud_ratio']:.0%} | {'yes' if st['ok'] else 'no: ' + st['why']} |")
         last = ramp[-1]
         lines += ["", "Gateway threads at the last step (cores busy): "
