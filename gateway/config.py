@@ -37,7 +37,9 @@ class SipConfig:
     codecs: tuple[Codec, ...] = ("PCMU", "PCMA", "G722", "opus")
     clock_rate: int = checked(between(8000, 48000), default=8000)
     max_calls: int = checked(between(1, 2000), default=2000)
-    # pjmedia conference bridge worker threads (pjproject >= 2.16); 1 = mix on the clock thread.
+    # pjmedia conference bridge worker threads. Only effective in a pjproject built with the
+    # parallel bridge (PJMEDIA_CONF_BACKEND), which ours is not: on 2 cores it measured no
+    # gain (BENCHMARKS.md). Kept for builds and machines where it pays.
     conf_threads: int = checked(between(1, 64), default=1)
     media_timeout_s: float = checked(between(0, 3600), default=30.0)
     log_level: int = checked(between(0, 6), default=1)
