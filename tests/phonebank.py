@@ -8,6 +8,8 @@ stdin, one JSON object per line:
     {"op": "hangup", "id": "a"}
     {"op": "dtmf", "id": "a", "digits": "1#", "method": "rfc4733" | "info"}
     {"op": "hold", "id": "a"}, {"op": "unhold", "id": "a"}   (re-INVITEs)
+    {"op": "register", "user": "bob", "password": "...", "domain": "127.0.0.1:5060",
+     "registrar": "sip:127.0.0.1:5060"}   then {"op": "call", ..., "account": "bob"}
     {"op": "listen", "mode": "answer" | "busy" | "ring", "tone_hz": 700, "record": "/tmp/in"}
         incoming calls from now on are answered (playing the tone, recorded to
         <record>-<id>.wav), rejected 486, or left ringing; they get IDs in1, in2, ...
@@ -50,16 +52,21 @@ def emit(**event: Any) -> None:
 
 
 class Listener(pj.Account):  # type: ignore[misc]
-    """The default account: incoming calls land here."""
+    """The default account, and registered accounts: incoming calls land here."""
 
-    def __init__(self, bank: Bank) -> None:
+    count = 0  # shared: incoming call IDs in1, in2, ... are unique across accounts
+
+    def __init__(self, bank: Bank, user: str = "") -> None:
         super().__init__()
         self.bank = bank
-        self.count = 0
+        self.user = user
+
+    def onRegState(self, prm: Any) -> None:
+        emit(event="registered", user=self.user, code=prm.code)
 
     def onIncomingCall(self, prm: Any) -> None:
-        self.count += 1
-        cid = f"in{self.count}"
+        Listener.count += 1
+        cid = f"in{Listener.count}"
         mode = self.bank.listen
         tone = self.bank.tone_file(int(mode["tone_hz"])) if mode.get("tone_hz") else None
         record = f"{mode['record']}-{cid}.wav" if mode.get("record") else None
@@ -198,13 +205,27 @@ class Bank:
             return False
         if op == "call":
             tone = self.tone_file(int(c["tone_hz"])) if c.get("tone_hz") is not None else None
-            phone = Phone(self, self.account(c.get("from", "phonebank")), c["id"], tone,
-                          c.get("record"))
+            acc = (self.accounts["@" + c["account"]] if c.get("account")
+                   else self.account(c.get("from", "phonebank")))
+            phone = Phone(self, acc, c["id"], tone, c.get("record"))
             self.phones[c["id"]] = phone
             uri = c["uri"]
             if c.get("transport") == "tcp":
                 uri += ";transport=tcp"
             phone.makeCall(uri, pj.CallOpParam(True))
+        elif op == "register":
+            # A digest-authenticated account at a registrar (the SIP edge): it can then be
+            # called, and calls placed with "account": user authenticate as it.
+            ac = pj.AccountConfig()
+            ac.idUri = f"sip:{c['user']}@{c['domain']}"
+            ac.regConfig.registrarUri = c["registrar"]
+            ac.sipConfig.authCreds.append(
+                pj.AuthCredInfo("digest", "*", c["user"], 0, c["password"]))
+            ac.mediaConfig.transportConfig.port = self.args.rtp_port_start
+            ac.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+            acc = Listener(self, c["user"])
+            acc.create(ac, False)
+            self.accounts["@" + c["user"]] = acc
         elif op == "hold":
             self.phones[c["id"]].setHold(pj.CallOpParam(True))
         elif op == "unhold":

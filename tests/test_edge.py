@@ -188,3 +188,44 @@ def test_edge_refuses_a_gateway_reachable_from_the_network(tmp_path: Path) -> No
     assert out.returncode == 2
     assert "sip.host is '0.0.0.0': with edge.enabled the gateway must listen on loopback" \
         in out.stderr
+
+
+async def test_transfer_reaches_a_registered_user(
+    stack: Stack, app: AppServer, tmp_path: Path
+) -> None:
+    """Both ends authenticate at the edge: alice calls in, the answer_url transfers her to
+    `bob`, which the gateway dials through the edge to bob's registration."""
+    from tests.audio import levels
+    from tests.harness import Phonebank
+
+    UserStore(stack.users_db, "minivoice").add("bob", "bobs-password-7")
+    domain = f"127.0.0.1:{stack.edge_port}"
+    registrar = f"sip:{domain}"
+    bob = await Phonebank.start(tmp_path)
+    alice = await Phonebank.start(tmp_path)
+    try:
+        bob.send(op="listen", mode="answer", tone_hz=700, record=str(tmp_path / "bob"))
+        bob.send(op="register", user="bob", password="bobs-password-7", domain=domain,
+                 registrar=registrar)
+        alice.send(op="register", user="alice", password=PASSWORD, domain=domain,
+                   registrar=registrar)
+        assert (await bob.wait("registered", None, user="bob"))["code"] == 200
+        assert (await alice.wait("registered", None, user="alice"))["code"] == 200
+        app.answer = lambda p: {"actions": [{"transfer": {"to": "bob", "timeout": 10}}]}
+        rec = tmp_path / "alice.wav"
+        alice.call("a", stack.uri("1001"), account="alice", tone_hz=440, record=str(rec))
+        await alice.wait("media", "a", timeout=15)
+        await bob.wait("media", "in1", timeout=15)
+        await asyncio.sleep(2.0)
+        alice.hangup("a")
+        await alice.wait("ended", "a")
+        await bob.wait("ended", "in1")
+        heard = levels(rec, 440, 700, skip_s=1.0)
+        assert heard[700] > -25 and heard[440] < -45, heard
+        done = {w["call"]["direction"]: w for w in await app.completed(count=2)}
+        assert done["outbound"]["data"]["outcome"] == "answered"
+        assert done["outbound"]["call"]["to"] == "bob"
+        assert done["inbound"]["call"]["from"] == "alice"
+    finally:
+        await alice.close()
+        await bob.close()
