@@ -13,7 +13,6 @@ import itertools
 import json
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from bench.gateway import free_port  # shared with the benchmark
 from gateway import signing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,21 +38,6 @@ _rtp_blocks = itertools.cycle(range(20000 + 200 * random.randrange(0, 30), 32000
 
 def rtp_block() -> int:
     return next(_rtp_blocks)
-
-
-def free_port() -> int:
-    """A port free on both UDP and TCP (SIP listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
 
 
 # --------------------------------------------------------------------------- app ---
