@@ -16,7 +16,7 @@ test: setup lint
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m mypy gateway sip media
+	$(PY) -m mypy gateway sip media bench
 
 unit: setup
 	$(PY) -m pytest -q -m "not sip"
