@@ -292,9 +292,14 @@ class _SipThread:
             src.startTransmit(dst)
 
     def relink(self, call_id: str) -> None:
-        """A call's bridge port is new: connect it again as the rooms say."""
+        """A call's bridge port is new: connect it again as the rooms say, and to the
+        prompt it is hearing, if any."""
         for link in [lk for lk in self.links if call_id in (lk.src, lk.dst)]:
             self._transmit(link)
+        call = self.calls.get(call_id)
+        for (cid, _), player in self.players.items():
+            if cid == call_id and call is not None and call.audio is not None:
+                player.startTransmit(call.audio)
 
     def _play(self, c: cmd.Play) -> None:
         import pjsua2 as pj

@@ -324,3 +324,23 @@ async def test_caller_hangs_up_mid_action(
     assert calls["calls"] == [], "a session leaked"
     _, rooms = await gateway.get("/v1/conferences")
     assert rooms["conferences"] == []
+
+
+async def test_prompt_survives_hold_and_unhold(
+    gateway: GatewayProc, app: AppServer, phones: Phonebank, tmp_path: Path
+) -> None:
+    app.media["tone.wav"] = (wav_bytes(sine(1000, 1.0, 8000, -10), 8000), {"ETag": '"t"'})
+    app.answer = lambda p: {"actions": [{"play": {"url": app.url + "/media/tone.wav",
+                                                  "loop": 0}}]}
+    rec = tmp_path / "x.wav"
+    await place(phones, gateway, "x", record=str(rec))
+    await asyncio.sleep(1.0)
+    phones.send(op="hold", id="x")
+    await asyncio.sleep(1.0)
+    phones.send(op="unhold", id="x")
+    await asyncio.sleep(2.0)
+    phones.hangup("x")
+    await phones.wait("ended", "x")
+    end = _duration(rec)
+    heard = levels(rec, 1000, start_s=end - 1.5, end_s=end - 0.2)
+    assert heard[1000] > -20, f"the prompt stopped after unhold: {heard}"
