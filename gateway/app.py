@@ -87,8 +87,9 @@ class Gateway:
             log.info("draining", extra={"calls": len(self.sessions), "seconds": drain_s})
             while self.sessions and loop.time() < self.drain_deadline:
                 await asyncio.sleep(0.1)
-        for session in list(self.sessions.values()):
-            await session.end_call(503, "shutdown", "Service Unavailable")
+        # All at once: each end_call waits for its SIP command, and there may be thousands.
+        await asyncio.gather(*(s.end_call(503, "shutdown", "Service Unavailable")
+                               for s in list(self.sessions.values())), return_exceptions=True)
         for _ in range(40):  # let CallEnded events arrive so call.completed is queued
             if not self.sessions:
                 break
