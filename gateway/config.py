@@ -15,9 +15,8 @@ from typing import Any, Literal
 import yaml
 
 from gateway.edge_config import EdgeConfig
-from gateway.strict import ValidationError, between, checked, length, parse, pattern
+from gateway.strict import URL, ValidationError, between, checked, length, parse
 
-URL = pattern(r"https?://\S+", "an http:// or https:// URL")
 Codec = Literal["PCMU", "PCMA", "G722", "opus"]
 
 

@@ -47,6 +47,10 @@ def pattern(regex: str, what: str) -> Check:
     return lambda v: None if rx.fullmatch(v) else f"must be {what}"
 
 
+# answer_url, event_url, fallback_url, action_url, play and redirect urls
+URL = pattern(r"https?://\S+", "an http:// or https:// URL")
+
+
 def between(lo: float | None = None, hi: float | None = None) -> Check:
     def check(v: Any) -> str | None:
         if lo is not None and v < lo:

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from gateway.actions.base import Action, CallContext, Outcome, Replace
-from gateway.actions.play import URL, Play
+from gateway.actions.play import Play
 from gateway.actions.say import Say
-from gateway.strict import between, checked, pattern
+from gateway.strict import URL, between, checked, pattern
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.actions.base import Action, CallContext, Outcome
-from gateway.strict import between, checked, pattern
-
-URL = pattern(r"https?://\S+", "an http:// or https:// URL")
+from gateway.strict import URL, between, checked
 
 
 async def repeat(call: CallContext, path: Path, loop: int) -> None:

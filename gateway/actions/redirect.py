@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.actions.base import Action, CallContext, Outcome, Replace
-from gateway.actions.play import URL
-from gateway.strict import checked
+from gateway.strict import URL, checked
 
 
 @dataclass(frozen=True)
