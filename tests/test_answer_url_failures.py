@@ -125,8 +125,15 @@ async def test_fallback_url_takes_over(
     await phones.wait("media", "x")
     assert [r.path for r in app.answers()] == ["/answer", "/answer"]
     assert [r.path for r in app.requests if r.path == "/fallback"] == ["/fallback"]
-    _status, rooms = await gw.get("/v1/conferences")
-    assert [c["room"] for c in rooms["conferences"]] == ["fallback-room"]
+    # the caller has media as soon as it is answered; the join follows on the gateway's loop
+    names: list[str] = []
+    for _ in range(50):
+        _status, rooms = await gw.get("/v1/conferences")
+        names = [c["room"] for c in rooms["conferences"]]
+        if names:
+            break
+        await asyncio.sleep(0.1)
+    assert names == ["fallback-room"]
     phones.hangup("x")
     (done,) = await app.completed()
     assert done["call"]["status"] == "completed" and "error" not in done["data"]
