@@ -17,7 +17,7 @@ from tests.harness import ROOT, AppServer, app_config, rtp_block
 
 pytestmark = pytest.mark.sip
 
-TORTURE = ROOT.parent / "shared" / "fixtures" / "rfc4475"
+TORTURE = ROOT / "tests" / "fixtures" / "rfc4475"
 # Any top Via, whatever its transport or host: answers must come back to our socket.
 # (\s also spans folded lines, as in wsinv.dat)
 _TOP_VIA = re.compile(rb"^((?:Via|v)\s*:\s*)SIP\s*/\s*[\d.]+\s*/\s*\w+\s+([^;\s]+)",

@@ -15,7 +15,7 @@ from tests.harness import AppServer, GatewayProc, Phonebank
 
 pytestmark = pytest.mark.sip
 
-TORTURE = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "rfc4475"
+TORTURE = Path(__file__).resolve().parent / "fixtures" / "rfc4475"
 
 
 _TOP_VIA = re.compile(rb"^((?:Via|v)[ \t]*:[ \t]*SIP/2\.0/UDP[ \t]+)([^;\s]+)",

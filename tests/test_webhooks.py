@@ -18,9 +18,9 @@ from tests.harness import SECRET, AppServer, GatewayProc, Phonebank, app_config,
 pytestmark = pytest.mark.sip
 
 ROOT = Path(__file__).resolve().parent.parent
-SEED = ROOT.parent / "shared" / "seed" / "conference-action.txt"
+SEED = ROOT / "tests" / "fixtures" / "seed-webhook-example.json"
 
-# The seed's "Real Webhook Example", verbatim (also read from the seed when it is present).
+# The seed's "Real Webhook Example", verbatim (kept as a fixture file too, see fixtures/README).
 SEED_WEBHOOK: dict[str, Any] = {
     "event": "call.completed",
     "created_at": "2026-05-29T12:10:00Z",
@@ -35,14 +35,9 @@ ISO_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 
 
 def seed_example() -> dict[str, Any]:
-    if SEED.exists():
-        text = SEED.read_text()
-        start = text.index("Real Webhook Example")
-        body = text[text.index("{", start):text.index("Common Use Case", start)]
-        parsed: dict[str, Any] = json.loads(body)
-        assert parsed == SEED_WEBHOOK
-        return parsed
-    return SEED_WEBHOOK
+    parsed: dict[str, Any] = json.loads(SEED.read_text())
+    assert parsed == SEED_WEBHOOK
+    return parsed
 
 
 def same_shape(actual: Any, example: Any, path: str = "") -> None:
