@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,7 @@ import pjsua2 as pj
 
 from sip import events as ev
 from sip.events import new_call_id
+from sip.sdp import check_offer, sdp_body
 from sip.sipmsg import request_uri, uri_user
 
 if TYPE_CHECKING:
@@ -23,10 +25,21 @@ class GatewayAccount(pj.Account):  # type: ignore[misc]
         self.engine = engine
 
     def onIncomingCall(self, prm: Any) -> None:
+        call: GatewayCall | None = None
         try:
             call = GatewayCall(self.engine, self, prm.callId)
-            info = call.getInfo()
+            # Kept until DISCONNECTED whatever happens next: the object must outlive the call.
+            self.engine.calls[call.call_id] = call
             msg = prm.rdata.wholeMsg
+            problem = check_offer(sdp_body(msg))
+            if problem is not None:
+                # Refused before the control plane hears of it: no answer_url, no webhooks.
+                log.info("invite.rejected", extra={"call_id": call.call_id, "sip_code": 488,
+                                                   "reason": problem,
+                                                   "source": prm.rdata.srcAddress})
+                call.hangup_call(488, "Not Acceptable Here")
+                return
+            info = call.getInfo()
             ruri = request_uri(msg)
             event = ev.IncomingCall(
                 call_id=call.call_id,
@@ -37,12 +50,15 @@ class GatewayAccount(pj.Account):  # type: ignore[misc]
                 dialed=uri_user(ruri) or uri_user(info.localUri),
                 source=prm.rdata.srcAddress,
             )
-            self.engine.calls[call.call_id] = call
             log.info("invite", extra={"call_id": call.call_id, "sip_call_id": event.sip_call_id,
                                       "from": event.from_uri, "dialed": event.dialed})
             self.engine.post(event)
         except Exception:
-            log.exception("incoming call handling failed")
+            log.exception("incoming call handling failed",
+                          extra={"call_id": call.call_id if call else None})
+            if call is not None:  # never leave an INVITE unanswered
+                with contextlib.suppress(Exception):
+                    call.hangup_call(500, "Server Internal Error")
 
 
 class GatewayCall(pj.Call):  # type: ignore[misc]
@@ -111,6 +127,17 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
                     return
         except Exception:
             log.exception("media state handling failed", extra={"call_id": self.call_id})
+
+    def onCallRxOffer(self, prm: Any) -> None:
+        # A re-INVITE or UPDATE offer gets the same check as the first one; pjsua answers 488
+        # and the call goes on with the media it had.
+        try:
+            problem = check_offer(prm.offer.wholeSdp)
+        except Exception:
+            problem = "offer could not be read"
+        if problem is not None:
+            log.info("reoffer.rejected", extra={"call_id": self.call_id, "reason": problem})
+            prm.statusCode = 488
 
     def onDtmfDigit(self, prm: Any) -> None:
         # May run on a media thread: only post an event, touch no pj object.

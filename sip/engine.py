@@ -20,6 +20,7 @@ import gc
 import itertools
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ log = logging.getLogger("minivoice.sip")
 
 POLL_MS = 5  # libHandleEvents timeout: also the worst-case latency of a queued command
 MEDIA_CHECK_EVERY_S = 5.0
-MAX_DIAL_ACCOUNTS = 4  # pjsua's PJSUA_MAX_ACC is 8, one is the gateway's own
+_SIP_USER = re.compile(r"[A-Za-z0-9.+_-]{1,64}")
 
 
 class SipEngine:
@@ -127,6 +128,14 @@ class SipCommandError(Exception):
     pass
 
 
+def from_uri(user: str, host: str, port: int) -> str:
+    """The From URI of an outbound leg. A caller ID that is not a plain user part (it may come
+    from an inbound caller's From) is not copied into a header: the gateway's own user is."""
+    if not _SIP_USER.fullmatch(user):
+        user = "minivoice"
+    return f"sip:{user}@{host}:{port}"
+
+
 class _SipThread:
     """Everything here runs on the SIP thread."""
 
@@ -147,7 +156,6 @@ class _SipThread:
         # port is (re)created, e.g. after a re-INVITE, or when media comes up after the ask.
         self.links: set[Link] = set()
         self.finished_players: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
-        self.dial_accounts: dict[str, Any] = {}  # caller ID -> pj.Account for outbound calls
         self.graveyard: list[Any] = []  # calls to delete outside their own callbacks
         self.running = True
 
@@ -340,33 +348,20 @@ class _SipThread:
 
         from sip.calls import GatewayCall
 
-        call = GatewayCall(self, self._dial_account(c.from_user), call_id=c.call_id)
+        # Every outbound leg goes through the gateway's one account; its From is set per call.
+        # (One account per caller ID, as before, meant deleting accounts that live calls
+        # still used: pjsua_acc_del zeroes the slot under them.)
+        call = GatewayCall(self, self.account, call_id=c.call_id)
         self.calls[c.call_id] = call
+        prm = pj.CallOpParam(True)
+        if c.from_user:
+            prm.txOption.localUri = from_uri(c.from_user, self.cfg.public_host or self.cfg.host,
+                                             self.port)
         try:
-            call.makeCall(c.uri, pj.CallOpParam(True))
+            call.makeCall(c.uri, prm)
         except Exception:
             del self.calls[c.call_id]
             raise
-
-    def _dial_account(self, from_user: str) -> Any:
-        """pjsua2 takes an outbound call's From from its account: one account per caller ID
-        in use (a few at most, recycled), all sharing the gateway's transports."""
-        import pjsua2 as pj
-
-        from sip import pjconfig
-
-        if not from_user:
-            return self.account
-        acc = self.dial_accounts.get(from_user)
-        if acc is None:
-            if len(self.dial_accounts) >= MAX_DIAL_ACCOUNTS:
-                _, old = self.dial_accounts.popitem()
-                self.graveyard.append(old)
-            cfg = pjconfig.account_config(self.cfg, self.port, user=from_user)
-            acc = pj.Account()
-            acc.create(cfg, False)
-            self.dial_accounts[from_user] = acc
-        return acc
 
     def _check_media(self, now: float) -> None:
         if self.cfg.media_timeout_s <= 0:
@@ -401,7 +396,6 @@ class _SipThread:
         self.calls.clear()
         self.monitor = None
         self.players.clear()
-        self.dial_accounts.clear()
         self.graveyard.clear()
         with contextlib.suppress(Exception):
             self.account.shutdown()

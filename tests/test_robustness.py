@@ -1,0 +1,96 @@
+"""Never take the gateway down: the INVITE that aborted it, at the gateway and through the
+edge; crash-only recovery after kill -9; outbound legs with many caller IDs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.checks import two_callers_hear_each_other
+from tests.edge_stack import start_stack
+from tests.fuzz import messages as msgs
+from tests.harness import AppServer, GatewayProc, Phonebank, app_config
+
+pytestmark = pytest.mark.sip
+
+# The SDP of the fuzzing-corpus INVITE that aborted the process (pjlib assertion
+# `str_addr->slen < PJ_MAX_HOSTNAME` in pj_sockaddr_in_set_str_addr): c= of ~500 characters.
+OVERLONG_C = "c=IN IP4 " + "%n" * 125 + "%x" * 125
+
+
+def hostile_invite(host: str, port: int, local_port: int, n: int, transport: str = "UDP",
+                   source: str = "127.0.0.1") -> bytes:
+    d = msgs.Dialog(host, port, local_port, transport=transport, call_id=f"overlong-c-{n}",
+                    from_tag=f"oc{n}")
+    m = msgs.invite(d, f"oc{n}")
+    m.body = m.body.replace("c=IN IP4 127.0.0.1", OVERLONG_C)
+    return m.encode().replace(b"127.0.0.1:" + str(local_port).encode(),
+                              f"{source}:{local_port}".encode())
+
+
+def final_status(sock: socket.socket, timeout: float = 5.0) -> int:
+    sock.settimeout(timeout)
+    while True:
+        data = sock.recv(65535)
+        m = re.match(rb"SIP/2\.0 (\d{3})", data)
+        if m and int(m.group(1)) >= 200:
+            return int(m.group(1))
+
+
+async def send_hostile(host: str, port: int, n: int, source: str = "127.0.0.1") -> int:
+    """One overlong-c= INVITE over UDP from `source`; the final status it got."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((source, 0))
+    try:
+        sock.sendto(hostile_invite(host, port, sock.getsockname()[1], n, source=source),
+                    (host, port))
+        return await asyncio.to_thread(final_status, sock)
+    finally:
+        sock.close()
+
+
+async def test_overlong_connection_address_is_refused(
+    gateway: GatewayProc, app: AppServer, phones: Phonebank, tmp_path: Path
+) -> None:
+    for n in range(5):  # the process used to abort at the second one
+        assert await send_hostile("127.0.0.1", gateway.sip_port, n) == 488
+    # and over TCP
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.sip_port)
+    local = writer.get_extra_info("sockname")[1]
+    writer.write(hostile_invite("127.0.0.1", gateway.sip_port, local, 99, transport="TCP"))
+    await writer.drain()
+    answer = b""
+    while b"SIP/2.0 488" not in answer:
+        chunk = await asyncio.wait_for(reader.read(4096), 5)
+        assert chunk, answer
+        answer += chunk
+    writer.close()
+    await asyncio.sleep(0.3)
+    assert app.answers() == [] and app.webhooks() == [], "refused offers reach no application"
+    assert "invite.rejected" in gateway.log() and "c= address is not an IP literal" in gateway.log()
+    status, _ = await gateway.get("/healthz")
+    assert status == 200
+    await two_callers_hear_each_other(gateway.uri("1001"), app, phones, tmp_path)
+
+
+async def test_overlong_connection_address_through_the_edge(
+    tmp_path: Path, app: AppServer, phones: Phonebank
+) -> None:
+    # the test phones call from 127.0.0.1: trusted too, so no registration is needed
+    stack = await start_stack(tmp_path, [app_config(app)], trusted=["127.0.0.0/8"])
+    try:
+        for n in range(3):  # from a trusted trunk: relayed to the gateway, refused there
+            assert await send_hostile("127.0.0.1", stack.edge_port, n, source="127.0.0.5") == 488
+        assert app.answers() == [] and app.webhooks() == []
+        assert stack.gw.proc.poll() is None
+        status, _ = await stack.gw.get("/healthz")
+        assert status == 200
+        assert "edge.stopped" not in stack.gw.log()
+        # trusted source, so no registration needed for a normal call through the edge
+        await two_callers_hear_each_other(stack.uri("1001"), app, phones, tmp_path)
+    finally:
+        assert stack.gw.stop() == 0
