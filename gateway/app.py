@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway import api, applications, demo
+from gateway import api, applications, demo, recovery, watchdog
 from gateway.conferences import Conferences
 from gateway.config import Config
 from gateway.edge_config import edge_registrar
@@ -28,6 +28,8 @@ from sip import events as ev
 from sip.engine import SipCommandError, SipEngine
 
 log = logging.getLogger("minivoice.gateway")
+
+LIVE_TOUCH_S = 5.0  # how often live calls are marked live (the error on a lost call's end)
 
 
 class Gateway:
@@ -57,6 +59,7 @@ class Gateway:
             write_wav(self.ringback, tones.ringback(self.cfg.sip.clock_rate),
                       self.cfg.sip.clock_rate)
         self.outbox = Outbox(self.store, self._http, self.cfg.hooks)
+        self.recover_lost_calls()
         self._outbox_task = asyncio.create_task(self.outbox.run())
         self._housekeeping_task = asyncio.create_task(self._housekeeping())
         self._speakers_task = asyncio.create_task(
@@ -107,13 +110,48 @@ class Gateway:
         self.store.close()
 
     async def _housekeeping(self) -> None:
-        """Drop call records past their retention, and delivered webhooks after a day."""
+        """Drop call records past their retention, and delivered webhooks after a day; mark
+        the live calls as still live every few seconds (see recover_lost_calls)."""
+        next_prune = 0.0
         while True:
             now = time.time()
-            kept = self.store.calls_prune(now - self.cfg.records.retention_days * 86400)
-            self.store.outbox_prune(now - 86400)
-            log.debug("housekeeping", extra={"calls_pruned": kept})
-            await asyncio.sleep(3600)
+            if now >= next_prune:
+                kept = self.store.calls_prune(now - self.cfg.records.retention_days * 86400)
+                self.store.outbox_prune(now - 86400)
+                log.debug("housekeeping", extra={"calls_pruned": kept})
+                next_prune = now + 3600
+            self.store.live_touch(now)
+            await asyncio.sleep(LIVE_TOUCH_S)
+
+    # -- live calls in SQLite: crash-only recovery ------------------------------------
+    def remember(self, session: CallSession) -> None:
+        """Store a live call's record: if this process dies, the next one finishes it."""
+        self.store.live_put(session.call_id, session.app.id, session.record())
+
+    def finish(self, session: CallSession, event: ev.CallEnded) -> None:
+        """A call ended: its call.completed, its record and the end of its live row are one
+        transaction, so neither a crash nor a restart can send call.completed twice."""
+        with self.store.transaction():
+            session.on_ended(event)
+            self.store.call_save(session.call_id, session.record())
+            self.store.live_delete(session.call_id)
+
+    def recover_lost_calls(self) -> None:
+        """Calls the previous process left live (it was killed, or crashed): each gets its
+        one call.completed (gateway_restart) and a call record, atomically, so a crash during
+        this very recovery can neither lose nor repeat one."""
+        apps = {a.id: a for a in self.cfg.applications}
+        now = time.time()
+        for live in self.store.live_all():
+            record, payload = recovery.lost_call(live, now)
+            app = apps.get(live.app_id)
+            with self.store.transaction():
+                if app is not None and app.event_url:
+                    self.outbox.enqueue(live.call_id, app.event_url, app.secret, payload)
+                self.store.call_save(live.call_id, record)
+                self.store.live_delete(live.call_id)
+            log.warning("call.lost", extra={"call_id": live.call_id, "app": live.app_id,
+                                            "webhook": app is not None and bool(app.event_url)})
 
     async def levels(self, call_ids: tuple[str, ...]) -> dict[str, int]:
         """Each call's current level (0-255) of what it sends into the bridge."""
@@ -150,8 +188,9 @@ class Gateway:
             session.note("progress", sip_code=event.code)
         elif isinstance(event, ev.CallEnded):
             del self.sessions[session.call_id]
-            session.on_ended(event)
-            self.store.call_save(session.call_id, session.record())
+            self.finish(session, event)
+        if isinstance(event, ev.CallAnswered):
+            self.remember(session)
 
     def _incoming(self, event: ev.IncomingCall) -> None:
         if not self.accepting:
@@ -164,6 +203,7 @@ class Gateway:
             return
         session = CallSession(self, event, app)
         self.sessions[event.call_id] = session
+        self.remember(session)
         session.task = asyncio.create_task(session.run(), name=event.call_id)
 
 
@@ -180,6 +220,7 @@ class Gateway:
     async def dial(self, parent: CallSession, uri: str, from_user: str) -> OutboundSession:
         child = OutboundSession(self, parent, uri, from_user)
         self.sessions[child.call_id] = child
+        self.remember(child)
         child.note("dial", parent_call_id=parent.call_id, uri=uri)
         child._webhook("call.initiated", child.sip_data())
         try:
@@ -189,8 +230,7 @@ class Gateway:
             child.error = {"code": "dial_failed", "message": str(exc)}
             child.outcome = "failed"
             self.sessions.pop(child.call_id, None)
-            child.on_ended(ev.CallEnded(child.call_id, 500, str(exc), True, "dial_failed"))
-            self.store.call_save(child.call_id, child.record())
+            self.finish(child, ev.CallEnded(child.call_id, 500, str(exc), True, "dial_failed"))
         return child
 
 
@@ -204,6 +244,7 @@ async def serve(cfg: Config, drain_s: float | None = None) -> None:
     SIGINT (Ctrl-C) or a second signal hangs up at once."""
     gw = Gateway(cfg)
     await gw.start()
+    dog = asyncio.create_task(watchdog.watch(gw.engine, cfg.sip.watchdog_s))
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -212,6 +253,7 @@ async def serve(cfg: Config, drain_s: float | None = None) -> None:
     drain = (cfg.shutdown.drain_s if drain_s is None else drain_s) \
         if first == signal.SIGTERM else 0.0
     log.info("stopping", extra={"signal": first.name, "drain_s": drain})
+    dog.cancel()
     stopping = asyncio.create_task(gw.stop(drain))
     again = asyncio.create_task(signals.get())
     await asyncio.wait({stopping, again}, return_when=asyncio.FIRST_COMPLETED)

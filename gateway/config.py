@@ -41,6 +41,9 @@ class SipConfig:
     # gain (BENCHMARKS.md). Kept for builds and machines where it pays.
     conf_threads: int = checked(between(1, 64), default=1)
     media_timeout_s: float = checked(between(0, 3600), default=30.0)
+    # The process exits (code 70, for its supervisor to restart it) when the SIP thread has
+    # died, at once, or has not turned its loop for this long (a deadlock in C).
+    watchdog_s: float = checked(between(1, 600), default=10.0)
     log_level: int = checked(between(0, 6), default=1)
 
 

@@ -36,6 +36,28 @@ CREATE TABLE IF NOT EXISTS calls (
 """
 
 
+# Calls in progress, so that a process that dies (kill -9, OOM, an abort in C) still owes
+# each of them exactly one call.completed: the next start sends it (gateway_restart).
+# `seen_at` is refreshed every few seconds while the process lives: the best guess of when
+# a call ended if the process died under it.
+LIVE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS live_calls (
+    call_id      TEXT PRIMARY KEY,
+    app_id       TEXT NOT NULL,
+    record       TEXT NOT NULL,       -- JSON: the call's public record when last written
+    seen_at      REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class LiveCall:
+    call_id: str
+    app_id: str
+    record: dict[str, Any]
+    seen_at: float
+
+
 @dataclass(frozen=True)
 class OutboxRow:
     seq: int
@@ -57,6 +79,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self.db.executescript(LIVE_SCHEMA)
 
     def close(self) -> None:
         self.db.close()
@@ -125,3 +148,37 @@ class Store:
                 "SELECT record FROM calls WHERE json_extract(record, '$.customer_id') = ?"
                 " ORDER BY updated_at DESC LIMIT ?", (customer_id, limit))
         return [json.loads(r[0]) for r in rows.fetchall()]
+
+    # -- live calls (crash recovery) -------------------------------------------------
+    def live_put(self, call_id: str, app_id: str, record: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO live_calls(call_id, app_id, record, seen_at) VALUES (?,?,?,?)"
+            " ON CONFLICT(call_id) DO UPDATE SET record=excluded.record,"
+            " seen_at=excluded.seen_at",
+            (call_id, app_id, json.dumps(record), time.time()),
+        )
+
+    def live_delete(self, call_id: str) -> None:
+        self.db.execute("DELETE FROM live_calls WHERE call_id=?", (call_id,))
+
+    def live_touch(self, now: float) -> None:
+        self.db.execute("UPDATE live_calls SET seen_at=?", (now,))
+
+    def live_all(self) -> list[LiveCall]:
+        rows = self.db.execute("SELECT call_id, app_id, record, seen_at FROM live_calls")
+        return [LiveCall(r[0], r[1], json.loads(r[2]), r[3]) for r in rows.fetchall()]
+
+    def transaction(self) -> Any:
+        """`with store.transaction():` commits all of it or none (BEGIN IMMEDIATE)."""
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")

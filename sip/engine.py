@@ -61,6 +61,17 @@ class SipEngine:
     def alive(self) -> bool:
         return self._thread is not None and time.monotonic() - self.last_tick < 1.0
 
+    def problem(self, stall_s: float) -> str | None:
+        """Why the SIP thread cannot serve calls (for the watchdog), or None."""
+        if self._thread is None:
+            return None  # not started, or stopped on purpose
+        if not self._thread.is_alive():
+            return "sip thread died"
+        stalled = time.monotonic() - self.last_tick
+        if stalled > stall_s:
+            return f"sip loop stalled for {stalled:.1f} s"
+        return None
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._started = self._loop.create_future()

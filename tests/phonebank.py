@@ -174,19 +174,6 @@ class Bank:
                 wanted = info.codecId.split("/")[0].lower() == self.args.codec.lower()
                 self.ep.codecSetPriority(info.codecId, 255 if wanted else 0)
 
-    def account(self, user: str) -> pj.Account:
-        acc = self.accounts.get(user)
-        if acc is None:
-            ac = pj.AccountConfig()
-            ac.idUri = f"sip:{user}@127.0.0.1:{self.port}"
-            mt = ac.mediaConfig.transportConfig
-            mt.port = self.args.rtp_port_start
-            mt.boundAddress = "127.0.0.1"
-            acc = pj.Account()
-            acc.create(ac, False)
-            self.accounts[user] = acc
-        return acc
-
     def tone_file(self, hz: int) -> str:
         if hz not in self.tones:
             path = os.path.join(self.tmp, f"tone-{hz}.wav")
@@ -205,14 +192,17 @@ class Bank:
             return False
         if op == "call":
             tone = self.tone_file(int(c["tone_hz"])) if c.get("tone_hz") is not None else None
-            acc = (self.accounts["@" + c["account"]] if c.get("account")
-                   else self.account(c.get("from", "phonebank")))
+            acc = self.accounts["@" + c["account"]] if c.get("account") else self.listener
             phone = Phone(self, acc, c["id"], tone, c.get("record"))
             self.phones[c["id"]] = phone
             uri = c["uri"]
             if c.get("transport") == "tcp":
                 uri += ";transport=tcp"
-            phone.makeCall(uri, pj.CallOpParam(True))
+            prm = pj.CallOpParam(True)
+            if not c.get("account"):
+                # From per call, not one account per caller ID: pjsua has only 8 accounts.
+                prm.txOption.localUri = f"sip:{c.get('from', 'phonebank')}@127.0.0.1:{self.port}"
+            phone.makeCall(uri, prm)
         elif op == "register":
             # A digest-authenticated account at a registrar (the SIP edge): it can then be
             # called, and calls placed with "account": user authenticate as it.

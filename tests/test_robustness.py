@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.audio import levels
 from tests.checks import two_callers_hear_each_other
 from tests.edge_stack import start_stack
 from tests.fuzz import messages as msgs
-from tests.harness import AppServer, GatewayProc, Phonebank, app_config
+from tests.harness import AppServer, GatewayProc, Phonebank, app_config, start_gateway
 
 pytestmark = pytest.mark.sip
 
@@ -94,3 +95,90 @@ async def test_overlong_connection_address_through_the_edge(
         await two_callers_hear_each_other(stack.uri("1001"), app, phones, tmp_path)
     finally:
         assert stack.gw.stop() == 0
+
+
+# -- crash-only recovery -------------------------------------------------------------------
+async def test_kill_9_then_restart_completes_the_lost_calls_once(
+    tmp_path: Path, app: AppServer, phones: Phonebank
+) -> None:
+    apps = [app_config(app)]
+    first = await start_gateway(tmp_path, apps)
+    phones.call("a", first.uri("1001"), tone_hz=440)
+    phones.call("b", first.uri("1001"), tone_hz=700)
+    await phones.wait("media", "a")
+    await phones.wait("media", "b")
+    initiated = await app.wait_for(lambda: [w for w in app.webhooks()
+                                            if w["event"] == "call.answered"][1:])
+    assert initiated
+    lost = {w["call"]["id"] for w in app.webhooks()}
+    assert len(lost) == 2
+    first.proc.kill()  # SIGKILL: nothing inside the process runs
+    first.proc.wait()
+    for cid in ("a", "b"):
+        phones.hangup(cid)  # their BYEs go nowhere; these phones are done
+
+    second = await start_gateway(tmp_path, apps)  # same tmp_path: the same SQLite file
+    try:
+        done = await app.completed(count=2, timeout=15)
+        assert {w["call"]["id"] for w in done} == lost
+        for w in done:
+            assert w["call"]["status"] == "failed"
+            assert w["data"]["hangup_cause"] == "gateway_restart"
+            assert w["data"]["hangup_by"] == "gateway"
+            assert w["data"]["duration_s"] >= 0
+            status, record = await second.get(f"/v1/calls/{w['call']['id']}")
+            assert status == 200 and record["hangup_cause"] == "gateway_restart", record
+        # a new call works meanwhile, on a fresh phonebank
+        fresh = await Phonebank.start(tmp_path)
+        try:
+            await two_callers_hear_each_other(second.uri("1001"), app, fresh, tmp_path)
+        finally:
+            await fresh.close()
+    finally:
+        assert second.stop() == 0
+    # and a third start owes nothing: exactly once
+    third = await start_gateway(tmp_path, apps)
+    try:
+        await asyncio.sleep(1.5)
+        restarts = [w for w in app.webhooks() if w["event"] == "call.completed"
+                    and w["data"].get("hangup_cause") == "gateway_restart"]
+        assert len(restarts) == 2, restarts
+    finally:
+        assert third.stop() == 0
+    assert "Traceback" not in second.log() + third.log()
+
+
+# -- outbound legs: many caller IDs at once ----------------------------------------------
+async def test_transfers_with_eight_caller_ids_all_bridge(
+    gateway: GatewayProc, app: AppServer, phones: Phonebank, tmp_path: Path
+) -> None:
+    """Each transfer has its own From. (It used to take one pjsua account per caller ID and
+    evict the oldest past 4: deleting an account under its live calls.)"""
+    callee = await Phonebank.start(tmp_path)
+    try:
+        port = callee.find("ready", None)["port"]  # type: ignore[index]
+        callee.send(op="listen", mode="answer", tone_hz=700, record=str(tmp_path / "bob"))
+        tones = [350, 450, 550, 850, 950, 1100, 1250, 1400]
+        app.answer = lambda p: {"actions": [{"transfer": {
+            "to": f"sip:bob@127.0.0.1:{port}", "caller_id": "+1555000" + p["call"]["from"][-4:]}}]}
+        for i, hz in enumerate(tones):
+            cid = f"c{i}"
+            phones.call(cid, gateway.uri("1001"), tone_hz=hz, record=str(tmp_path / f"{cid}.wav"),
+                        **{"from": f"+1999000{i:04d}"})
+            await callee.wait("media", f"in{i + 1}", timeout=15)
+        await asyncio.sleep(2.5)  # all eight bridged at once
+        incoming = {e["id"]: e["from"] for e in callee.events if e.get("event") == "incoming"}
+        for i in range(len(tones)):
+            phones.hangup(f"c{i}")
+        for i in range(len(tones)):
+            await phones.wait("ended", f"c{i}", timeout=15)
+        for i, hz in enumerate(tones):
+            caller_id = f"+1555000{i:04d}"
+            leg = next(k for k, v in incoming.items() if caller_id in v)
+            heard_by_caller = levels(tmp_path / f"c{i}.wav", 700, start_s=1.0, end_s=3.0)
+            heard_by_callee = levels(tmp_path / f"bob-{leg}.wav", hz, skip_s=0.8)
+            assert heard_by_caller[700] > -25, (i, heard_by_caller)
+            assert heard_by_callee[hz] > -25, (i, heard_by_callee)
+    finally:
+        await callee.close()
+    assert gateway.proc.poll() is None
