@@ -16,6 +16,7 @@ APT_PACKAGES=(
     espeak-ng sox libsox-fmt-mp3                                 # TTS, prompt conversion (MP3)
     kamailio kamailio-sqlite-modules kamailio-tls-modules        # the SIP edge (edge/)
     openssl sqlite3 iproute2                                     # edge TLS pair, users db, ss
+    systemd                                                      # tests: systemd-analyze verify
     linphone-cli baresip-core                                    # tests: real softphones
 )
 PY=${PYTHON:-python3}

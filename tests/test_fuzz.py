@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.checks import two_callers_hear_each_other
+from tests.edge_stack import start_stack
 from tests.fuzz.campaign import fuzz_gateway
-from tests.harness import AppServer, GatewayProc, Phonebank
+from tests.harness import AppServer, GatewayProc, Phonebank, app_config
 
 pytestmark = pytest.mark.sip
 
@@ -29,3 +30,23 @@ async def test_fuzz_slice_at_the_gateway(gateway: GatewayProc, app: AppServer,
     assert status == 200
     await two_callers_hear_each_other(gateway.uri("1001"), app, phones, tmp_path)
     assert gateway.proc.poll() is None
+
+
+async def test_fuzz_slice_through_the_edge(tmp_path: Path, app: AppServer,
+                                           phones: Phonebank) -> None:
+    """From a trusted trunk address, so the edge relays what it accepts to the gateway."""
+    stack = await start_stack(tmp_path, [app_config(app)], trusted=["127.0.0.0/8"])
+    try:
+        report = await fuzz_gateway(stack.gw, app, range(1500), SEED + 1,
+                                    target=("127.0.0.1", stack.edge_port),
+                                    source_host="127.0.0.5", dialogs=0)
+        print(report.summary())
+        assert not report.findings, report.findings
+        assert sum(report.responses.values()) > 200
+        assert stack.gw.proc.poll() is None, "the gateway stops when Kamailio dies"
+        assert "edge.stopped" not in stack.gw.log()
+        status, _ = await stack.gw.get("/healthz")
+        assert status == 200
+        await two_callers_hear_each_other(stack.uri("1001"), app, phones, tmp_path)
+    finally:
+        assert stack.gw.stop() == 0

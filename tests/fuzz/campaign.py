@@ -11,6 +11,12 @@ from tests.fuzz.run import Fuzzer, Report
 from tests.harness import AppServer, GatewayProc
 
 
+def reject_answer(payload: dict[str, Any]) -> dict[str, Any]:
+    """Through the edge: every call is refused before answer (the SDP answer path is fuzzed
+    at the gateway directly), so no media is set up towards the fuzzer."""
+    return {"actions": [{"hangup": {"reason": "fuzz"}}]}
+
+
 def fuzz_answer(payload: dict[str, Any]) -> dict[str, Any]:
     """The application behind the fuzzed gateway: 2002 holds the carrier calls of in-dialog
     cases in a room; any other number is answered (the SDP answer is where the overlong c=
@@ -37,7 +43,9 @@ def healthz(gw: GatewayProc) -> Any:
 async def fuzz_gateway(gw: GatewayProc, app: AppServer, cases: range, seed: int,
                        target: tuple[str, int] | None = None, source_host: str = "127.0.0.1",
                        **run: Any) -> Report:
-    app.answer = fuzz_answer
+    """Fuzz `target` (default: the gateway itself); in-dialog cases ride on calls to the
+    gateway."""
+    app.answer = fuzz_answer if target is None else reject_answer
     fuzzer = Fuzzer(target or ("127.0.0.1", gw.sip_port), ("127.0.0.1", gw.sip_port), seed,
                     healthz(gw), source_host=source_host)
     return await fuzzer.run(cases, **run)

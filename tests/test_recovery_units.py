@@ -1,0 +1,97 @@
+"""Crash-only recovery without a SIP stack: the lost-call record, the live-calls table, the
+transaction that keeps call.completed exactly once, the watchdog, and the systemd unit."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway.recovery import lost_call
+from gateway.store import LiveCall, Store
+from gateway.watchdog import EXIT_CODE, watch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RECORD = {"id": "call_x", "customer_id": "c1", "application_id": "app1", "status": "in-progress",
+          "direction": "inbound", "from": "+1555", "to": "1001",
+          "created_at": "2026-11-24T10:00:00Z", "answered_at": "2026-11-24T10:00:02Z",
+          "timeline": [{"at": "2026-11-24T10:00:00Z", "event": "call.initiated"}]}
+T_ANSWER = 1795514402.0  # 2026-11-24T10:00:02Z
+
+
+def test_lost_call_is_failed_with_gateway_restart() -> None:
+    record, payload = lost_call(LiveCall("call_x", "app1", RECORD, T_ANSWER + 40), T_ANSWER + 99)
+    assert payload["event"] == "call.completed"
+    assert payload["call"] == {**{k: RECORD[k] for k in ("id", "customer_id", "application_id",
+                                                          "direction", "from", "to")},
+                               "status": "failed"}
+    assert payload["data"]["hangup_cause"] == "gateway_restart"
+    assert payload["data"]["duration_s"] == 40.0
+    assert record["status"] == "failed" and record["ended_at"] == "2026-11-24T10:00:42Z"
+    assert record["timeline"][-1]["event"] == "gateway_restart"
+
+
+def test_lost_call_never_answered_has_no_duration() -> None:
+    unanswered = {**RECORD, "answered_at": None, "status": "ringing"}
+    _, payload = lost_call(LiveCall("call_x", "app1", unanswered, T_ANSWER), T_ANSWER + 5)
+    assert payload["data"]["duration_s"] == 0
+
+
+def test_live_calls_table_and_transaction(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    store.live_put("call_x", "app1", RECORD)
+    store.live_put("call_x", "app1", {**RECORD, "status": "completed"})  # upsert
+    store.live_touch(123.0)
+    [live] = store.live_all()
+    assert live.record["status"] == "completed" and live.seen_at == 123.0
+    # A failure inside the transaction leaves everything as it was: the live row stays, no
+    # record and no outbox row appear (so the next start still owes one call.completed).
+    with pytest.raises(RuntimeError), store.transaction():
+        store.outbox_add("evt_1", "call_x", "http://x", "s", b"{}", 1.0)
+        store.call_save("call_x", RECORD)
+        store.live_delete("call_x")
+        raise RuntimeError("crash")
+    assert len(store.live_all()) == 1
+    assert store.call_get("call_x") is None and store.outbox_pending_count() == 0
+    with store.transaction():
+        store.call_save("call_x", RECORD)
+        store.live_delete("call_x")
+    assert store.live_all() == [] and store.call_get("call_x") is not None
+    store.close()
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.state: str | None = None
+
+    def problem(self, stall_s: float) -> str | None:
+        return self.state
+
+
+async def test_watchdog_exits_when_the_sip_thread_dies() -> None:
+    engine = FakeEngine()
+    exits: list[int] = []
+    task = asyncio.create_task(watch(engine, 10, poll_s=0.01, exit_fn=exits.append))
+    await asyncio.sleep(0.05)
+    assert exits == [] and not task.done()
+    engine.state = "sip thread died"
+    await asyncio.wait_for(task, 1)
+    assert exits == [EXIT_CODE]
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    """The shipped unit, with its paths pointed at this checkout, passes systemd-analyze."""
+    unit = (ROOT / "configs" / "minivoice.service").read_text()
+    assert "Restart=always" in unit
+    unit = unit.replace("/opt/minivoice", str(ROOT)).replace("User=minivoice\n", "") \
+        .replace("Group=minivoice\n", "")
+    path = tmp_path / "minivoice.service"
+    path.write_text(unit)
+    result = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
+                            text=True, timeout=60)
+    problems = [ln for ln in (result.stdout + result.stderr).splitlines()
+                if "minivoice.service" in ln]
+    assert result.returncode == 0 and not problems, result.stdout + result.stderr
