@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 import time
+from pathlib import Path
 
 from tests.harness import ROOT
 
@@ -37,3 +39,15 @@ def test_installed_pjsua2_is_ours() -> None:
     # the cap pjsua's default build has (PJSUA_MAX_CALLS = 4) is lifted by config_site.h
     config_site = (ROOT / "sip" / "build" / "config_site.h").read_text()
     assert "#define PJSUA_MAX_CALLS              2000" in config_site
+
+
+def test_pjsua2_is_a_release_build() -> None:
+    """No assert() left in the binding: with NDEBUG, pjlib's PJ_ASSERT_RETURN logs "Assert
+    failed" and returns an error instead of aborting the process (a 500-character c= address
+    in an SDP offer used to abort the gateway through one)."""
+    [so] = list(Path(sysconfig.get_paths()["platlib"]).glob("_pjsua2*.so"))
+    run = subprocess.run(["nm", "-D", "--undefined-only", str(so)], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "__assert_fail" not in run.stdout
+    assert "Assert failed" in so.read_bytes().decode("latin-1")  # the release-mode log line
