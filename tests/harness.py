@@ -319,3 +319,7 @@ class Phonebank:
                 self.proc.kill()
                 await self.proc.wait()
         self._reader.cancel()
+        # pjlib in a release build logs a failed internal assertion instead of aborting: a
+        # test phone must never hit one (one aborted a phone once; see tests/test_robustness).
+        err = self.stderr_path.read_text(errors="replace")
+        assert "Assert failed" not in err, err[-3000:]
