@@ -182,3 +182,21 @@ async def test_transfers_with_eight_caller_ids_all_bridge(
     finally:
         await callee.close()
     assert gateway.proc.poll() is None
+
+
+async def test_large_udp_invite_is_answered(gateway: GatewayProc, app: AppServer) -> None:
+    """An INVITE of ~9 KB over UDP (the edge relays such) gets an answer, not silence."""
+    app.answer = lambda p: {"actions": [{"hangup": {"reason": "big"}}]}
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        d = msgs.Dialog("127.0.0.1", gateway.sip_port, sock.getsockname()[1], call_id="big-1")
+        m = msgs.invite(d, "big1")
+        m.headers.append(("X-Padding", "p" * 8000))
+        data = m.encode()
+        assert 8000 < len(data) < 16384
+        sock.sendto(data, ("127.0.0.1", gateway.sip_port))
+        assert await asyncio.to_thread(final_status, sock) == 603
+    finally:
+        sock.close()
+    assert len(app.answers()) == 1

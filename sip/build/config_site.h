@@ -22,3 +22,14 @@
 #define PJSIP_MAX_DIALOG_COUNT       65535
 #define PJMEDIA_HAS_VIDEO            0
 #define PJ_HAS_IPV6                  1
+/* RTP address latching only at the start of a stream. pjmedia follows a stream's RTP to a new
+ * source address at once until the first packet from the signalled address arrives (NAT
+ * latching, kept), and afterwards once PJMEDIA_RTP_NAT_PROBATION_CNT packets in a row come from
+ * elsewhere: 10 packets in 20 ms let anyone who can reach the port take over a participant's
+ * mix and inject audio. Past the start only a re-INVITE moves a stream. (RTCP likewise.) */
+#define PJMEDIA_RTP_NAT_PROBATION_CNT   0x7fffffff
+#define PJMEDIA_RTCP_NAT_PROBATION_CNT  0x7fffffff
+/* The SIP edge relays UDP messages up to 64 KiB; pjsip's default 4000 dropped larger INVITEs
+ * without a word. 16 KiB covers any real INVITE (SDP offers are capped at 16 KiB by sip/sdp.py)
+ * without making each transmit buffer 64 KiB. */
+#define PJSIP_MAX_PKT_LEN               16384
