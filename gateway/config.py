@@ -41,6 +41,11 @@ class SipConfig:
     # gain (BENCHMARKS.md). Kept for builds and machines where it pays.
     conf_threads: int = checked(between(1, 64), default=1)
     media_timeout_s: float = checked(between(0, 3600), default=30.0)
+    # SRTP with SDES keys in the SDP. optional: take SRTP offers, answer plain ones plainly,
+    # offer both on outbound legs; mandatory: refuse calls without SRTP (488). The keys travel
+    # in SIP: they are only as private as the signalling (TLS at the edge; the hop from the
+    # edge to the gateway is on loopback).
+    srtp: Literal["off", "optional", "mandatory"] = "optional"
     # The process exits (code 70, for its supervisor to restart it) when the SIP thread has
     # died, at once, or has not turned its loop for this long (a deadlock in C).
     watchdog_s: float = checked(between(1, 600), default=10.0)

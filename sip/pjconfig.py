@@ -66,12 +66,20 @@ def transport_config(cfg: SipConfig, port: int) -> Any:
     return tc
 
 
+SRTP_USE = {"off": pj.PJMEDIA_SRTP_DISABLED, "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+            "mandatory": pj.PJMEDIA_SRTP_MANDATORY}
+
+
 def account_config(cfg: SipConfig, port: int, user: str = "minivoice") -> Any:
     ac = pj.AccountConfig()
     ac.idUri = f"sip:{user}@{cfg.public_host or cfg.host}:{port}"
     mt = ac.mediaConfig.transportConfig
     mt.port = cfg.rtp_port_start
     mt.portRange = cfg.rtp_port_range
+    ac.mediaConfig.srtpUse = SRTP_USE[cfg.srtp]
+    # 0: SDES keys are accepted over any SIP transport. Behind the edge, TLS ends at Kamailio
+    # and the gateway hears plain SIP on loopback; demanding sips: here would refuse them all.
+    ac.mediaConfig.srtpSecureSignaling = 0
     mt.boundAddress = cfg.rtp_host or cfg.host
     if cfg.public_host:
         mt.publicAddress = cfg.public_host

@@ -167,6 +167,10 @@ class Bank:
         lc.idUri = f"sip:phonebank@127.0.0.1:{self.port}"
         lc.mediaConfig.transportConfig.port = self.args.rtp_port_start
         lc.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+        lc.mediaConfig.srtpUse = {"off": pj.PJMEDIA_SRTP_DISABLED,
+                                  "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+                                  "mandatory": pj.PJMEDIA_SRTP_MANDATORY}[self.args.srtp]
+        lc.mediaConfig.srtpSecureSignaling = 0
         self.listener = Listener(self)
         self.listener.create(lc, True)
         if self.args.codec:  # offer only this codec
@@ -284,6 +288,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rtp-port-start", type=int, default=30000)
     p.add_argument("--codec", help="offer only this codec (PCMU, PCMA, G722, opus)")
+    p.add_argument("--srtp", choices=["off", "optional", "mandatory"], default="off",
+                   help="SRTP (SDES) for every call of this bank")
     Bank(p.parse_args()).run()
 
 
