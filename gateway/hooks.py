@@ -18,6 +18,7 @@ from gateway import USER_AGENT, signing
 from gateway.actions.base import Action
 from gateway.actions.schema import INVALID, MAX_BODY_BYTES, parse_body
 from gateway.config import HooksConfig
+from gateway.netguard import BodyTooLarge, read_capped
 from gateway.strict import Detail, ValidationError
 
 log = logging.getLogger("minivoice.hooks")
@@ -78,10 +79,14 @@ class HookClient:
         timeout = aiohttp.ClientTimeout(
             total=self.cfg.total_timeout_s, sock_connect=self.cfg.connect_timeout_s)
         log.info(f"{kind}.request", extra={"call_id": call_id, "url": url, "attempt": attempt})
+        too_large = False
         try:
             async with self.http.post(url, data=body, headers=headers, timeout=timeout) as resp:
-                raw = await resp.content.read(MAX_BODY_BYTES + 1)
                 status = resp.status
+                try:
+                    raw = await read_capped(resp, MAX_BODY_BYTES)
+                except BodyTooLarge:
+                    raw, too_large = b"", True
         except TimeoutError:
             raise AnswerUrlError(f"{kind} timeout") from None
         except aiohttp.ClientConnectionError as exc:
@@ -94,6 +99,8 @@ class HookClient:
             "call_id": call_id, "status": status, "bytes": len(raw), "body": shown})
         if not 200 <= status < 300:
             raise AnswerUrlError(f"{kind} returned HTTP {status}", retryable=status >= 500)
+        if too_large:
+            raise AnswerUrlError(INVALID, (Detail("", f"body larger than {MAX_BODY_BYTES} bytes"),))
         try:
             return parse_body(raw)
         except ValidationError as exc:

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from gateway import USER_AGENT
+from gateway.netguard import BodyTooLarge, read_capped
 
 log = logging.getLogger("minivoice.media")
 
@@ -97,9 +98,10 @@ class MediaCache:
                     return wav
                 if resp.status != 200:
                     raise MediaError(f"{url}: HTTP {resp.status}")
-                body = await resp.content.read(MAX_DOWNLOAD_BYTES + 1)
-                if len(body) > MAX_DOWNLOAD_BYTES:
-                    raise MediaError(f"{url}: larger than {MAX_DOWNLOAD_BYTES} bytes")
+                try:
+                    body = await read_capped(resp, MAX_DOWNLOAD_BYTES)
+                except BodyTooLarge:
+                    raise MediaError(f"{url}: larger than {MAX_DOWNLOAD_BYTES} bytes") from None
                 resp_headers = resp.headers
         except (aiohttp.ClientError, TimeoutError) as exc:
             if wav.exists():  # serve stale rather than fail the caller

@@ -1,0 +1,141 @@
+"""Issue 12, the HTTP side: how the gateway reads, fetches from and answers to what customers
+control. Real aiohttp servers on loopback, the real HookClient and MediaCache; no SIP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import wave
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.config import HooksConfig
+from gateway.hooks import AnswerUrlError, HookClient
+from gateway.media_cache import MediaCache
+from media.tones import sine, to_pcm16
+
+Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def wav_bytes(seconds: float, rate: int = 8000) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(to_pcm16(sine(440, seconds, rate)))
+    return out.getvalue()
+
+
+def wav_seconds(path: Path) -> float:
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+class Server:
+    """An aiohttp server on loopback whose routes a test sets."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.hits: list[str] = []
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        self.hits.append(request.path)
+        return await self.routes[request.path](request)
+
+    async def start(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = runner.addresses[0][1]
+        return runner
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    s = Server()
+    runner = await s.start()
+    yield s
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def in_pieces(body: bytes, pieces: int = 2, gap_s: float = 0.05,
+              headers: dict[str, str] | None = None) -> Route:
+    """A handler that writes `body` in several pieces with pauses, as real servers may."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers=headers or {})
+        await resp.prepare(request)
+        step = -(-len(body) // pieces)
+        for i in range(0, len(body), step):
+            await resp.write(body[i:i + step])
+            await asyncio.sleep(gap_s)
+        await resp.write_eof()
+        return resp
+    return handler
+
+
+# -- finding 1: bodies read to EOF, with a cap --------------------------------------------
+async def test_answer_body_in_two_pieces_is_read_whole(
+        server: Server, http: aiohttp.ClientSession) -> None:
+    doc = {"actions": [{"say": {"text": "x" * 3000}}, {"conference": {"room": "r1"}}]}
+    server.routes["/answer"] = in_pieces(json.dumps(doc).encode())
+    hooks = HookClient(http, HooksConfig())
+    actions = await hooks.fetch_actions([server.url + "/answer"], "s" * 16, {}, "call_t")
+    assert [a.name for a in actions] == ["say", "conference"]
+
+
+async def test_answer_body_over_the_cap_is_refused_while_streaming(
+        server: Server, http: aiohttp.ClientSession) -> None:
+    # no Content-Length (chunked): the cap must hold as the bytes arrive
+    server.routes["/answer"] = in_pieces(b"[" + b" " * (200 * 1024) + b"]", pieces=8)
+    hooks = HookClient(http, HooksConfig())
+    with pytest.raises(AnswerUrlError) as err:
+        await hooks.fetch_actions([server.url + "/answer"], "s" * 16, {}, "call_t")
+    assert err.value.message == "invalid action payload"
+    assert "larger than" in err.value.details[0].reason
+
+
+async def test_content_length_over_the_cap_is_refused_before_reading(
+        server: Server, http: aiohttp.ClientSession) -> None:
+    async def huge(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": str(10**9)})
+        await resp.prepare(request)
+        await resp.write(b"{")
+        for _ in range(200):  # never finishes: only the header may be trusted
+            await asyncio.sleep(0.05)
+            if request.transport is None or request.transport.is_closing():
+                break
+        return resp
+    server.routes["/answer"] = huge
+    hooks = HookClient(http, HooksConfig())
+    with pytest.raises(AnswerUrlError) as err:
+        await asyncio.wait_for(
+            hooks.fetch_actions([server.url + "/answer"], "s" * 16, {}, "call_t"), 3)
+    assert "larger than" in err.value.details[0].reason
+
+
+async def test_media_body_in_pieces_is_cached_whole(
+        server: Server, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    server.routes["/m.wav"] = in_pieces(wav_bytes(4.0), pieces=4, headers={"ETag": '"a"'})
+    cache = MediaCache(tmp_path, http, 8000)
+    path = await cache.fetch(server.url + "/m.wav")
+    assert wav_seconds(path) == pytest.approx(4.0, abs=0.01)
