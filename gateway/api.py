@@ -219,15 +219,21 @@ async def end_conference(request: web.Request) -> web.Response:
 
 async def patch_participant(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    room = _room(request)
-    cid = _member(request, room)
+    _member(request, _room(request))
     try:
         body = json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "invalid_body", "body must be JSON") from None
     if not isinstance(body, dict) or set(body) != {"muted"} or not isinstance(body["muted"], bool):
         raise ApiError(400, "invalid_body", 'body must be {"muted": true|false}')
-    gw.conferences.set_muted(cid, body["muted"])
+    # Looked up again: the participant may have left (or the room ended) while the body
+    # was on its way.
+    room = _room(request)
+    cid = _member(request, room)
+    try:
+        gw.conferences.set_muted(cid, body["muted"])
+    except RoomError:
+        raise ApiError(404, "not_found", f"{cid} is not in room {room.key.name}") from None
     session = gw.sessions.get(cid)
     if session:
         session.note("api.mute", muted=body["muted"])

@@ -18,7 +18,7 @@ from gateway import USER_AGENT, signing
 from gateway.actions.base import Action
 from gateway.actions.schema import INVALID, MAX_BODY_BYTES, parse_body
 from gateway.config import HooksConfig
-from gateway.netguard import BodyTooLarge, read_capped
+from gateway.netguard import BodyTooLarge, read_capped, redact
 from gateway.strict import Detail, ValidationError
 
 log = logging.getLogger("minivoice.hooks")
@@ -60,7 +60,7 @@ class HookClient:
                     exc.code = error_code
                     last = exc
                     log.warning(f"{kind}.failed", extra={
-                        "call_id": call_id, "url": url, "attempt": attempt,
+                        "call_id": call_id, "url": redact(url), "attempt": attempt,
                         "error": exc.message})
                     if not exc.retryable:
                         break
@@ -78,7 +78,8 @@ class HookClient:
         }
         timeout = aiohttp.ClientTimeout(
             total=self.cfg.total_timeout_s, sock_connect=self.cfg.connect_timeout_s)
-        log.info(f"{kind}.request", extra={"call_id": call_id, "url": url, "attempt": attempt})
+        log.info(f"{kind}.request", extra={"call_id": call_id, "url": redact(url),
+                                             "attempt": attempt})
         too_large = False
         try:
             async with self.http.post(url, data=body, headers=headers, timeout=timeout) as resp:

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from gateway import USER_AGENT
-from gateway.netguard import BodyTooLarge, read_capped
+from gateway.netguard import BodyTooLarge, read_capped, redact
 
 log = logging.getLogger("minivoice.media")
 
@@ -94,23 +94,23 @@ class MediaCache:
                     meta.update(fetched_at=time.time(),
                                 max_age_s=max_age_s(resp.headers.get("Cache-Control")))
                     meta_path.write_text(json.dumps(meta))
-                    log.info("media.revalidated", extra={"url": url})
+                    log.info("media.revalidated", extra={"url": redact(url)})
                     return wav
                 if resp.status != 200:
-                    raise MediaError(f"{url}: HTTP {resp.status}")
+                    raise MediaError(f"{redact(url)}: HTTP {resp.status}")
                 try:
                     body = await read_capped(resp, MAX_DOWNLOAD_BYTES)
                 except BodyTooLarge:
-                    raise MediaError(f"{url}: larger than {MAX_DOWNLOAD_BYTES} bytes") from None
+                    raise MediaError(f"{redact(url)}: larger than {MAX_DOWNLOAD_BYTES} bytes") from None
                 resp_headers = resp.headers
         except (aiohttp.ClientError, TimeoutError) as exc:
             if wav.exists():  # serve stale rather than fail the caller
-                log.warning("media.stale", extra={"url": url, "error": str(exc)})
+                log.warning("media.stale", extra={"url": redact(url), "error": str(exc)})
                 return wav
-            raise MediaError(f"{url}: {type(exc).__name__}") from None
+            raise MediaError(f"{redact(url)}: {type(exc).__name__}") from None
         kind = audio_kind(body)
         if kind is None:
-            raise MediaError(f"{url}: neither WAV nor MP3")
+            raise MediaError(f"{redact(url)}: neither WAV nor MP3")
         raw = self.root / f"{key}.download.{kind}"
         raw.write_bytes(body)
         await self._convert(raw, wav)
@@ -120,7 +120,7 @@ class MediaCache:
             "max_age_s": max_age_s(resp_headers.get("Cache-Control")),
             "etag": resp_headers.get("ETag"), "last_modified": resp_headers.get("Last-Modified"),
         }))
-        log.info("media.fetched", extra={"url": url, "bytes": len(body)})
+        log.info("media.fetched", extra={"url": redact(url), "bytes": len(body)})
         return wav
 
     # -- text to speech ----------------------------------------------------------------

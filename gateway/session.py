@@ -145,9 +145,10 @@ class CallSession:
             self.error = {"code": "media_error", "message": str(exc)}
             self.note("media.error", message=str(exc))
             await self.end_call(500, "media_error", "Media Error")
-        except Exception as exc:
+        except Exception:
             log.exception("call flow failed", extra={"call_id": self.call_id})
-            self.error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+            # The exception text stays in our log: it may hold paths, addresses, internals.
+            self.error = {"code": "internal_error", "message": "internal error"}
             await self.end_call(500, "internal_error", "Internal Server Error")
 
     async def _flow(self) -> None:

@@ -6,18 +6,32 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.config import HooksConfig
+from gateway import api, signing
+from gateway.actions.schema import MAX_BODY_BYTES, parse_body
+from gateway.conferences import Conferences
+from gateway.config import Application, Config, HooksConfig
 from gateway.hooks import AnswerUrlError, HookClient
 from gateway.media_cache import MediaCache
+from gateway.netguard import redact
+from gateway.session import CallSession
+from gateway.strict import ValidationError
+from media.rooms import RoomKey
 from media.tones import sine, to_pcm16
+from sip.events import IncomingCall
+
+APP = Application(id="app_t", customer_id="c1", answer_url="http://127.0.0.1:9/answer",
+                  secret="s" * 16)
 
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -139,3 +153,90 @@ async def test_media_body_in_pieces_is_cached_whole(
     cache = MediaCache(tmp_path, http, 8000)
     path = await cache.fetch(server.url + "/m.wav")
     assert wav_seconds(path) == pytest.approx(4.0, abs=0.01)
+
+
+# -- finding 10: small ones ---------------------------------------------------------------
+def test_verify_returns_false_on_a_non_ascii_signature() -> None:
+    body = b"{}"
+    good = signing.sign("secret-123", body)
+    t = good.split(",")[0]
+    assert signing.verify("secret-123", body, good)
+    assert not signing.verify("secret-123", body, f"{t},v1=\u00e9\u00e9")
+    assert not signing.verify("secret-123", body, f"{t},v1=\udcff")
+
+
+@pytest.mark.parametrize("body", [b"[" * 60000, b'{"actions": ' + b"[" * 60000])
+def test_deep_nesting_is_a_validation_error(body: bytes) -> None:
+    assert len(body) < MAX_BODY_BYTES
+    with pytest.raises(ValidationError) as err:
+        parse_body(body)
+    assert "malformed JSON" in err.value.details[0].reason
+
+
+async def test_logged_urls_carry_no_query_or_credentials(
+        server: Server, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture) -> None:
+    server.routes["/answer"] = in_pieces(b'{"actions": [{"hangup": {}}]}')
+    hooks = HookClient(http, HooksConfig())
+    url = server.url.replace("http://", "http://user:pw-secret@") + "/answer?token=tok-secret"
+    caplog.set_level(logging.INFO)
+    await hooks.fetch_actions([url], "s" * 16, {}, "call_t")
+    logged = " ".join(str(vars(r)) for r in caplog.records)
+    assert "answer_url.request" in logged
+    assert "tok-secret" not in logged and "pw-secret" not in logged
+    assert redact("https://a:b@h.example/p?x=1#f") == "https://h.example/p?REDACTED"
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        self.alive = True
+
+    def send(self, command: Any) -> asyncio.Future[Any]:
+        self.sent.append(command)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+async def test_internal_error_does_not_leak_exception_text() -> None:
+    class Hooks:
+        async def fetch_actions(self, *a: Any, **k: Any) -> Any:
+            raise RuntimeError("/srv/minivoice/secret-path db=10.1.2.3")
+    gw = SimpleNamespace(engine=FakeEngine(), hooks=Hooks(), cfg=Config(applications=(APP,)),
+                         outbox=SimpleNamespace(enqueue=lambda *a: None))
+    leg = IncomingCall("call_x", "sip-id", "sip:a@h", "sip:b@h", "a", "b", "127.0.0.1:5")
+    session = CallSession(gw, leg, APP)  # type: ignore[arg-type]
+    await session.run()
+    assert session.error == {"code": "internal_error", "message": "internal error"}
+    assert session.hangup_cause == "internal_error"
+
+
+async def test_patch_on_a_participant_who_left_meanwhile_is_404() -> None:
+    conferences = Conferences(lambda change: None)
+    key = RoomKey("c1", "r1")
+    joined = asyncio.create_task(conferences.join(key, "call_a", mute=False, end_on_exit=False))
+    await asyncio.sleep(0)
+    fake_gw = SimpleNamespace(cfg=Config(applications=(APP,)), conferences=conferences,
+                              sessions={})
+    app = web.Application()
+    api.setup(app, fake_gw)  # type: ignore[arg-type]
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b'{"muted": '
+        await asyncio.sleep(0.2)
+        conferences.remove("call_a")  # the caller leaves while the body is on its way
+        yield b"true}"
+    try:
+        async with aiohttp.ClientSession() as s, s.patch(
+                f"http://127.0.0.1:{port}/v1/conferences/r1/participants/call_a",
+                data=slow_body()) as r:
+            assert r.status == 404, await r.text()
+            assert (await r.json())["error"]["code"] == "not_found"
+    finally:
+        await runner.cleanup()
+        assert await joined == "removed"

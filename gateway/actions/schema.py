@@ -29,6 +29,8 @@ def parse_body(body: bytes) -> tuple[Action, ...]:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValidationError([Detail("", f"malformed JSON: {exc}")], INVALID) from None
+    except RecursionError:  # 60,000 '[' fit in the size limit and nest past the stack
+        raise ValidationError([Detail("", "malformed JSON: nested too deeply")], INVALID) from None
     return parse_document(doc)
 
 
