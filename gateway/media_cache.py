@@ -101,7 +101,8 @@ class MediaCache:
                 try:
                     body = await read_capped(resp, MAX_DOWNLOAD_BYTES)
                 except BodyTooLarge:
-                    raise MediaError(f"{redact(url)}: larger than {MAX_DOWNLOAD_BYTES} bytes") from None
+                    raise MediaError(
+                        f"{redact(url)}: larger than {MAX_DOWNLOAD_BYTES} bytes") from None
                 resp_headers = resp.headers
         except (aiohttp.ClientError, TimeoutError) as exc:
             if wav.exists():  # serve stale rather than fail the caller
