@@ -18,6 +18,7 @@ from gateway.config import Config
 from gateway.edge_config import edge_registrar
 from gateway.hooks import HookClient
 from gateway.media_cache import MediaCache
+from gateway.netguard import AddressPolicy, guarded_session
 from gateway.outbox import Outbox
 from gateway.session import CallSession, OutboundSession
 from gateway.store import Store
@@ -42,6 +43,7 @@ class Gateway:
         self.outbox: Outbox
         self.hooks: HookClient
         self._http: aiohttp.ClientSession
+        self._customer_http: aiohttp.ClientSession
         self._runner: web.AppRunner | None = None
         self._outbox_task: asyncio.Task[None] | None = None
         self.http_port = 0
@@ -49,9 +51,14 @@ class Gateway:
     async def start(self) -> None:
         self.store = Store(self.cfg.database)
         self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
-        self.hooks = HookClient(self._http, self.cfg.hooks)
+        # URLs from application responses (action_url, redirect, play) connect only to
+        # public addresses unless hooks.allow_private lists them.
+        policy = AddressPolicy.from_config(self.cfg.hooks.allow_private)
+        self._customer_http = guarded_session(policy, limit=256)
+        self.hooks = HookClient(self._http, self.cfg.hooks, self._customer_http, policy)
         cache_dir = Path(self.cfg.database).parent / "media-cache"
-        self.media = MediaCache(cache_dir, self._http, self.cfg.sip.clock_rate)
+        self.media = MediaCache(cache_dir, self._customer_http, self.cfg.sip.clock_rate,
+                                policy=policy)
         self.ringback = cache_dir / f"ringback-{self.cfg.sip.clock_rate}.wav"
         if not self.ringback.exists():
             write_wav(self.ringback, tones.ringback(self.cfg.sip.clock_rate),
@@ -104,6 +111,7 @@ class Gateway:
         if self._runner:
             await self._runner.cleanup()
         await self._http.close()
+        await self._customer_http.close()
         self.store.close()
 
     async def _housekeeping(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from gateway.edge_config import EdgeConfig
+from gateway.netguard import parse_allow
 from gateway.strict import URL, ValidationError, between, checked, length, parse
 
 Codec = Literal["PCMU", "PCMA", "G722", "opus"]
@@ -50,12 +51,25 @@ class HttpConfig:
     port: int = checked(between(0, 65535), default=8080)
 
 
+def _networks_or_hosts(entries: tuple[str, ...]) -> str | None:
+    try:
+        parse_allow(entries)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 @dataclass(frozen=True)
 class HooksConfig:
     connect_timeout_s: float = checked(between(0.05, 60), default=2.0)
     total_timeout_s: float = checked(between(0.1, 120), default=5.0)
     webhook_max_backoff_s: float = checked(between(1, 3600), default=300.0)
     webhook_give_up_after_s: float = checked(between(3600, 30 * 86400), default=86400.0)
+    # URLs that come from application responses (gather action_url, redirect url, play url)
+    # may not reach loopback, private, link-local (cloud metadata), ULA or other non-public
+    # addresses, unless listed here: networks ("127.0.0.0/8", "10.1.0.0/16") or host names.
+    # Operator-configured answer_url, fallback_url and event_url are not restricted.
+    allow_private: tuple[str, ...] = checked(_networks_or_hosts, default=())
 
 
 @dataclass(frozen=True)

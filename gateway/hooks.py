@@ -3,6 +3,12 @@
 CONTRACT sections 2-4: signed POST, connect/total timeouts, one retry on
 connection error or 5xx, then `fallback_url`. Any failure becomes an
 `AnswerUrlError` whose message and details go into `call.completed`.
+
+answer_url and fallback_url come from the operator's config and are trusted. action_url and
+redirect URLs come from application responses: they go through their own connection pool,
+whose resolver refuses non-public addresses (`hooks.allow_private`). No request follows a
+redirect: a 3xx is an error like any other non-2xx (following one would carry the signature
+to wherever the Location points).
 """
 
 from __future__ import annotations
@@ -18,7 +24,15 @@ from gateway import USER_AGENT, signing
 from gateway.actions.base import Action
 from gateway.actions.schema import INVALID, MAX_BODY_BYTES, parse_body
 from gateway.config import HooksConfig
-from gateway.netguard import BodyTooLarge, read_capped, redact
+from gateway.netguard import (
+    AddressPolicy,
+    BlockedAddress,
+    BodyTooLarge,
+    blocked_cause,
+    check_url,
+    read_capped,
+    redact,
+)
 from gateway.strict import Detail, ValidationError
 
 log = logging.getLogger("minivoice.hooks")
@@ -41,8 +55,13 @@ class AnswerUrlError(Exception):
 
 
 class HookClient:
-    def __init__(self, http: aiohttp.ClientSession, cfg: HooksConfig) -> None:
-        self.http = http
+    def __init__(self, http: aiohttp.ClientSession, cfg: HooksConfig,
+                 customer_http: aiohttp.ClientSession | None = None,
+                 policy: AddressPolicy | None = None) -> None:
+        self.http = http  # answer_url, fallback_url
+        # action_url, redirect: a session built with netguard.guarded_session(policy)
+        self.customer_http = customer_http or http
+        self.policy = policy or AddressPolicy.from_config(cfg.allow_private)
         self.cfg = cfg
 
     async def fetch_actions(
@@ -80,9 +99,14 @@ class HookClient:
             total=self.cfg.total_timeout_s, sock_connect=self.cfg.connect_timeout_s)
         log.info(f"{kind}.request", extra={"call_id": call_id, "url": redact(url),
                                              "attempt": attempt})
+        trusted = kind == "answer_url"
+        http = self.http if trusted else self.customer_http
         too_large = False
         try:
-            async with self.http.post(url, data=body, headers=headers, timeout=timeout) as resp:
+            if not trusted:
+                check_url(url, self.policy)
+            async with http.post(url, data=body, headers=headers, timeout=timeout,
+                                 allow_redirects=False) as resp:
                 status = resp.status
                 try:
                     raw = await read_capped(resp, MAX_BODY_BYTES)
@@ -90,9 +114,14 @@ class HookClient:
                     raw, too_large = b"", True
         except TimeoutError:
             raise AnswerUrlError(f"{kind} timeout") from None
-        except aiohttp.ClientConnectionError as exc:
-            retry = isinstance(exc, aiohttp.ClientConnectorError)
-            raise AnswerUrlError(f"{kind} connection failed", retryable=retry) from None
+        except (BlockedAddress, aiohttp.ClientConnectorError) as exc:
+            if blocked_cause(exc) is None:
+                raise AnswerUrlError(f"{kind} connection failed", retryable=True) from None
+            log.warning(f"{kind}.refused", extra={"call_id": call_id, "url": redact(url),
+                                                  "reason": str(blocked_cause(exc))})
+            raise AnswerUrlError(f"{kind} refused: address not allowed") from None
+        except aiohttp.ClientConnectionError:
+            raise AnswerUrlError(f"{kind} connection failed") from None
         except aiohttp.ClientError as exc:
             raise AnswerUrlError(f"{kind} request failed: {type(exc).__name__}") from None
         shown = raw[:LOGGED_BODY_CHARS].decode("utf-8", "replace")

@@ -21,7 +21,15 @@ from typing import Any
 import aiohttp
 
 from gateway import USER_AGENT
-from gateway.netguard import BodyTooLarge, read_capped, redact
+from gateway.netguard import (
+    AddressPolicy,
+    BlockedAddress,
+    BodyTooLarge,
+    blocked_cause,
+    check_url,
+    read_capped,
+    redact,
+)
 
 log = logging.getLogger("minivoice.media")
 
@@ -58,9 +66,12 @@ def audio_kind(body: bytes) -> str | None:
 
 class MediaCache:
     def __init__(self, root: Path, http: aiohttp.ClientSession, rate: int,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, policy: AddressPolicy | None = None) -> None:
         self.root = root
+        # Play URLs come from application responses: `http` should be a
+        # netguard.guarded_session, and `policy` the same policy (for IP literals).
         self.http = http
+        self.policy = policy or AddressPolicy()
         self.rate = rate
         self.timeout_s = timeout_s
         self.root.mkdir(parents=True, exist_ok=True)
@@ -89,7 +100,9 @@ class MediaCache:
             headers["If-Modified-Since"] = meta["last_modified"]
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         try:
-            async with self.http.get(url, headers=headers, timeout=timeout) as resp:
+            check_url(url, self.policy)
+            async with self.http.get(url, headers=headers, timeout=timeout,
+                                     allow_redirects=False) as resp:
                 if resp.status == 304 and wav.exists():
                     meta.update(fetched_at=time.time(),
                                 max_age_s=max_age_s(resp.headers.get("Cache-Control")))
@@ -104,7 +117,11 @@ class MediaCache:
                     raise MediaError(
                         f"{redact(url)}: larger than {MAX_DOWNLOAD_BYTES} bytes") from None
                 resp_headers = resp.headers
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (BlockedAddress, aiohttp.ClientError, TimeoutError) as exc:
+            if blocked_cause(exc) is not None:
+                log.warning("media.refused", extra={"url": redact(url),
+                                                    "reason": str(blocked_cause(exc))})
+                raise MediaError(f"{redact(url)}: address not allowed") from None
             if wav.exists():  # serve stale rather than fail the caller
                 log.warning("media.stale", extra={"url": redact(url), "error": str(exc)})
                 return wav

@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import socket
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,20 +17,24 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from gateway import api, signing
-from gateway.actions.schema import MAX_BODY_BYTES, parse_body
+from gateway.actions.schema import MAX_BODY_BYTES, parse_body, parse_document
 from gateway.conferences import Conferences
-from gateway.config import Application, Config, HooksConfig
+from gateway.config import Application, Config, ConfigError, HooksConfig, from_dict
 from gateway.hooks import AnswerUrlError, HookClient
-from gateway.media_cache import MediaCache
-from gateway.netguard import redact
+from gateway.media_cache import MediaCache, MediaError
+from gateway.netguard import AddressPolicy, GuardedResolver, redact
 from gateway.session import CallSession
 from gateway.strict import ValidationError
 from media.rooms import RoomKey
 from media.tones import sine, to_pcm16
 from sip.events import IncomingCall
 
+LOOPBACK = AddressPolicy.from_config(["127.0.0.0/8"])
+APP_DICT = {"id": "app_t", "customer_id": "c1", "answer_url": "http://127.0.0.1:9/answer",
+            "secret": "s" * 16}
 APP = Application(id="app_t", customer_id="c1", answer_url="http://127.0.0.1:9/answer",
                   secret="s" * 16)
 
@@ -150,7 +155,7 @@ async def test_content_length_over_the_cap_is_refused_before_reading(
 async def test_media_body_in_pieces_is_cached_whole(
         server: Server, http: aiohttp.ClientSession, tmp_path: Path) -> None:
     server.routes["/m.wav"] = in_pieces(wav_bytes(4.0), pieces=4, headers={"ETag": '"a"'})
-    cache = MediaCache(tmp_path, http, 8000)
+    cache = MediaCache(tmp_path, http, 8000, policy=LOOPBACK)
     path = await cache.fetch(server.url + "/m.wav")
     assert wav_seconds(path) == pytest.approx(4.0, abs=0.01)
 
@@ -240,3 +245,121 @@ async def test_patch_on_a_participant_who_left_meanwhile_is_404() -> None:
     finally:
         await runner.cleanup()
         assert await joined == "removed"
+
+
+# -- finding 6: SSRF ----------------------------------------------------------------------
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "127.8.9.10", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254",
+    "100.64.0.1", "0.0.0.0", "224.0.0.1", "255.255.255.255", "::1", "::", "fd00::1",
+    "fe80::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "fe80::1%eth0", "not-an-ip"])
+def test_non_public_addresses_are_refused_by_default(address: str) -> None:
+    assert not AddressPolicy().permits(address)
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2001:4860:4860::8888"])
+def test_public_addresses_are_allowed(address: str) -> None:
+    assert AddressPolicy().permits(address)
+
+
+def test_allow_private_lists_networks_and_hosts() -> None:
+    policy = AddressPolicy.from_config(["127.0.0.0/8", "10.1.2.3", "media.internal"])
+    assert policy.permits("127.0.0.1") and policy.permits("::ffff:127.0.0.1")
+    assert policy.permits("10.1.2.3") and not policy.permits("10.1.2.4")
+    assert not policy.permits("169.254.169.254")
+    assert policy.host_allowed("Media.Internal.")
+    for bad in (["http://x/"], ["a b"], [""]):
+        with pytest.raises(ConfigError, match="allow_private"):
+            from_dict({"applications": [APP_DICT], "hooks": {"allow_private": bad}})
+
+
+class FixedResolver(AbstractResolver):
+    """DNS as a test wants it: every name resolves to `address` (a rebinding name does)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        return [{"hostname": host, "host": self.address, "port": port, "family": family,
+                 "proto": 0, "flags": 0}]
+
+    async def close(self) -> None:
+        pass
+
+
+def guarded(policy: AddressPolicy, address: str = "127.0.0.1") -> aiohttp.ClientSession:
+    resolver = GuardedResolver(policy, FixedResolver(address))
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver))
+
+
+ACTIONS = b'{"actions": [{"hangup": {}}]}'
+
+
+async def test_action_url_to_loopback_is_refused(
+        server: Server, http: aiohttp.ClientSession) -> None:
+    server.routes["/hook"] = in_pieces(ACTIONS)
+    policy = AddressPolicy()
+    async with guarded(policy) as customer:
+        hooks = HookClient(http, HooksConfig(), customer, policy)
+        for url in (server.url + "/hook",                                   # IP literal
+                    f"http://rebind.example:{server.port}/hook",            # name -> 127.0.0.1
+                    f"http://[::ffff:127.0.0.1]:{server.port}/hook"):
+            with pytest.raises(AnswerUrlError) as err:
+                await hooks.fetch_actions([url], "s" * 16, {}, "call_t", kind="action_url",
+                                          error_code="action_url_error")
+            assert err.value.message == "action_url refused: address not allowed", url
+            assert err.value.code == "action_url_error"
+    assert server.hits == [], "a refused URL must not be requested"
+
+
+async def test_the_check_is_made_at_connect_time_and_allow_private_opens_it(
+        server: Server, http: aiohttp.ClientSession) -> None:
+    server.routes["/hook"] = in_pieces(ACTIONS)
+    policy = AddressPolicy.from_config(["127.0.0.0/8"])
+    async with guarded(policy) as customer:
+        hooks = HookClient(http, HooksConfig(), customer, policy)
+        url = f"http://rebind.example:{server.port}/hook"
+        assert await hooks.fetch_actions([url], "s" * 16, {}, "call_t", kind="action_url")
+    assert server.hits == ["/hook"]
+    # the same name, now resolving elsewhere, is judged on what it resolves to now
+    strict = AddressPolicy.from_config(["10.0.0.0/8"])
+    async with guarded(strict) as customer:
+        hooks = HookClient(http, HooksConfig(), customer, strict)
+        with pytest.raises(AnswerUrlError, match="refused"):
+            await hooks.fetch_actions([url], "s" * 16, {}, "call_t", kind="action_url")
+
+
+async def test_redirects_are_not_followed(server: Server, http: aiohttp.ClientSession) -> None:
+    async def moved(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(server.url + "/elsewhere")
+    server.routes["/answer"] = server.routes["/hook"] = server.routes["/m.wav"] = moved
+    server.routes["/elsewhere"] = in_pieces(ACTIONS)
+    policy = AddressPolicy.from_config(["127.0.0.0/8"])
+    async with guarded(policy) as customer:
+        hooks = HookClient(http, HooksConfig(), customer, policy)
+        with pytest.raises(AnswerUrlError, match="returned HTTP 302"):
+            await hooks.fetch_actions([server.url + "/answer"], "s" * 16, {}, "call_t")
+        with pytest.raises(AnswerUrlError, match="returned HTTP 302"):
+            await hooks.fetch_actions([server.url + "/hook"], "s" * 16, {}, "call_t",
+                                      kind="action_url")
+    assert "/elsewhere" not in server.hits
+
+
+async def test_play_url_to_loopback_is_refused(server: Server, tmp_path: Path) -> None:
+    server.routes["/m.wav"] = in_pieces(wav_bytes(0.5))
+    policy = AddressPolicy()
+    async with guarded(policy) as customer:
+        cache = MediaCache(tmp_path, customer, 8000, policy=policy)
+        for url in (server.url + "/m.wav", f"http://rebind.example:{server.port}/m.wav"):
+            with pytest.raises(MediaError, match="address not allowed"):
+                await cache.fetch(url)
+    assert server.hits == []
+
+
+def test_keys_of_a_document_that_is_not_an_action_list_are_not_echoed() -> None:
+    for doc in ({"calls": [{"id": "call_secret"}], "webhooks_pending": 3},
+                {"actions": {"x": 1}, "token": "t"}):
+        with pytest.raises(ValidationError) as err:
+            parse_document(doc)
+        assert [d.path for d in err.value.details] == ["actions"]
+        assert "call_secret" not in str(err.value) and "webhooks" not in str(err.value)
