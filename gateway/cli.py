@@ -6,11 +6,19 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import secrets
 import sys
 from typing import Any
 
 from gateway import __version__, logs, users_cli
-from gateway.config import Config, ConfigError, from_dict, load, with_overrides
+from gateway.config import (
+    Config,
+    ConfigError,
+    check_exposure,
+    from_dict,
+    load,
+    with_overrides,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +59,11 @@ def build_config(args: argparse.Namespace) -> Config:
         for key in ("event_url", "fallback_url", "secret"):
             if getattr(args, key):
                 app[key] = getattr(args, key)
+        if not args.secret:
+            # Never a well-known default: a fresh secret, shown once so the app can use it.
+            app["secret"] = secrets.token_urlsafe(24)
+            print(f"no --secret given: requests are signed with the generated secret "
+                  f"{app['secret']} (pass --secret to choose one)", file=sys.stderr)
         cfg = from_dict({"applications": [app]}, "command line")
     else:
         raise ConfigError("give --config configs/<file>.yaml, or --answer-url URL")
@@ -63,6 +76,7 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg = dataclasses.replace(cfg, database=args.db)
     if args.demo:
         cfg = dataclasses.replace(cfg, demo=True)
+    check_exposure(cfg, args.config or "command line")
     return cfg
 
 
@@ -75,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             cfg = load(args.path)
+            check_exposure(cfg, args.path)
             if cfg.edge.enabled:  # the rules that span sip: and edge:, as serve applies them
                 edge.check(cfg)
         except (ConfigError, edge.EdgeError) as exc:

@@ -8,6 +8,8 @@ Every problem in a file is reported at once, with its path, before anything star
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -117,9 +119,14 @@ class Application:
     answer_url: str = checked(URL)
     event_url: str | None = checked(URL, default=None)
     fallback_url: str | None = checked(URL, default=None)
-    secret: str = checked(length(8, 256), default="change-me-please")
+    # Required in a config file: requests used to be signed with a well-known default.
+    secret: str = checked(length(8, 256), default="")
     # Dialed users/numbers (Request-URI user) this application answers; "*" matches all.
     numbers: tuple[str, ...] = ("*",)
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        if not self.secret:
+            yield "secret", "is required (8-256 characters: the key requests are signed with)"
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,25 @@ class Config:
 
 class ConfigError(Exception):
     pass
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(cfg: Config, source: str = "config") -> None:
+    """Rules about where the gateway listens, applied to the final config (after command-line
+    overrides): an API without tokens is everyone's admin API, so it stays on loopback."""
+    if not cfg.api.tokens and not is_loopback(cfg.http.host):
+        raise ConfigError(
+            f"{source} is invalid:\n  api.tokens: required when http.host is not a loopback "
+            f"address (http.host is {cfg.http.host}): without tokens anyone who reaches "
+            "the port controls every call")
 
 
 def from_dict(data: Any, source: str = "config") -> Config:

@@ -4,10 +4,13 @@ control. Real aiohttp servers on loopback, the real HookClient and MediaCache; n
 from __future__ import annotations
 
 import asyncio
+import hmac
 import io
 import json
 import logging
 import socket
+import subprocess
+import sys
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -18,11 +21,20 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.test_utils import make_mocked_request
 
-from gateway import api, signing
+from gateway import api, cli, signing
 from gateway.actions.schema import MAX_BODY_BYTES, parse_body, parse_document
 from gateway.conferences import Conferences
-from gateway.config import Application, Config, ConfigError, HooksConfig, from_dict
+from gateway.config import (
+    ApiConfig,
+    ApiToken,
+    Application,
+    Config,
+    ConfigError,
+    HooksConfig,
+    from_dict,
+)
 from gateway.hooks import AnswerUrlError, HookClient
 from gateway.media_cache import MediaCache, MediaError
 from gateway.netguard import AddressPolicy, GuardedResolver, redact
@@ -38,6 +50,7 @@ APP_DICT = {"id": "app_t", "customer_id": "c1", "answer_url": "http://127.0.0.1:
 APP = Application(id="app_t", customer_id="c1", answer_url="http://127.0.0.1:9/answer",
                   secret="s" * 16)
 
+ROOT = Path(__file__).resolve().parent.parent
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -363,3 +376,70 @@ def test_keys_of_a_document_that_is_not_an_action_list_are_not_echoed() -> None:
             parse_document(doc)
         assert [d.path for d in err.value.details] == ["actions"]
         assert "call_secret" not in str(err.value) and "webhooks" not in str(err.value)
+
+
+# -- finding 7: unsafe defaults -----------------------------------------------------------
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "gateway.example"])
+def test_no_tokens_on_a_non_loopback_http_host_is_refused(host: str, tmp_path: Path) -> None:
+    path = tmp_path / "open.yaml"
+    path.write_text(json.dumps({"applications": [APP_DICT], "http": {"host": host}}))
+    with pytest.raises(ConfigError, match=r"api\.tokens: required when http\.host"):
+        cli.build_config(cli._parser().parse_args(["serve", "--config", str(path)]))
+    run = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and "api.tokens" in run.stderr
+    # command-line overrides are judged too
+    args = ["serve", "--answer-url", "http://127.0.0.1:3000/a", "--secret", "s" * 16,
+            "--http-host", host]
+    with pytest.raises(ConfigError, match=r"api\.tokens"):
+        cli.build_config(cli._parser().parse_args(args))
+    # with a token it starts; on loopback it starts without
+    tokens = {"tokens": [{"token": "t" * 20}]}
+    path.write_text(json.dumps({"applications": [APP_DICT], "http": {"host": host},
+                                "api": tokens}))
+    cli.build_config(cli._parser().parse_args(["serve", "--config", str(path)]))
+    for local in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        path.write_text(json.dumps({"applications": [APP_DICT], "http": {"host": local}}))
+        cli.build_config(cli._parser().parse_args(["serve", "--config", str(path)]))
+
+
+def test_answer_url_without_secret_gets_a_generated_one(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cfgs = [cli.build_config(cli._parser().parse_args(
+        ["serve", "--answer-url", "http://127.0.0.1:3000/a"])) for _ in range(2)]
+    secrets_used = [c.applications[0].secret for c in cfgs]
+    assert "change-me-please" not in secrets_used
+    assert len(secrets_used[0]) >= 24 and secrets_used[0] != secrets_used[1]
+    assert secrets_used[0] in capsys.readouterr().err  # shown, or nobody could verify
+
+
+def test_a_config_file_application_needs_a_secret() -> None:
+    app = {k: v for k, v in APP_DICT.items() if k != "secret"}
+    with pytest.raises(ConfigError, match=r"applications\[0\].secret: is required"):
+        from_dict({"applications": [app]})
+
+
+def test_every_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    tokens = (ApiToken("admin-token-0123456789"), ApiToken("cust-token-0123456789", "c1"),
+              ApiToken("other-token-0123456789", "c2"))
+    cfg = Config(applications=(APP,), api=ApiConfig(tokens=tokens))
+    app = web.Application()
+    app[api.GATEWAY] = SimpleNamespace(cfg=cfg)  # type: ignore[assignment]
+
+    def authorize(header: str) -> tuple[bool, str | None]:
+        request = make_mocked_request("GET", "/v1/calls", headers={"Authorization": header},
+                                      app=app)
+        return api._authorize(request)
+    assert authorize("Bearer admin-token-0123456789") == (True, None)
+    assert len(compared) == 3, "stopped at the first match"
+    assert authorize("Bearer cust-token-0123456789") == (False, "c1")
+    with pytest.raises(api.ApiError):
+        authorize("Bearer \u00e9t\u00e9-token-0123456789")  # non-ASCII: 401, not a crash
+    assert len(compared) == 9
