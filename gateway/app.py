@@ -58,7 +58,7 @@ class Gateway:
         self.hooks = HookClient(self._http, self.cfg.hooks, self._customer_http, policy)
         cache_dir = Path(self.cfg.database).parent / "media-cache"
         self.media = MediaCache(cache_dir, self._customer_http, self.cfg.sip.clock_rate,
-                                policy=policy)
+                                policy=policy, cfg=self.cfg.media)
         self.ringback = cache_dir / f"ringback-{self.cfg.sip.clock_rate}.wav"
         if not self.ringback.exists():
             write_wav(self.ringback, tones.ringback(self.cfg.sip.clock_rate),

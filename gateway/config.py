@@ -86,6 +86,22 @@ class RoomsConfig:
 
 
 @dataclass(frozen=True)
+class MediaConfig:
+    """Limits on prompt audio (play URLs, say text) and its conversion."""
+
+    max_download_mb: int = checked(between(1, 1024), default=20)
+    # Longer prompts are refused: a WAV by its header, anything else when the converter's
+    # output reaches this length (its file size limit).
+    max_prompt_s: float = checked(between(1, 7200), default=600.0)
+    convert_timeout_s: float = checked(between(1, 600), default=30.0)
+    convert_memory_mb: int = checked(between(64, 8192), default=512)
+    # sox / espeak-ng processes at once (more wait their turn).
+    max_conversions: int = checked(between(1, 64), default=2)
+    # Converted prompts kept on disk; least recently used are deleted past this.
+    cache_max_mb: int = checked(between(1, 1024 * 1024), default=1024)
+
+
+@dataclass(frozen=True)
 class ApiToken:
     token: str = checked(length(16, 256))
     # Scope: the token sees only this customer's calls and rooms; none = every customer.
@@ -139,6 +155,7 @@ class Config:
     hooks: HooksConfig = field(default_factory=HooksConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
     database: str = "var/minivoice.db"

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import io
 import json
 import logging
 import socket
 import subprocess
 import sys
-import wave
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -41,8 +39,8 @@ from gateway.netguard import AddressPolicy, GuardedResolver, redact
 from gateway.session import CallSession
 from gateway.strict import ValidationError
 from media.rooms import RoomKey
-from media.tones import sine, to_pcm16
 from sip.events import IncomingCall
+from tests.httpkit import Server, in_pieces, wav_bytes, wav_seconds
 
 LOOPBACK = AddressPolicy.from_config(["127.0.0.0/8"])
 APP_DICT = {"id": "app_t", "customer_id": "c1", "answer_url": "http://127.0.0.1:9/answer",
@@ -51,49 +49,6 @@ APP = Application(id="app_t", customer_id="c1", answer_url="http://127.0.0.1:9/a
                   secret="s" * 16)
 
 ROOT = Path(__file__).resolve().parent.parent
-Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def wav_bytes(seconds: float, rate: int = 8000) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(to_pcm16(sine(440, seconds, rate)))
-    return out.getvalue()
-
-
-def wav_seconds(path: Path) -> float:
-    with wave.open(str(path)) as w:
-        return w.getnframes() / w.getframerate()
-
-
-class Server:
-    """An aiohttp server on loopback whose routes a test sets."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, Route] = {}
-        self.hits: list[str] = []
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        self.hits.append(request.path)
-        return await self.routes[request.path](request)
-
-    async def start(self) -> web.AppRunner:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = runner.addresses[0][1]
-        return runner
 
 
 @pytest.fixture
@@ -108,21 +63,6 @@ async def server() -> AsyncIterator[Server]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-def in_pieces(body: bytes, pieces: int = 2, gap_s: float = 0.05,
-              headers: dict[str, str] | None = None) -> Route:
-    """A handler that writes `body` in several pieces with pauses, as real servers may."""
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers=headers or {})
-        await resp.prepare(request)
-        step = -(-len(body) // pieces)
-        for i in range(0, len(body), step):
-            await resp.write(body[i:i + step])
-            await asyncio.sleep(gap_s)
-        await resp.write_eof()
-        return resp
-    return handler
 
 
 # -- finding 1: bodies read to EOF, with a cap --------------------------------------------
