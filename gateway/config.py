@@ -83,6 +83,32 @@ class RoomsConfig:
     speaker_level: int = checked(between(1, 255), default=10)  # pjmedia level 0-255
     speaker_hold_s: float = checked(between(0, 10), default=1.0)
     speaker_poll_ms: int = checked(between(20, 2000), default=100)
+    # A conference action into a full room does not join: the call's next action runs.
+    max_participants: int = checked(between(2, 100000), default=1000)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-call and per-customer limits, and the HTTP connection pools."""
+
+    # A call that lasts this long is hung up (hangup_cause max_call_duration). 0 = none.
+    max_call_duration_s: float = checked(between(0, 30 * 86400), default=14400.0)
+    # Action documents one call may fetch (answer_url + action_url + redirect): a redirect
+    # loop would otherwise be a POST flood. The call fails with action_url_error past it.
+    max_documents_per_call: int = checked(between(1, 100000), default=100)
+    # Live calls (inbound and transfer legs) per customer; an INVITE over it is refused
+    # with 486 Busy Here. None = only sip.max_calls applies.
+    max_calls_per_customer: int | None = checked(between(1, 100000), default=None)
+    # DTMF digits waiting for a gather (RFC 4733 digits arrive over RTP at the caller's
+    # pace); later ones are dropped until the queue drains.
+    max_dtmf_queue: int = checked(between(1, 10000), default=64)
+    # Entries in a call's timeline (REST API, SQLite record); later ones are counted only.
+    max_timeline_entries: int = checked(between(10, 100000), default=1000)
+    # Connection pools, one each so one kind of traffic cannot starve another.
+    answer_connections: int = checked(between(1, 10000), default=256)
+    action_connections: int = checked(between(1, 10000), default=128)
+    webhook_connections: int = checked(between(1, 10000), default=128)
+    media_connections: int = checked(between(1, 10000), default=32)
 
 
 @dataclass(frozen=True)
@@ -156,6 +182,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
     database: str = "var/minivoice.db"

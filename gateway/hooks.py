@@ -23,13 +23,14 @@ import aiohttp
 from gateway import USER_AGENT, signing
 from gateway.actions.base import Action
 from gateway.actions.schema import INVALID, MAX_BODY_BYTES, parse_body
-from gateway.config import HooksConfig
+from gateway.config import Config, HooksConfig
 from gateway.netguard import (
     AddressPolicy,
     BlockedAddress,
     BodyTooLarge,
     blocked_cause,
     check_url,
+    guarded_session,
     read_capped,
     redact,
 )
@@ -52,6 +53,36 @@ class AnswerUrlError(Exception):
         if self.details:
             err["details"] = [d.as_dict() for d in self.details]
         return err
+
+
+@dataclass
+class HttpPools:
+    """One client session per kind of traffic, each with its own connection limit: a slow
+    webhook receiver or a burst of prompt downloads cannot take the connections answer_url
+    needs. The two that fetch customer-supplied URLs resolve through the address guard."""
+
+    answer: aiohttp.ClientSession    # answer_url, fallback_url (operator-configured)
+    action: aiohttp.ClientSession    # action_url, redirect (from responses): guarded
+    webhook: aiohttp.ClientSession   # event_url (operator-configured)
+    media: aiohttp.ClientSession     # play URLs (from responses): guarded
+    policy: AddressPolicy
+
+    @classmethod
+    def open(cls, cfg: Config) -> HttpPools:
+        lim = cfg.limits
+        policy = AddressPolicy.from_config(cfg.hooks.allow_private)
+        return cls(
+            answer=aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=lim.answer_connections)),
+            action=guarded_session(policy, lim.action_connections),
+            webhook=aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=lim.webhook_connections)),
+            media=guarded_session(policy, lim.media_connections),
+            policy=policy)
+
+    async def close(self) -> None:
+        for s in (self.answer, self.action, self.webhook, self.media):
+            await s.close()
 
 
 class HookClient:

@@ -22,6 +22,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import make_mocked_request
 
 from gateway import api, cli, signing
+from gateway.actions.base import RoomFull
+from gateway.actions.conference import Conference
+from gateway.actions.redirect import Redirect
 from gateway.actions.schema import MAX_BODY_BYTES, parse_body, parse_document
 from gateway.conferences import Conferences
 from gateway.config import (
@@ -31,15 +34,17 @@ from gateway.config import (
     Config,
     ConfigError,
     HooksConfig,
+    LimitsConfig,
+    RoomsConfig,
     from_dict,
 )
-from gateway.hooks import AnswerUrlError, HookClient
+from gateway.hooks import AnswerUrlError, HookClient, HttpPools
 from gateway.media_cache import MediaCache, MediaError
 from gateway.netguard import AddressPolicy, GuardedResolver, redact
 from gateway.session import CallSession
 from gateway.strict import ValidationError
 from media.rooms import RoomKey
-from sip.events import IncomingCall
+from sip.events import DtmfDigit, IncomingCall
 from tests.httpkit import Server, in_pieces, wav_bytes, wav_seconds
 
 LOOPBACK = AddressPolicy.from_config(["127.0.0.0/8"])
@@ -383,3 +388,88 @@ def test_every_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(api.ApiError):
         authorize("Bearer \u00e9t\u00e9-token-0123456789")  # non-ASCII: 401, not a crash
     assert len(compared) == 9
+
+
+# -- finding 8: limits --------------------------------------------------------------------
+def fake_gateway(hooks: Any, **limits: Any) -> Any:
+    cfg = Config(applications=(APP,), limits=LimitsConfig(**limits))
+    return SimpleNamespace(engine=FakeEngine(), hooks=hooks, cfg=cfg,
+                           outbox=SimpleNamespace(enqueue=lambda *a: None))
+
+
+def new_session(gw: Any) -> CallSession:
+    leg = IncomingCall("call_x", "sip-id", "sip:a@h", "sip:b@h", "a", "b", "127.0.0.1:5")
+    return CallSession(gw, leg, APP)
+
+
+async def test_a_redirect_loop_stops_at_the_document_limit() -> None:
+    class Loop:
+        posts = 0
+
+        async def fetch_actions(self, *a: Any, **k: Any) -> Any:
+            self.posts += 1
+            return (Redirect(url="http://app.example/again"),)
+    hooks = Loop()
+    session = new_session(fake_gateway(hooks, max_documents_per_call=7))
+    await asyncio.wait_for(session.run(), 5)
+    assert hooks.posts == 7
+    assert session.error is not None and session.error["code"] == "action_url_error"
+    assert "more than 7 action documents" in session.error["message"]
+    assert session.hangup_cause == "action_url_error"
+
+
+async def test_dtmf_queue_and_timeline_are_bounded() -> None:
+    session = new_session(fake_gateway(None, max_dtmf_queue=16, max_timeline_entries=100))
+    for _ in range(5000):
+        session.on_dtmf(DtmfDigit("call_x", "5", "rfc4733"))
+    assert session.digits.qsize() == 16 and session.dtmf_dropped == 5000 - 16
+    assert [e["event"] for e in session.timeline].count("dtmf.dropped") == 1
+    for i in range(500):
+        session.note("progress", n=i)
+    assert len(session.timeline) == 100
+    record = session.record()
+    assert record["timeline_dropped"] == 16 + 1 + 500 - 100 and len(record["timeline"]) == 100
+
+
+async def test_a_full_room_is_not_joined_and_the_next_action_runs() -> None:
+    conferences = Conferences(lambda change: None, RoomsConfig(max_participants=2))
+    key = RoomKey("c1", "r1")
+    waiting = [asyncio.create_task(conferences.join(key, f"call_{i}", mute=False,
+                                                    end_on_exit=False)) for i in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(RoomFull):
+        await conferences.join(key, "call_2", mute=False, end_on_exit=False)
+    assert set(conferences.book.rooms[key].members) == {"call_0", "call_1"}
+    assert "call_2" not in conferences.book.room_of
+    notes: list[str] = []
+
+    class Call:
+        async def answer(self) -> None:
+            pass
+
+        async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
+            await conferences.join(key, "call_3", mute=mute, end_on_exit=end_on_exit)
+
+        def note(self, event: str, **fields: Any) -> None:
+            notes.append(event)
+    assert await Conference(room="r1").run(Call()) is None  # type: ignore[arg-type]
+    assert notes == ["conference.full"]
+    conferences.end(key)
+    assert await asyncio.gather(*waiting) == ["room_ended", "room_ended"]
+    assert RoomsConfig().max_participants == 1000
+
+
+async def test_each_kind_of_traffic_has_its_own_pool() -> None:
+    cfg = Config(applications=(APP,), limits=LimitsConfig(
+        answer_connections=11, action_connections=12, webhook_connections=13,
+        media_connections=14))
+    pools = HttpPools.open(cfg)
+    try:
+        sessions = [pools.answer, pools.action, pools.webhook, pools.media]
+        assert len({id(s.connector) for s in sessions}) == 4
+        assert [s.connector.limit for s in sessions] == [11, 12, 13, 14]  # type: ignore[union-attr]
+        guarded_ones = [s for s in sessions
+                        if isinstance(getattr(s.connector, "_resolver", None), GuardedResolver)]
+        assert guarded_ones == [pools.action, pools.media]
+    finally:
+        await pools.close()
