@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+AddrInfo = tuple[Any, Any, int, str, tuple[Any, ...]]
 
 
 class BlockedAddress(OSError):
@@ -92,8 +94,13 @@ def literal_ip(host: str) -> bool:
 
 def check_url(url: str, policy: AddressPolicy) -> None:
     """Refuse, before connecting, a URL whose host is a forbidden IP literal (aiohttp connects
-    to literals without asking the resolver). Names are checked by `GuardedResolver`."""
-    host = urlsplit(url).hostname or ""
+    to literals without asking the resolver). Names are checked by `GuardedResolver`.
+    Parsed with yarl, as aiohttp parses it: two parsers that disagree on the host are a
+    classic way around such checks."""
+    try:
+        host = yarl.URL(url).raw_host or ""
+    except ValueError:
+        return  # aiohttp will refuse it too
     if policy.host_allowed(host):
         return
     if literal_ip(host) and not policy.permits(host):
@@ -105,14 +112,21 @@ class GuardedResolver(AbstractResolver):
     forbidden: connecting to the permitted ones only would still let a name that lists both a
     public and a private address pick its target."""
 
-    def __init__(self, policy: AddressPolicy, inner: AbstractResolver | None = None) -> None:
+    def __init__(self, policy: AddressPolicy, inner: AbstractResolver | None = None,
+                 approved: set[str] | None = None) -> None:
         self.policy = policy
         self.inner = inner or ThreadedResolver()
+        # Addresses of hosts allowed by name, for guarded_socket_factory, which sees only
+        # addresses. Bounded: it is rebuilt from fresh resolutions when it fills up.
+        self.approved = approved if approved is not None else set()
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         results = await self.inner.resolve(host, port, family)
         if self.policy.host_allowed(host):
+            if len(self.approved) > 1024:
+                self.approved.clear()
+            self.approved.update(r["host"] for r in results)
             return results
         for r in results:
             if not self.policy.permits(r["host"]):
@@ -131,8 +145,25 @@ def blocked_cause(exc: BaseException) -> BlockedAddress | None:
     return inner if isinstance(inner, BlockedAddress) else None
 
 
+def guarded_socket_factory(policy: AddressPolicy, approved: set[str] | None = None
+                           ) -> Callable[[AddrInfo], socket.socket]:
+    """The last check, on the very address a socket is about to connect to: whatever got
+    past the resolver and the literal check (a parser quirk, a new aiohttp path) stops here.
+    Its error is a plain connection failure; the checks before it give the clear message."""
+    def make(addr_info: AddrInfo) -> socket.socket:
+        family, type_, proto, _, sockaddr = addr_info
+        address = str(sockaddr[0])
+        if not policy.permits(address) and address not in (approved or ()):
+            raise BlockedAddress(f"address {address} is not allowed")
+        return socket.socket(family=family, type=type_, proto=proto)
+    return make
+
+
 def guarded_session(policy: AddressPolicy, limit: int, **kw: Any) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=limit, resolver=GuardedResolver(policy))
+    approved: set[str] = set()
+    connector = aiohttp.TCPConnector(
+        limit=limit, resolver=GuardedResolver(policy, approved=approved),
+        socket_factory=guarded_socket_factory(policy, approved))
     return aiohttp.ClientSession(connector=connector, **kw)
 
 

@@ -40,7 +40,7 @@ from gateway.config import (
 )
 from gateway.hooks import AnswerUrlError, HookClient, HttpPools
 from gateway.media_cache import MediaCache, MediaError
-from gateway.netguard import AddressPolicy, GuardedResolver, redact
+from gateway.netguard import AddressPolicy, GuardedResolver, guarded_socket_factory, redact
 from gateway.session import CallSession
 from gateway.strict import ValidationError
 from media.rooms import RoomKey
@@ -246,8 +246,35 @@ class FixedResolver(AbstractResolver):
 
 
 def guarded(policy: AddressPolicy, address: str = "127.0.0.1") -> aiohttp.ClientSession:
-    resolver = GuardedResolver(policy, FixedResolver(address))
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver))
+    """netguard.guarded_session, with DNS answered by FixedResolver."""
+    approved: set[str] = set()
+    resolver = GuardedResolver(policy, FixedResolver(address), approved)
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+        resolver=resolver, socket_factory=guarded_socket_factory(policy, approved)))
+
+
+async def test_the_socket_factory_refuses_what_got_past_the_other_checks(
+        server: Server) -> None:
+    server.routes["/x"] = in_pieces(ACTIONS)
+    connector = aiohttp.TCPConnector(socket_factory=guarded_socket_factory(AddressPolicy()))
+    async with aiohttp.ClientSession(connector=connector) as s:
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await s.get(server.url + "/x")  # a literal, and no check_url before it
+    assert server.hits == []
+
+
+async def test_a_host_allowed_by_name_may_resolve_to_a_private_address(
+        server: Server, http: aiohttp.ClientSession) -> None:
+    server.routes["/hook"] = in_pieces(ACTIONS)
+    policy = AddressPolicy.from_config(["hooks.internal"])
+    async with guarded(policy) as customer:
+        hooks = HookClient(http, HooksConfig(), customer, policy)
+        ok = f"http://hooks.internal:{server.port}/hook"
+        assert await hooks.fetch_actions([ok], "s" * 16, {}, "call_t", kind="action_url")
+        with pytest.raises(AnswerUrlError, match="refused"):  # another name, same address
+            await hooks.fetch_actions([f"http://other.internal:{server.port}/hook"],
+                                      "s" * 16, {}, "call_t", kind="action_url")
+    assert server.hits == ["/hook"]
 
 
 ACTIONS = b'{"actions": [{"hangup": {}}]}'
