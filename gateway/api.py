@@ -187,7 +187,9 @@ async def _room_view(gw: Gateway, room: Room) -> dict[str, Any]:
         "room": room.key.name,
         "customer_id": room.key.customer_id,
         "created_at": _iso(room.created_at),
-        "participants": [_participant(gw, room, cid, levels.get(cid, 0)) for cid in ids],
+        # members who left while the levels were being read are left out (was a KeyError)
+        "participants": [_participant(gw, room, cid, levels.get(cid, 0)) for cid in ids
+                         if cid in room.members],
     }
 
 

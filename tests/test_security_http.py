@@ -500,3 +500,33 @@ async def test_each_kind_of_traffic_has_its_own_pool() -> None:
         assert guarded_ones == [pools.action, pools.media]
     finally:
         await pools.close()
+
+
+async def test_get_room_while_a_participant_leaves_is_not_a_500() -> None:
+    conferences = Conferences(lambda change: None)
+    key = RoomKey("c1", "r1")
+    joined = [asyncio.create_task(conferences.join(key, cid, mute=False, end_on_exit=False))
+              for cid in ("call_a", "call_b")]
+    await asyncio.sleep(0)
+
+    async def levels(ids: tuple[str, ...]) -> dict[str, int]:
+        conferences.remove("call_a")  # leaves while the bridge is being asked
+        return dict.fromkeys(ids, 0)
+    fake_gw = SimpleNamespace(cfg=Config(applications=(APP,)), conferences=conferences,
+                              sessions={}, levels=levels)
+    app = web.Application()
+    api.setup(app, fake_gw)  # type: ignore[arg-type]
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with aiohttp.ClientSession() as s, s.get(
+                f"http://127.0.0.1:{runner.addresses[0][1]}/v1/conferences/r1") as r:
+            assert r.status == 200, await r.text()
+            body = await r.json()
+            assert [p["call_id"] for p in body["participants"]] == ["call_b"]
+    finally:
+        await runner.cleanup()
+        conferences.end(key)
+        await asyncio.gather(*joined)
