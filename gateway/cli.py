@@ -19,6 +19,7 @@ from gateway.config import (
     load,
     with_overrides,
 )
+from gateway.netguard import parse_allow
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--event-url", help="lifecycle webhooks go here")
     s.add_argument("--fallback-url")
     s.add_argument("--secret", help="signing secret shared with the application")
+    s.add_argument("--allow-private", action="append", metavar="NET_OR_HOST",
+                   help="let action_url/redirect/play URLs from responses reach this "
+                        "non-public network or host, e.g. 127.0.0.0/8 (repeatable; "
+                        "hooks.allow_private)")
     s.add_argument("--sip-host")
     s.add_argument("--sip-port", type=int)
     s.add_argument("--http-host")
@@ -71,7 +76,12 @@ def build_config(args: argparse.Namespace) -> Config:
                              ("rtp_port_start", args.rtp_port_start)) if v is not None}
     http = {k: v for k, v in (("host", args.http_host), ("port", args.http_port))
             if v is not None}
-    cfg = with_overrides(cfg, sip=sip, http=http)
+    hooks = {"allow_private": tuple(args.allow_private)} if args.allow_private else {}
+    try:
+        parse_allow(hooks.get("allow_private", ()))
+    except ValueError as exc:
+        raise ConfigError(f"--allow-private: {exc}") from None
+    cfg = with_overrides(cfg, sip=sip, http=http, hooks=hooks)
     if args.db:
         cfg = dataclasses.replace(cfg, database=args.db)
     if args.demo:

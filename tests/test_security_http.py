@@ -530,3 +530,13 @@ async def test_get_room_while_a_participant_leaves_is_not_a_500() -> None:
         await runner.cleanup()
         conferences.end(key)
         await asyncio.gather(*joined)
+
+
+def test_allow_private_on_the_command_line() -> None:
+    base = ["serve", "--answer-url", "http://127.0.0.1:3000/a", "--secret", "s" * 16]
+    cfg = cli.build_config(cli._parser().parse_args(
+        [*base, "--allow-private", "127.0.0.0/8", "--allow-private", "::1"]))
+    assert cfg.hooks.allow_private == ("127.0.0.0/8", "::1")
+    assert cli.build_config(cli._parser().parse_args(base)).hooks.allow_private == ()
+    with pytest.raises(ConfigError, match="--allow-private"):
+        cli.build_config(cli._parser().parse_args([*base, "--allow-private", "http://x/"]))
