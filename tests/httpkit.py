@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import struct
 import wave
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -72,3 +73,12 @@ def in_pieces(body: bytes, pieces: int = 2, gap_s: float = 0.05,
     return handler
 
 
+def crafted_wav(rate: int, data: bytes, *, channels: int = 1, bits: int = 8, tag: int = 1,
+                declared: int | None = None) -> bytes:
+    """A WAV whose header says whatever the test wants."""
+    block = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * block, block, bits)
+    size = len(data) if declared is None else declared
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + \
+        struct.pack("<I", size) + data
+    return b"RIFF" + struct.pack("<I", min(len(body), 0xFFFFFFFF)) + body

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import struct
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import pytest
 from gateway.config import MediaConfig
 from gateway.media_cache import MediaCache, MediaError, wav_info
 from gateway.netguard import AddressPolicy
-from tests.httpkit import Server, in_pieces, wav_bytes, wav_seconds
+from tests.httpkit import Server, crafted_wav, in_pieces, wav_bytes, wav_seconds
 
 LOOPBACK = AddressPolicy.from_config(["127.0.0.0/8"])
 
@@ -36,17 +35,6 @@ async def server() -> AsyncIterator[Server]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-def crafted_wav(rate: int, data: bytes, *, channels: int = 1, bits: int = 8, tag: int = 1,
-                declared: int | None = None) -> bytes:
-    """A WAV whose header says whatever the test wants."""
-    block = channels * bits // 8
-    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * block, block, bits)
-    size = len(data) if declared is None else declared
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + \
-        struct.pack("<I", size) + data
-    return b"RIFF" + struct.pack("<I", min(len(body), 0xFFFFFFFF)) + body
 
 
 def cache_bytes(root: Path) -> int:

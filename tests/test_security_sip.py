@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests.harness import AppServer, GatewayProc, Phonebank, app_config
+from tests.httpkit import crafted_wav
 
 pytestmark = pytest.mark.sip
 
@@ -77,3 +78,20 @@ async def test_a_redirect_loop_is_cut_at_the_document_limit(
     assert done["data"]["error"]["code"] == "action_url_error"
     assert "more than 5 action documents" in done["data"]["error"]["message"]
     assert len(app.answers()) + len(app.posts("/hook/loop")) == 5
+
+
+async def test_a_media_bomb_fails_the_call_with_a_clear_error(
+    app: AppServer, gateway: GatewayProc, phones: Phonebank
+) -> None:
+    # 2 KB declaring 1 Hz: 32 MB once converted, hundreds of GB at the download cap
+    app.media["bomb.wav"] = (crafted_wav(1, bytes(range(256)) * 8), {})
+    app.answer = lambda p: {"actions": [{"play": {"url": app.url + "/media/bomb.wav?k=tok"}}]}
+    phones.call("x", gateway.uri())
+    await phones.wait("ended", "x", timeout=15)
+    (done,) = await app.completed()
+    error = done["data"]["error"]
+    assert error["code"] == "media_error"
+    assert error["message"].endswith("/media/bomb.wav?REDACTED: WAV: sample rate 1 Hz "
+                                     "(8000 to 192000)"), error
+    cache = gateway.db_path.parent / "media-cache"
+    assert sum(p.stat().st_size for p in cache.iterdir()) < 1_000_000
