@@ -6,6 +6,7 @@ built from the same route table, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gateway import __version__
+from gateway.config import ApiToken
 from media.rooms import Room, RoomError, RoomKey
 
 if TYPE_CHECKING:
@@ -49,7 +51,7 @@ def setup(app: web.Application, gw: Gateway) -> None:
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     app.router.add_get("/v1/openapi.json", openapi)
-    if not gw.cfg.api.tokens:
+    if not gw.cfg.api.tokens:  # loopback only: config.check_exposure refuses anything else
         log.warning("api open: no tokens configured", extra={"http": gw.cfg.http.host})
 
 
@@ -76,11 +78,16 @@ def _authorize(request: web.Request) -> tuple[bool, str | None]:
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
         raise ApiError(401, "unauthorized", "missing bearer token")
-    presented = header[len("Bearer "):].strip()
+    presented = header[len("Bearer "):].strip().encode("utf-8", "surrogateescape")
+    # Constant time, and every token compared: neither the time of one comparison nor the
+    # position of the match in the list tells a guesser anything.
+    found: ApiToken | None = None
     for t in tokens:
-        if t.token == presented:
-            return (t.customer_id is None, t.customer_id)
-    raise ApiError(401, "unauthorized", "unknown token")
+        if hmac.compare_digest(t.token.encode(), presented):
+            found = t
+    if found is None:
+        raise ApiError(401, "unauthorized", "unknown token")
+    return (found.customer_id is None, found.customer_id)
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -180,7 +187,9 @@ async def _room_view(gw: Gateway, room: Room) -> dict[str, Any]:
         "room": room.key.name,
         "customer_id": room.key.customer_id,
         "created_at": _iso(room.created_at),
-        "participants": [_participant(gw, room, cid, levels.get(cid, 0)) for cid in ids],
+        # members who left while the levels were being read are left out (was a KeyError)
+        "participants": [_participant(gw, room, cid, levels.get(cid, 0)) for cid in ids
+                         if cid in room.members],
     }
 
 
@@ -219,15 +228,21 @@ async def end_conference(request: web.Request) -> web.Response:
 
 async def patch_participant(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    room = _room(request)
-    cid = _member(request, room)
+    _member(request, _room(request))
     try:
         body = json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "invalid_body", "body must be JSON") from None
     if not isinstance(body, dict) or set(body) != {"muted"} or not isinstance(body["muted"], bool):
         raise ApiError(400, "invalid_body", 'body must be {"muted": true|false}')
-    gw.conferences.set_muted(cid, body["muted"])
+    # Looked up again: the participant may have left (or the room ended) while the body
+    # was on its way.
+    room = _room(request)
+    cid = _member(request, room)
+    try:
+        gw.conferences.set_muted(cid, body["muted"])
+    except RoomError:
+        raise ApiError(404, "not_found", f"{cid} is not in room {room.key.name}") from None
     session = gw.sessions.get(cid)
     if session:
         session.note("api.mute", muted=body["muted"])

@@ -9,14 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from gateway import api, applications, demo, recovery, watchdog
 from gateway.conferences import Conferences
 from gateway.config import Config
 from gateway.edge_config import edge_registrar
-from gateway.hooks import HookClient
+from gateway.hooks import HookClient, HttpPools
 from gateway.media_cache import MediaCache
 from gateway.outbox import Outbox
 from gateway.session import CallSession, OutboundSession
@@ -43,22 +42,26 @@ class Gateway:
         self.store: Store
         self.outbox: Outbox
         self.hooks: HookClient
-        self._http: aiohttp.ClientSession
+        self._pools: HttpPools
         self._runner: web.AppRunner | None = None
         self._outbox_task: asyncio.Task[None] | None = None
         self.http_port = 0
 
     async def start(self) -> None:
         self.store = Store(self.cfg.database)
-        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
-        self.hooks = HookClient(self._http, self.cfg.hooks)
+        # One pool per kind of traffic; URLs from application responses (action_url,
+        # redirect, play) connect only to public addresses unless hooks.allow_private.
+        self._pools = HttpPools.open(self.cfg)
+        self.hooks = HookClient(self._pools.answer, self.cfg.hooks, self._pools.action,
+                                self._pools.policy)
         cache_dir = Path(self.cfg.database).parent / "media-cache"
-        self.media = MediaCache(cache_dir, self._http, self.cfg.sip.clock_rate)
+        self.media = MediaCache(cache_dir, self._pools.media, self.cfg.sip.clock_rate,
+                                policy=self._pools.policy, cfg=self.cfg.media)
         self.ringback = cache_dir / f"ringback-{self.cfg.sip.clock_rate}.wav"
         if not self.ringback.exists():
             write_wav(self.ringback, tones.ringback(self.cfg.sip.clock_rate),
                       self.cfg.sip.clock_rate)
-        self.outbox = Outbox(self.store, self._http, self.cfg.hooks)
+        self.outbox = Outbox(self.store, self._pools.webhook, self.cfg.hooks)
         self.recover_lost_calls()
         self._outbox_task = asyncio.create_task(self.outbox.run())
         self._housekeeping_task = asyncio.create_task(self._housekeeping())
@@ -106,7 +109,7 @@ class Gateway:
         self._speakers_task.cancel()
         if self._runner:
             await self._runner.cleanup()
-        await self._http.close()
+        await self._pools.close()
         self.store.close()
 
     async def _housekeeping(self) -> None:
@@ -200,6 +203,15 @@ class Gateway:
         if app is None:
             log.info("no application", extra={"call_id": event.call_id, "dialed": event.dialed})
             self.send_quiet(cmd.Hangup(event.call_id, 404, "Not Found"))
+            return
+        cap = self.cfg.limits.max_calls_per_customer
+        if cap is not None and sum(
+                1 for s in self.sessions.values() if s.customer_id == app.customer_id) >= cap:
+            # Like the other refusals before a session exists (404, 503): no webhooks.
+            log.warning("call.rejected", extra={
+                "call_id": event.call_id, "customer_id": app.customer_id,
+                "reason": "customer_call_limit", "limit": cap, "sip_code": 486})
+            self.send_quiet(cmd.Hangup(event.call_id, 486, "Busy Here"))
             return
         session = CallSession(self, event, app)
         self.sessions[event.call_id] = session

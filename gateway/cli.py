@@ -6,11 +6,20 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import secrets
 import sys
 from typing import Any
 
 from gateway import __version__, logs, users_cli
-from gateway.config import Config, ConfigError, from_dict, load, with_overrides
+from gateway.config import (
+    Config,
+    ConfigError,
+    check_exposure,
+    from_dict,
+    load,
+    with_overrides,
+)
+from gateway.netguard import parse_allow
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--event-url", help="lifecycle webhooks go here")
     s.add_argument("--fallback-url")
     s.add_argument("--secret", help="signing secret shared with the application")
+    s.add_argument("--allow-private", action="append", metavar="NET_OR_HOST",
+                   help="let action_url/redirect/play URLs from responses reach this "
+                        "non-public network or host, e.g. 127.0.0.0/8 (repeatable; "
+                        "hooks.allow_private)")
     s.add_argument("--sip-host")
     s.add_argument("--sip-port", type=int)
     s.add_argument("--http-host")
@@ -51,6 +64,11 @@ def build_config(args: argparse.Namespace) -> Config:
         for key in ("event_url", "fallback_url", "secret"):
             if getattr(args, key):
                 app[key] = getattr(args, key)
+        if not args.secret:
+            # Never a well-known default: a fresh secret, shown once so the app can use it.
+            app["secret"] = secrets.token_urlsafe(24)
+            print(f"no --secret given: requests are signed with the generated secret "
+                  f"{app['secret']} (pass --secret to choose one)", file=sys.stderr)
         cfg = from_dict({"applications": [app]}, "command line")
     else:
         raise ConfigError("give --config configs/<file>.yaml, or --answer-url URL")
@@ -58,11 +76,17 @@ def build_config(args: argparse.Namespace) -> Config:
                              ("rtp_port_start", args.rtp_port_start)) if v is not None}
     http = {k: v for k, v in (("host", args.http_host), ("port", args.http_port))
             if v is not None}
-    cfg = with_overrides(cfg, sip=sip, http=http)
+    hooks = {"allow_private": tuple(args.allow_private)} if args.allow_private else {}
+    try:
+        parse_allow(hooks.get("allow_private", ()))
+    except ValueError as exc:
+        raise ConfigError(f"--allow-private: {exc}") from None
+    cfg = with_overrides(cfg, sip=sip, http=http, hooks=hooks)
     if args.db:
         cfg = dataclasses.replace(cfg, database=args.db)
     if args.demo:
         cfg = dataclasses.replace(cfg, demo=True)
+    check_exposure(cfg, args.config or "command line")
     return cfg
 
 
@@ -75,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             cfg = load(args.path)
+            check_exposure(cfg, args.path)
             if cfg.edge.enabled:  # the rules that span sip: and edge:, as serve applies them
                 edge.check(cfg)
         except (ConfigError, edge.EdgeError) as exc:

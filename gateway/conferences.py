@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from gateway.actions.base import RoomFull
 from gateway.config import RoomsConfig
 from media.rooms import Departure, LinkChange, RoomBook, RoomKey, SpeakerState, choose_speakers
 from sip.commands import ApplyLinks
@@ -61,7 +62,14 @@ class Conferences:
     async def join(
         self, key: RoomKey, call_id: str, *, mute: bool, end_on_exit: bool
     ) -> str:
-        """Put `call_id` in the room; return why it left ("room_ended" | "removed")."""
+        """Put `call_id` in the room; return why it left ("room_ended" | "removed").
+        Raises RoomFull when the room already has rooms.max_participants members."""
+        existing = self.book.rooms.get(key)
+        if existing is not None and len(existing.members) >= self.cfg.max_participants:
+            log.warning("conference.full", extra={
+                "call_id": call_id, "room": key.name, "customer_id": key.customer_id,
+                "limit": self.cfg.max_participants})
+            raise RoomFull(key.name)
         self._apply(self.book.join(key, call_id, muted=mute, end_on_exit=end_on_exit,
                                    now=time.time()))
         room = self.book.rooms[key]

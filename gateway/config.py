@@ -8,6 +8,8 @@ Every problem in a file is reported at once, with its path, before anything star
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from gateway.edge_config import EdgeConfig
+from gateway.netguard import parse_allow
 from gateway.strict import URL, ValidationError, between, checked, length, parse
 
 Codec = Literal["PCMU", "PCMA", "G722", "opus"]
@@ -58,12 +61,25 @@ class HttpConfig:
     port: int = checked(between(0, 65535), default=8080)
 
 
+def _networks_or_hosts(entries: tuple[str, ...]) -> str | None:
+    try:
+        parse_allow(entries)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 @dataclass(frozen=True)
 class HooksConfig:
     connect_timeout_s: float = checked(between(0.05, 60), default=2.0)
     total_timeout_s: float = checked(between(0.1, 120), default=5.0)
     webhook_max_backoff_s: float = checked(between(1, 3600), default=300.0)
     webhook_give_up_after_s: float = checked(between(3600, 30 * 86400), default=86400.0)
+    # URLs that come from application responses (gather action_url, redirect url, play url)
+    # may not reach loopback, private, link-local (cloud metadata), ULA or other non-public
+    # addresses, unless listed here: networks ("127.0.0.0/8", "10.1.0.0/16") or host names.
+    # Operator-configured answer_url, fallback_url and event_url are not restricted.
+    allow_private: tuple[str, ...] = checked(_networks_or_hosts, default=())
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,48 @@ class RoomsConfig:
     speaker_level: int = checked(between(1, 255), default=10)  # pjmedia level 0-255
     speaker_hold_s: float = checked(between(0, 10), default=1.0)
     speaker_poll_ms: int = checked(between(20, 2000), default=100)
+    # A conference action into a full room does not join: the call's next action runs.
+    max_participants: int = checked(between(2, 100000), default=1000)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-call and per-customer limits, and the HTTP connection pools."""
+
+    # A call that lasts this long is hung up (hangup_cause max_call_duration). 0 = none.
+    max_call_duration_s: float = checked(between(0, 30 * 86400), default=14400.0)
+    # Action documents one call may fetch (answer_url + action_url + redirect): a redirect
+    # loop would otherwise be a POST flood. The call fails with action_url_error past it.
+    max_documents_per_call: int = checked(between(1, 100000), default=100)
+    # Live calls (inbound and transfer legs) per customer; an INVITE over it is refused
+    # with 486 Busy Here. None = only sip.max_calls applies.
+    max_calls_per_customer: int | None = checked(between(1, 100000), default=None)
+    # DTMF digits waiting for a gather (RFC 4733 digits arrive over RTP at the caller's
+    # pace); later ones are dropped until the queue drains.
+    max_dtmf_queue: int = checked(between(1, 10000), default=64)
+    # Entries in a call's timeline (REST API, SQLite record); later ones are counted only.
+    max_timeline_entries: int = checked(between(10, 100000), default=1000)
+    # Connection pools, one each so one kind of traffic cannot starve another.
+    answer_connections: int = checked(between(1, 10000), default=256)
+    action_connections: int = checked(between(1, 10000), default=128)
+    webhook_connections: int = checked(between(1, 10000), default=128)
+    media_connections: int = checked(between(1, 10000), default=32)
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Limits on prompt audio (play URLs, say text) and its conversion."""
+
+    max_download_mb: int = checked(between(1, 1024), default=20)
+    # Longer prompts are refused: a WAV by its header, anything else when the converter's
+    # output reaches this length (its file size limit).
+    max_prompt_s: float = checked(between(1, 7200), default=600.0)
+    convert_timeout_s: float = checked(between(1, 600), default=30.0)
+    convert_memory_mb: int = checked(between(64, 8192), default=512)
+    # sox / espeak-ng processes at once (more wait their turn).
+    max_conversions: int = checked(between(1, 64), default=2)
+    # Converted prompts kept on disk; least recently used are deleted past this.
+    cache_max_mb: int = checked(between(1, 1024 * 1024), default=1024)
 
 
 @dataclass(frozen=True)
@@ -111,9 +169,14 @@ class Application:
     answer_url: str = checked(URL)
     event_url: str | None = checked(URL, default=None)
     fallback_url: str | None = checked(URL, default=None)
-    secret: str = checked(length(8, 256), default="change-me-please")
+    # Required in a config file: requests used to be signed with a well-known default.
+    secret: str = checked(length(8, 256), default="")
     # Dialed users/numbers (Request-URI user) this application answers; "*" matches all.
     numbers: tuple[str, ...] = ("*",)
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        if not self.secret:
+            yield "secret", "is required (8-256 characters: the key requests are signed with)"
 
 
 @dataclass(frozen=True)
@@ -126,6 +189,8 @@ class Config:
     hooks: HooksConfig = field(default_factory=HooksConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
     database: str = "var/minivoice.db"
@@ -136,6 +201,25 @@ class Config:
 
 class ConfigError(Exception):
     pass
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(cfg: Config, source: str = "config") -> None:
+    """Rules about where the gateway listens, applied to the final config (after command-line
+    overrides): an API without tokens is everyone's admin API, so it stays on loopback."""
+    if not cfg.api.tokens and not is_loopback(cfg.http.host):
+        raise ConfigError(
+            f"{source} is invalid:\n  api.tokens: required when http.host is not a loopback "
+            f"address (http.host is {cfg.http.host}): without tokens anyone who reaches "
+            "the port controls every call")
 
 
 def from_dict(data: Any, source: str = "config") -> Config:

@@ -3,6 +3,12 @@
 CONTRACT sections 2-4: signed POST, connect/total timeouts, one retry on
 connection error or 5xx, then `fallback_url`. Any failure becomes an
 `AnswerUrlError` whose message and details go into `call.completed`.
+
+answer_url and fallback_url come from the operator's config and are trusted. action_url and
+redirect URLs come from application responses: they go through their own connection pool,
+whose resolver refuses non-public addresses (`hooks.allow_private`). No request follows a
+redirect: a 3xx is an error like any other non-2xx (following one would carry the signature
+to wherever the Location points).
 """
 
 from __future__ import annotations
@@ -17,7 +23,17 @@ import aiohttp
 from gateway import USER_AGENT, signing
 from gateway.actions.base import Action
 from gateway.actions.schema import INVALID, MAX_BODY_BYTES, parse_body
-from gateway.config import HooksConfig
+from gateway.config import Config, HooksConfig
+from gateway.netguard import (
+    AddressPolicy,
+    BlockedAddress,
+    BodyTooLarge,
+    blocked_cause,
+    check_url,
+    guarded_session,
+    read_capped,
+    redact,
+)
 from gateway.strict import Detail, ValidationError
 
 log = logging.getLogger("minivoice.hooks")
@@ -39,9 +55,44 @@ class AnswerUrlError(Exception):
         return err
 
 
+@dataclass
+class HttpPools:
+    """One client session per kind of traffic, each with its own connection limit: a slow
+    webhook receiver or a burst of prompt downloads cannot take the connections answer_url
+    needs. The two that fetch customer-supplied URLs resolve through the address guard."""
+
+    answer: aiohttp.ClientSession    # answer_url, fallback_url (operator-configured)
+    action: aiohttp.ClientSession    # action_url, redirect (from responses): guarded
+    webhook: aiohttp.ClientSession   # event_url (operator-configured)
+    media: aiohttp.ClientSession     # play URLs (from responses): guarded
+    policy: AddressPolicy
+
+    @classmethod
+    def open(cls, cfg: Config) -> HttpPools:
+        lim = cfg.limits
+        policy = AddressPolicy.from_config(cfg.hooks.allow_private)
+        return cls(
+            answer=aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=lim.answer_connections)),
+            action=guarded_session(policy, lim.action_connections),
+            webhook=aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=lim.webhook_connections)),
+            media=guarded_session(policy, lim.media_connections),
+            policy=policy)
+
+    async def close(self) -> None:
+        for s in (self.answer, self.action, self.webhook, self.media):
+            await s.close()
+
+
 class HookClient:
-    def __init__(self, http: aiohttp.ClientSession, cfg: HooksConfig) -> None:
-        self.http = http
+    def __init__(self, http: aiohttp.ClientSession, cfg: HooksConfig,
+                 customer_http: aiohttp.ClientSession | None = None,
+                 policy: AddressPolicy | None = None) -> None:
+        self.http = http  # answer_url, fallback_url
+        # action_url, redirect: a session built with netguard.guarded_session(policy)
+        self.customer_http = customer_http or http
+        self.policy = policy or AddressPolicy.from_config(cfg.allow_private)
         self.cfg = cfg
 
     async def fetch_actions(
@@ -59,7 +110,7 @@ class HookClient:
                     exc.code = error_code
                     last = exc
                     log.warning(f"{kind}.failed", extra={
-                        "call_id": call_id, "url": url, "attempt": attempt,
+                        "call_id": call_id, "url": redact(url), "attempt": attempt,
                         "error": exc.message})
                     if not exc.retryable:
                         break
@@ -77,16 +128,31 @@ class HookClient:
         }
         timeout = aiohttp.ClientTimeout(
             total=self.cfg.total_timeout_s, sock_connect=self.cfg.connect_timeout_s)
-        log.info(f"{kind}.request", extra={"call_id": call_id, "url": url, "attempt": attempt})
+        log.info(f"{kind}.request", extra={"call_id": call_id, "url": redact(url),
+                                             "attempt": attempt})
+        trusted = kind == "answer_url"
+        http = self.http if trusted else self.customer_http
+        too_large = False
         try:
-            async with self.http.post(url, data=body, headers=headers, timeout=timeout) as resp:
-                raw = await resp.content.read(MAX_BODY_BYTES + 1)
+            if not trusted:
+                check_url(url, self.policy)
+            async with http.post(url, data=body, headers=headers, timeout=timeout,
+                                 allow_redirects=False) as resp:
                 status = resp.status
+                try:
+                    raw = await read_capped(resp, MAX_BODY_BYTES)
+                except BodyTooLarge:
+                    raw, too_large = b"", True
         except TimeoutError:
             raise AnswerUrlError(f"{kind} timeout") from None
-        except aiohttp.ClientConnectionError as exc:
-            retry = isinstance(exc, aiohttp.ClientConnectorError)
-            raise AnswerUrlError(f"{kind} connection failed", retryable=retry) from None
+        except (BlockedAddress, aiohttp.ClientConnectorError) as exc:
+            if blocked_cause(exc) is None:
+                raise AnswerUrlError(f"{kind} connection failed", retryable=True) from None
+            log.warning(f"{kind}.refused", extra={"call_id": call_id, "url": redact(url),
+                                                  "reason": str(blocked_cause(exc))})
+            raise AnswerUrlError(f"{kind} refused: address not allowed") from None
+        except aiohttp.ClientConnectionError:
+            raise AnswerUrlError(f"{kind} connection failed") from None
         except aiohttp.ClientError as exc:
             raise AnswerUrlError(f"{kind} request failed: {type(exc).__name__}") from None
         shown = raw[:LOGGED_BODY_CHARS].decode("utf-8", "replace")
@@ -94,6 +160,8 @@ class HookClient:
             "call_id": call_id, "status": status, "bytes": len(raw), "body": shown})
         if not 200 <= status < 300:
             raise AnswerUrlError(f"{kind} returned HTTP {status}", retryable=status >= 500)
+        if too_large:
+            raise AnswerUrlError(INVALID, (Detail("", f"body larger than {MAX_BODY_BYTES} bytes"),))
         try:
             return parse_body(raw)
         except ValidationError as exc:

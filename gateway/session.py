@@ -66,6 +66,9 @@ class CallSession:
         self.answered_at: float | None = None
         self.ended_at: float | None = None
         self.timeline: list[dict[str, Any]] = []
+        self.timeline_dropped = 0
+        self.dtmf_dropped = 0
+        self.documents = 0  # action documents fetched (limits.max_documents_per_call)
         self.error: dict[str, Any] | None = None
         self.hangup_by: str | None = None  # set when the gateway or the API ends the call
         self.hangup_cause: str | None = None
@@ -76,9 +79,10 @@ class CallSession:
         self._answer_sent = False
         self._media_ready = asyncio.Event()
         self.ended = asyncio.Event()
-        self.digits: asyncio.Queue[str] = asyncio.Queue()
+        self.digits: asyncio.Queue[str] = asyncio.Queue(gw.cfg.limits.max_dtmf_queue)
         self._plays: dict[int, asyncio.Future[None]] = {}
         self.task: asyncio.Task[None] | None = None
+        self._ending: asyncio.Task[None] | None = None
 
     # -- the JSON the application sees -----------------------------------------------
     def call_view(self) -> dict[str, Any]:
@@ -119,6 +123,7 @@ class CallSession:
             "sip_code": self.sip_code,
             "error": self.error,
             "timeline": self.timeline,
+            **({"timeline_dropped": self.timeline_dropped} if self.timeline_dropped else {}),
         }
 
     def _webhook(self, event: str, data: dict[str, Any] | None = None) -> None:
@@ -128,12 +133,18 @@ class CallSession:
                                    self.envelope(event, data))
 
     def note(self, event: str, **fields: Any) -> None:
-        self.timeline.append({"at": iso(time.time()), "event": event, **fields})
+        if len(self.timeline) < self.gw.cfg.limits.max_timeline_entries:
+            self.timeline.append({"at": iso(time.time()), "event": event, **fields})
+        else:  # a DTMF flood (RFC 4733 over RTP) must not grow the record without end
+            self.timeline_dropped += 1
         log.info(event, extra=logs.fields(call_id=self.call_id, **fields))
 
     # -- the flow ----------------------------------------------------------------------
     async def run(self) -> None:
         """The call's flow. Whatever goes wrong in it, the call is ended, never left hanging."""
+        limit = self.gw.cfg.limits.max_call_duration_s
+        timer = asyncio.get_running_loop().call_later(
+            limit, self._too_long) if limit else None
         try:
             await self._flow()
         except asyncio.CancelledError:
@@ -145,13 +156,24 @@ class CallSession:
             self.error = {"code": "media_error", "message": str(exc)}
             self.note("media.error", message=str(exc))
             await self.end_call(500, "media_error", "Media Error")
-        except Exception as exc:
+        except Exception:
             log.exception("call flow failed", extra={"call_id": self.call_id})
-            self.error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+            # The exception text stays in our log: it may hold paths, addresses, internals.
+            self.error = {"code": "internal_error", "message": "internal error"}
             await self.end_call(500, "internal_error", "Internal Server Error")
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _too_long(self) -> None:
+        limit = self.gw.cfg.limits.max_call_duration_s
+        self.note("limit.max_call_duration", seconds=limit)
+        self._ending = asyncio.create_task(
+            self.end_call(408, "max_call_duration", "Maximum Call Duration"))
 
     async def _flow(self) -> None:
         self._webhook("call.initiated", self.sip_data())
+        self.documents += 1
         urls = [self.app.answer_url] + ([self.app.fallback_url] if self.app.fallback_url else [])
         try:
             actions = await self.gw.hooks.fetch_actions(
@@ -231,6 +253,11 @@ class CallSession:
     async def fetch_actions(
         self, url: str, event: str, data: dict[str, Any]
     ) -> tuple[Action, ...]:
+        self.documents += 1
+        cap = self.gw.cfg.limits.max_documents_per_call
+        if self.documents > cap:  # the answer_url document counts too
+            raise AnswerUrlError(f"more than {cap} action documents in one call "
+                                 "(limits.max_documents_per_call)", code="action_url_error")
         actions = await self.gw.hooks.fetch_actions(
             [url], self.app.secret, self.envelope(event, data), self.call_id,
             kind="action_url", error_code="action_url_error")
@@ -279,6 +306,11 @@ class CallSession:
         self._media_ready.set()
 
     def on_dtmf(self, event: ev.DtmfDigit) -> None:
+        if self.digits.full():  # nobody is reading them: a flood, not a caller typing
+            self.dtmf_dropped += 1
+            if self.dtmf_dropped == 1:  # one line, not one per digit of the flood
+                self.note("dtmf.dropped", digit=event.digit, method=event.method)
+            return
         self.note("dtmf", digit=event.digit, method=event.method)
         self.digits.put_nowait(event.digit)
 

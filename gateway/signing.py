@@ -38,4 +38,7 @@ def verify(
     if abs(current - t) > tolerance_s:
         return False
     expected = signature(secret, body, t).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, parts.get("v1", ""))
+    # Bytes, not str: compare_digest raises TypeError on a non-ASCII str, and a header is
+    # whatever the sender put in it.
+    presented = parts.get("v1", "").encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(expected.encode(), presented)

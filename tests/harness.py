@@ -220,6 +220,9 @@ async def start_gateway(tmp: Path, applications: list[dict[str, Any]],
         "applications": applications,
         # short drain, so a test that fails with calls up still tears down quickly
         "shutdown": {"drain_s": 2},
+        # every test's application is on loopback: action_url, redirect and play URLs
+        # from its responses must be allowed to reach it (the default refuses them)
+        "hooks": {"allow_private": ["127.0.0.0/8"]},
     }
     for name, values in sections.items():
         cfg[name] = {**cfg.get(name, {}), **values}

@@ -181,7 +181,8 @@ async def test_flood_bans_the_source(tmp_path: Path, app: AppServer) -> None:
 def test_edge_refuses_a_gateway_reachable_from_the_network(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("sip: {host: 0.0.0.0, port: 5070}\n"
-                   "applications: [{id: a, customer_id: c, answer_url: 'http://127.0.0.1:1/'}]\n"
+                   "applications: [{id: a, customer_id: c, answer_url: 'http://127.0.0.1:1/',"
+                   " secret: s3cret-s3cret}]\n"
                    f"edge: {{enabled: true, runtime_dir: {tmp_path / 'e'}}}\n")
     out = subprocess.run([PYTHON, "-m", "gateway", "serve", "--config", str(cfg)], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)

@@ -85,7 +85,7 @@ def test_config_errors_are_all_listed_with_paths() -> None:
         from_dict({"applications": []})
     with pytest.raises(ConfigError, match="duplicate id"):
         from_dict({"applications": [
-            {"id": "a", "customer_id": "c", "answer_url": "http://x"}] * 2})
+            {"id": "a", "customer_id": "c", "answer_url": "http://x", "secret": "s" * 8}] * 2})
 
 
 def test_shipped_configs_are_valid(tmp_path: Path) -> None:
@@ -201,7 +201,8 @@ def test_rtp_can_bind_apart_from_sip() -> None:
 def test_check_config_applies_edge_rules(tmp_path: Path) -> None:
     cfg = tmp_path / "edge.yaml"
     cfg.write_text("sip: {host: 0.0.0.0, port: 5070}\nedge: {enabled: true}\n"
-                   "applications: [{id: a, customer_id: c, answer_url: 'http://x/a'}]\n")
+                   "applications: [{id: a, customer_id: c, answer_url: 'http://x/a',"
+                   " secret: s3cret-s3cret}]\n")
     run = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(cfg)],
                          capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 2 and "loopback" in run.stderr, run.stderr

@@ -45,7 +45,8 @@ def test_short_password_is_refused(tmp_path: Path) -> None:
 
 def test_users_command(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("applications: [{id: a, customer_id: c, answer_url: 'http://127.0.0.1:1/'}]\n"
+    cfg.write_text("applications: [{id: a, customer_id: c, answer_url: 'http://127.0.0.1:1/',"
+                   " secret: s3cret-s3cret}]\n"
                    f"edge: {{users_db: {tmp_path / 'u.db'}, realm: example}}\n")
     run = [PYTHON, "-m", "gateway", "users", "--config", str(cfg)]
 
@@ -66,7 +67,8 @@ def test_users_command(tmp_path: Path) -> None:
 
 
 def test_edge_config_is_checked() -> None:
-    base = {"applications": [{"id": "a", "customer_id": "c", "answer_url": "http://x/"}]}
+    base = {"applications": [{"id": "a", "customer_id": "c", "answer_url": "http://x/",
+                              "secret": "s3cret-s3cret"}]}
     with pytest.raises(ConfigError) as exc:
         from_dict({**base, "edge": {"listen": "edge.example.com", "trusted": ["10.0.0.0/33"],
                                     "tls_port": 5060, "tls_cert": "/x.pem", "bogus": 1}})

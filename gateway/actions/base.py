@@ -19,7 +19,8 @@ class CallContext(Protocol):
     async def hangup(self, reason: str | None = None) -> None: ...
 
     async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
-        """Join the room and return when the caller has left it without hanging up."""
+        """Join the room and return when the caller has left it without hanging up.
+        Raises RoomFull, without joining, when the room is at its size limit."""
         ...
 
     def note(self, event: str, **fields: Any) -> None:
@@ -53,6 +54,10 @@ class CallContext(Protocol):
     async def transfer(self, to: str, caller_id: str | None, timeout: float) -> str:
         """Dial `to` and bridge; return the outcome: answered | busy | no-answer | failed."""
         ...
+
+
+class RoomFull(Exception):
+    """`CallContext.conference` into a room at rooms.max_participants."""
 
 
 @dataclass(frozen=True)

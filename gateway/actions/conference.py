@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.actions.base import Action, CallContext, Outcome
+from gateway.actions.base import Action, CallContext, Outcome, RoomFull
 from gateway.strict import checked, pattern
 
 ROOM_PATTERN = r"[A-Za-z0-9._-]{1,128}"
@@ -24,5 +24,8 @@ class Conference(Action):
         await call.answer()
         # Returns only when the caller leaves the room alive (room ended, removed by
         # the API); a hang-up cancels us instead. The next action then runs.
-        await call.conference(self.room, mute=self.mute, end_on_exit=self.end_on_exit)
+        try:
+            await call.conference(self.room, mute=self.mute, end_on_exit=self.end_on_exit)
+        except RoomFull:  # as if the room had ended at once: the application's next action
+            call.note("conference.full", room=self.room)
         return None

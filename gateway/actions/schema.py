@@ -29,6 +29,8 @@ def parse_body(body: bytes) -> tuple[Action, ...]:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValidationError([Detail("", f"malformed JSON: {exc}")], INVALID) from None
+    except RecursionError:  # 60,000 '[' fit in the size limit and nest past the stack
+        raise ValidationError([Detail("", "malformed JSON: nested too deeply")], INVALID) from None
     return parse_document(doc)
 
 
@@ -37,13 +39,17 @@ def parse_document(doc: Any) -> tuple[Action, ...]:
     if not isinstance(doc, dict):
         raise ValidationError(
             [Detail("", "must be a JSON object with an 'actions' array")], INVALID)
-    for key in doc:
-        if key != "actions":
-            errors.append(Detail(str(key), "unknown field"))
     items = doc.get("actions")
     if not isinstance(items, list):
-        errors.append(Detail("actions", "is required" if items is None else "must be an array"))
-        raise ValidationError(errors, INVALID)
+        # Not an actions document: name none of its keys. The error goes back to the
+        # application in call.completed, and echoing the keys of whatever JSON a URL
+        # returned would let it read documents it cannot reach itself.
+        raise ValidationError(
+            [Detail("actions", "is required" if items is None else "must be an array")],
+            INVALID)
+    for key in doc:
+        if key != "actions":
+            errors.append(Detail(str(key)[:64], "unknown field"))
     if not 1 <= len(items) <= MAX_ACTIONS:
         errors.append(Detail("actions", f"must hold 1 to {MAX_ACTIONS} actions"))
     actions = tuple(_parse_one(item, f"actions[{i}]", errors) for i, item in enumerate(items))
