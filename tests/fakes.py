@@ -1,0 +1,136 @@
+"""Fakes for fast control-plane tests, no pjsua2: a call context for actions, a gateway for
+sessions (engine that records commands, outbox that records events), scripted SIP events."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.actions.base import Action
+from gateway.config import Application, Config
+from sip import commands as cmd
+from sip import events as ev
+
+
+@dataclass
+class FakeCall:
+    """A CallContext: digits are scripted, prompts last `prompt_s`, action_urls answer from
+    `documents` (one tuple of actions per request, in order)."""
+
+    call_id: str = "call_fake"
+    customer_id: str = "cust"
+    prompt_s: float = 0.05
+    documents: list[tuple[Action, ...]] = field(default_factory=list)
+    answered: bool = False
+    hung_up: str | None = None
+    rooms: list[str] = field(default_factory=list)
+    played: list[Path] = field(default_factory=list)
+    posts: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    timeline: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    digits: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+
+    def press(self, keys: str, after_s: float = 0.0) -> None:
+        """Digits the caller presses, `after_s` from now (gather drops earlier ones)."""
+        def put() -> None:
+            for k in keys:
+                self.digits.put_nowait(k)
+        if after_s:
+            asyncio.get_running_loop().call_later(after_s, put)
+        else:
+            put()
+
+    async def answer(self) -> None:
+        self.answered = True
+
+    async def hangup(self, reason: str | None = None) -> None:
+        self.hung_up = reason or ""
+
+    async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
+        self.rooms.append(room)
+
+    def note(self, event: str, **fields: Any) -> None:
+        self.timeline.append((event, fields))
+
+    async def prompt_file(self, url: str) -> Path:
+        return Path("/prompt/" + url.rsplit("/", 1)[-1])
+
+    async def prompt_speech(self, text: str, voice: str | None) -> Path:
+        return Path("/speech/" + text[:10])
+
+    async def play(self, path: Path) -> None:
+        self.played.append(path)
+        await asyncio.sleep(self.prompt_s)
+
+    def clear_digits(self) -> None:
+        while not self.digits.empty():
+            self.digits.get_nowait()
+
+    async def next_digit(self, timeout: float | None) -> str | None:
+        try:
+            return await asyncio.wait_for(self.digits.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def fetch_actions(self, url: str, event: str, data: dict[str, Any]
+                            ) -> tuple[Action, ...]:
+        self.posts.append((url, event, data))
+        return self.documents.pop(0) if self.documents else ()
+
+    async def transfer(self, to: str, caller_id: str | None, timeout: float) -> str:
+        return "busy"
+
+    def events(self) -> list[str]:
+        return [e for e, _ in self.timeline]
+
+
+APP = Application(id="app1", customer_id="cust", answer_url="http://app.test/answer",
+                  event_url="http://app.test/events", secret="s3cret-s3cret")
+
+
+class FakeEngine:
+    """Records commands; each resolves at once (or with `fail` for the command's type)."""
+
+    def __init__(self) -> None:
+        self.sent: list[cmd.Command] = []
+        self.fail: set[type] = set()
+
+    def send(self, command: cmd.Command) -> asyncio.Future[Any]:
+        self.sent.append(command)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if type(command) in self.fail:
+            fut.set_exception(RuntimeError("refused"))
+        else:
+            fut.set_result(None)
+        return fut
+
+
+class FakeOutbox:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def enqueue(self, call_id: str, url: str, secret: str, payload: dict[str, Any]) -> str:
+        self.events.append((call_id, url, payload))
+        return f"evt_{len(self.events)}"
+
+    def names(self, call_id: str) -> list[str]:
+        return [p["event"] for c, _, p in self.events if c == call_id]
+
+
+class FakeGateway:
+    """What a CallSession reaches through `gw` for its life cycle and webhooks."""
+
+    def __init__(self) -> None:
+        self.cfg = Config(applications=(APP,))
+        self.engine = FakeEngine()
+        self.outbox = FakeOutbox()
+
+    def send_quiet(self, command: cmd.Command) -> None:
+        self.engine.send(command)
+
+
+def incoming(call_id: str = "call_1") -> ev.IncomingCall:
+    return ev.IncomingCall(call_id=call_id, sip_call_id="sip-1", from_uri="<sip:+1555@x>",
+                           to_uri="<sip:1001@gw>", from_user="+1555", dialed="1001",
+                           source="127.0.0.1:5062")
