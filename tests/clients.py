@@ -197,6 +197,8 @@ class Baresip:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
                 size = int((await reader.readuntil(b":"))[:-1])
+                if not 0 <= size <= 1 << 20:  # baresip's events are a few hundred bytes
+                    raise ConnectionError(f"baresip ctrl_tcp: netstring of {size} bytes")
                 body = await reader.readexactly(size + 1)  # the netstring's trailing comma
                 with contextlib.suppress(json.JSONDecodeError):
                     self.events.append(json.loads(body[:-1]))
