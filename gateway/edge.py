@@ -137,6 +137,15 @@ def _subnet_checks(networks: tuple[str, ...], var: str) -> str:
     return "\n".join(out) if out else "\t# none configured"
 
 
+def _algorithm_checks(algorithms: tuple[str, ...]) -> str:
+    return "\n".join(f'\tif ($var(alg) == "{a}") {{\n\t\treturn 1;\n\t}}' for a in algorithms)
+
+
+def _challenge_headers(algorithms: tuple[str, ...]) -> str:
+    """The body of the CHALLENGE route's append_to_reply(): `\\r\\n` are the script's escapes."""
+    return "".join(f"$var(hname): Digest $var(params), algorithm={a}\\r\\n" for a in algorithms)
+
+
 def render(plan: EdgePlan, secret: str) -> str:
     e = plan.edge
     values = {
@@ -160,6 +169,8 @@ def render(plan: EdgePlan, secret: str) -> str:
         "TRUSTED_CHECKS": _subnet_checks(e.trusted, "$si"),
         "RELAY_CHECKS": _subnet_checks(e.relay_networks, "$var(dh)"),
         "REALM": e.realm,
+        "ALGORITHM_CHECKS": _algorithm_checks(e.digest_algorithms),
+        "CHALLENGE_HEADERS": _challenge_headers(e.digest_algorithms),
         "SECRET": secret,
     }
     text = TEMPLATE.read_text()

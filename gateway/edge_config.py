@@ -7,6 +7,7 @@
       tcp_port: 5060
       tls_port: 5061           # 0 turns TLS off
       trusted: [203.0.113.0/24]  # trunks / load generators: no digest auth
+      digest_algorithms: [MD5]   # challenges offered, in order of preference
 
 With the edge enabled the gateway's own SIP socket (`sip.host`) must be loopback: the edge is
 the only way in, and it forwards to `sip.host:sip.port`.
@@ -39,6 +40,26 @@ def _networks(values: tuple[str, ...]) -> str | None:
     return None
 
 
+# What the edge's digest check can compute (route[VERIFY] in edge/kamailio.cfg.tmpl). The
+# "-sess" variants and SHA-512-256 are not implemented there.
+DIGEST_ALGORITHMS = ("SHA-256", "MD5")
+
+
+def _algorithms(values: tuple[str, ...]) -> str | None:
+    if not values:
+        return "at least one algorithm is required (e.g. [MD5])"
+    for v in values:
+        if v not in DIGEST_ALGORITHMS:
+            hint = next((a for a in DIGEST_ALGORITHMS if a.lower() == v.lower()), None)
+            shown = v if len(v) <= 32 else v[:32] + "..."
+            return (f"{shown!r} is not supported: use "
+                    + " / ".join(map(repr, DIGEST_ALGORITHMS))
+                    + (f" (spelled {hint!r})" if hint else ""))
+    if len(set(values)) != len(values):
+        return "each algorithm at most once"
+    return None
+
+
 def _nonempty_networks(values: tuple[str, ...]) -> str | None:
     return _networks(values) if values else "at least one network is required"
 
@@ -66,7 +87,12 @@ class EdgeConfig:
     # Networks the edge may send requests to (the gateway, registered phones). Anything else
     # is refused with 403, so the edge can never be used as an open relay.
     relay_networks: tuple[str, ...] = checked(_nonempty_networks, default=("0.0.0.0/0",))
-    # Banning: this many failed digest answers from one source within `failure_window_s`...
+    # Digest challenges offered, one WWW-/Proxy-Authenticate header each, in this order (RFC
+    # 8760: the server's preference first). MD5 alone by default: some phones (Debian 12's
+    # baresip 1.0.0) give up on a 401 that offers any other algorithm at all; see docs/edge.md.
+    digest_algorithms: tuple[str, ...] = checked(_algorithms, default=("MD5",))
+    # Banning: this many wrong digest answers (a wrong password or an unknown user: answers
+    # the password check actually ran on) from one source within `failure_window_s`...
     ban_after_failures: int = checked(between(1, 1000), default=5)
     failure_window_s: int = checked(between(1, 86400), default=60)
     # ...or more than `flood_requests` requests per `flood_window_s` (Kamailio pike)...

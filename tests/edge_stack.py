@@ -3,6 +3,7 @@ digest-speaking SIP client to poke at it. Used by tests/test_edge*.py."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
@@ -12,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness import GatewayProc, free_port, start_gateway
+from bench.gateway import free_port
+from tests.harness import GatewayProc, start_gateway
 
 
 @dataclass
@@ -29,6 +31,19 @@ class Stack:
 
     def edge_log(self) -> list[str]:
         return [line for line in self.gw.log().splitlines() if " edge." in line]
+
+    async def edge_logged(self, *parts: str, timeout: float = 5.0) -> str:
+        """The first edge log line containing every one of `parts` (Kamailio's lines reach
+        the gateway's log a moment after its replies reach us)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.edge_log():
+                if all(p in line for p in parts):
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no edge log line with {parts}:\n"
+                                     + "\n".join(self.edge_log()[-20:]))
+            await asyncio.sleep(0.1)
 
 
 async def start_stack(tmp: Path, applications: list[dict[str, Any]],
@@ -123,8 +138,10 @@ class SipClient:
                 return Response(code, data)
 
     def register(self, user: str, password: str | None, *, algorithm: str = "MD5",
-                 realm: str | None = None, expires: int = 60) -> Response | None:
-        """REGISTER, answering the challenge for `algorithm` if a password is given."""
+                 realm: str | None = None, expires: int = 60,
+                 offered: str | None = None) -> Response | None:
+        """REGISTER, answering the challenge for `algorithm` if a password is given (with the
+        nonce of the `offered` challenge, to answer with an algorithm that was not offered)."""
         ruri = f"sip:127.0.0.1:{self.target[1]}"
         call_id = secrets.token_hex(10)
         first = self.request("REGISTER", ruri, user, call_id=call_id,
@@ -134,13 +151,16 @@ class SipClient:
         return self.request("REGISTER", ruri, user, call_id=call_id,
                             extra=f"Expires: {expires}\r\n" + authorization(
                                 "Authorization", first, "REGISTER", ruri, user, password,
-                                algorithm, realm))
+                                algorithm, realm, offered=offered))
 
 
 def authorization(header: str, challenge: Response, method: str, uri: str, user: str,
                   password: str, algorithm: str = "MD5", realm: str | None = None,
-                  nc: str = "00000001") -> str:
-    params = challenge.challenges()[algorithm]
+                  nc: str = "00000001", offered: str | None = None) -> str:
+    """The header answering `challenge` with `algorithm`; the nonce is taken from the
+    challenge for `offered` (default: the same algorithm). Only MD5 and SHA-256 can be
+    computed; any other name is sent as is, with an MD5 response."""
+    params = challenge.challenges()[offered or algorithm]
     realm = realm or params["realm"]
     nonce, cnonce = params["nonce"], secrets.token_hex(8)
     ha1 = _h(algorithm, f"{user}:{realm}:{password}")

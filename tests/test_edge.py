@@ -1,5 +1,6 @@
 """The SIP edge (Kamailio) in front of the gateway: registration, digest auth with MD5 and
-SHA-256, what unauthenticated callers get, bans, and that the gateway hides on loopback."""
+SHA-256, which algorithms are offered, what unauthenticated callers get, bans (and what does
+not count towards one), and that the gateway hides on loopback."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ PASSWORD = "correct-horse-42"
 @pytest.fixture
 async def stack(tmp_path: Path, app: AppServer) -> AsyncIterator[Stack]:
     s = await start_stack(tmp_path, [app_config(app)], trusted=["127.0.0.5/32"],
-                          ban_after_failures=4, ban_s=3, failure_window_s=30)
+                          ban_after_failures=4, ban_s=3, failure_window_s=30,
+                          digest_algorithms=["SHA-256", "MD5"])
     UserStore(s.users_db, "minivoice").add("alice", PASSWORD)
     yield s
     code = s.gw.stop()
@@ -84,6 +86,12 @@ async def test_replayed_and_tampered_answers_fail(stack: Stack) -> None:
     forged = auth.replace(ch.challenges()["SHA-256"]["nonce"][:12], "1700000000.A")
     bad = c.request("REGISTER", ruri, "alice", extra=forged)
     assert bad is not None and bad.code == 401
+    # neither tells anything about the password: refused, logged, not counted towards a ban
+    await stack.edge_logged("src=127.0.0.22 ", "reason=nonce")
+    log = [x for x in stack.edge_log() if "edge.auth_failed src=127.0.0.22 " in x]
+    assert any("reason=replay" in x and "counted=no" in x for x in log), log
+    assert any("reason=nonce" in x and "counted=no" in x for x in log), log
+    assert not any("failures=" in x for x in log), log
     # someone else's registration with alice's credentials
     other = c.request("REGISTER", ruri, "alice", to_user="bob", extra=authorization(
         "Authorization", ch, "REGISTER", ruri, "alice", PASSWORD, "MD5", nc="00000002"))
@@ -230,3 +238,64 @@ async def test_transfer_reaches_a_registered_user(
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_default_offers_md5_only(tmp_path: Path, app: AppServer) -> None:
+    """Without `digest_algorithms` the edge offers MD5 alone: some phones (baresip 1.0.0) give
+    up on a 401 that offers anything else (tests/test_edge_clients.py)."""
+    s = await start_stack(tmp_path, [app_config(app)])
+    try:
+        UserStore(s.users_db, "minivoice").add("alice", PASSWORD)
+        c = client(s)
+        first = c.request("REGISTER", f"sip:127.0.0.1:{s.edge_port}", "alice")
+        assert first is not None and first.code == 401
+        assert [h.split("algorithm=")[1] for h in first.headers("WWW-Authenticate")] == ["MD5"]
+        invite = c.request("INVITE", s.uri("1001"), "alice")
+        assert invite is not None and invite.code == 407
+        assert list(invite.challenges()) == ["MD5"]
+        ok = c.register("alice", PASSWORD)
+        assert ok is not None and ok.code == 200
+        await s.edge_logged("edge.registered", "user=alice", "alg=MD5")
+        c.close()
+    finally:
+        assert s.gw.stop() == 0
+
+
+async def test_an_algorithm_not_offered_is_refused_but_never_banned(
+        tmp_path: Path, app: AppServer) -> None:
+    """A phone answering with an algorithm the edge did not offer (or cannot compute) gets a
+    fresh challenge, a log line saying so, and no strike: however fast it retries, it is not
+    a password guess. Wrong passwords from the same source still are."""
+    s = await start_stack(tmp_path, [app_config(app)], digest_algorithms=["MD5"],
+                          ban_after_failures=3, ban_s=30)
+    try:
+        UserStore(s.users_db, "minivoice").add("alice", PASSWORD)
+        c = client(s, "127.0.0.51")
+        # the right password each time, hashed with an algorithm the edge did not offer
+        for alg in ["SHA-256"] * 4 + ["SHA-512-256", "MD5-sess", 'x" injected=1']:
+            r = c.register("alice", PASSWORD, algorithm=alg, offered="MD5")
+            assert r is not None and r.code == 401, (alg, r)
+            assert list(r.challenges()) == ["MD5"]
+        ok = c.register("alice", PASSWORD)  # not banned: MD5 goes through at once
+        assert ok is not None and ok.code == 200
+        await s.edge_logged("edge.registered", "src=127.0.0.51 ")
+        log = [x for x in s.edge_log() if "edge.auth_failed src=127.0.0.51 " in x]
+        assert len(log) == 7, log
+        assert all("reason=algorithm" in x and "counted=no" in x for x in log), log
+        assert sum("alg=SHA-256" in x for x in log) == 4, log
+        assert any("alg=SHA-512-256" in x for x in log) and any("alg=MD5-SESS" in x for x in log)
+        # the value is logged only if it is a plain token; nothing else gets into the line
+        assert not any("injected" in x for x in log), log
+        assert not any("edge.ban" in x for x in s.edge_log())
+        # wrong passwords still count, and ban at the third
+        for _ in range(3):
+            r = c.register("alice", "wrong-password-9")
+        assert c.request("OPTIONS", s.uri("x"), "probe", timeout=0.5) is None
+        await s.edge_logged("edge.ban src=127.0.0.51 ")
+        fails = [x for x in s.edge_log() if "edge.auth_failed src=127.0.0.51 " in x
+                 and "reason=credentials" in x]
+        assert [x.split("failures=")[1] for x in fails] == ["1", "2", "3"], fails
+        assert any("edge.ban src=127.0.0.51 reason=auth_failures" in x for x in s.edge_log())
+        c.close()
+    finally:
+        assert s.gw.stop() == 0

@@ -1,103 +1,36 @@
 """Tools the project did not write, against the whole stack on loopback: a real Linphone
-(`linphonec`) registers with a password and joins a room, and the sipvicious scanners
-(svmap, svwar, svcrack) find the edge but no extension and no password."""
+(`linphonec`, driven by tests/clients.py) registers with a password and joins a room, and the
+sipvicious scanners (svmap, svwar, svcrack) find the edge but no extension and no password.
+The other softphones (baresip, pjsua, SIPp as a user) are in tests/test_edge_clients.py."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from gateway.users import UserStore
+from tests.clients import Linphonec, tool
 from tests.edge_stack import SipClient, Stack, start_stack
-from tests.harness import AppServer, app_config, free_port, rtp_block
+from tests.harness import AppServer, app_config
 
 pytestmark = pytest.mark.sip
 
 PASSWORD = "linphone-pass-77"
-BIN = Path(sys.executable).parent
-
-
-def tool(name: str) -> str:
-    """A tool that must be there: missing means a broken setup, so the test fails (no skip)."""
-    path = shutil.which(name) or shutil.which(name, path=str(BIN))
-    assert path, f"{name} not found: run `make setup` (scripts/setup.sh installs it)"
-    return path
 
 
 @pytest.fixture
 async def stack(tmp_path: Path, app: AppServer) -> AsyncIterator[Stack]:
     app.answer = lambda p: {"actions": [{"conference": {"room": "linphone-room"}}]}
-    s = await start_stack(tmp_path, [app_config(app)], ban_after_failures=5, ban_s=60)
+    # SHA-256 offered too (not the default): Linphone must pick it
+    s = await start_stack(tmp_path, [app_config(app)], ban_after_failures=5, ban_s=60,
+                          digest_algorithms=["SHA-256", "MD5"])
     UserStore(s.users_db, "minivoice").add("alice", PASSWORD)
     yield s
     assert s.gw.stop() == 0, s.gw.log()[-3000:]
-
-
-class Linphonec:
-    """linphonec driven through stdin, its answers read from stdout."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.out: list[str] = []
-        self._reader = asyncio.create_task(self._read())
-
-    @classmethod
-    async def start(cls, home: Path) -> Linphonec:
-        home.mkdir(parents=True, exist_ok=True)
-        # linphone keeps a call-history database here; without the folder it cannot start
-        (home / ".local" / "share" / "linphone").mkdir(parents=True, exist_ok=True)
-        rtp = rtp_block()
-        (home / "linphonerc").write_text(
-            f"[sip]\nsip_port={free_port()}\nsip_tcp_port=-1\nsip_tls_port=-1\n"
-            f"[rtp]\naudio_rtp_port={rtp}-{rtp + 100}\n"
-            "[video]\nautomatically_initiate=0\nautomatically_accept=0\n"
-            "[net]\nfirewall_policy=0\n[sound]\nechocancellation=0\n")
-        proc = await asyncio.create_subprocess_exec(
-            tool("linphonec"), "-c", str(home / "linphonerc"), cwd=home,
-            env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
-        return cls(proc)
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for line in self.proc.stdout:
-            self.out.append(line.decode(errors="replace").rstrip())
-
-    def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-
-    async def ask(self, command: str, expect: str, timeout: float = 10.0) -> str:
-        """Repeat `command` until a line containing `expect` comes back."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            seen = len(self.out)
-            self.send(command)
-            await asyncio.sleep(0.3)
-            for line in self.out[seen:]:
-                if expect in line:
-                    return line
-        raise TimeoutError(f"linphonec: no {expect!r} after {command!r}:\n"
-                           + "\n".join(self.out[-30:]))
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.send("quit")
-        try:
-            await asyncio.wait_for(self.proc.wait(), 10)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-        self._reader.cancel()
 
 
 async def test_linphone_registers_and_joins_a_room(stack: Stack, app: AppServer,
@@ -138,7 +71,7 @@ async def test_linphone_registers_and_joins_a_room(stack: Stack, app: AppServer,
     finally:
         await phone.close()
     log = stack.edge_log()
-    # Linphone picks SHA-256 from the two challenges (MD5 is covered in test_edge.py)
+    # Linphone picks SHA-256 from the two challenges (MD5: test_edge.py, test_edge_clients.py)
     assert any("edge.registered" in x and "user=alice" in x and "alg=SHA-256" in x
                for x in log), log
     assert any("edge.invite" in x and "user=alice" in x and "to=1001" in x for x in log), log
@@ -171,7 +104,8 @@ async def test_sipvicious_finds_the_edge_but_no_user_and_no_password(
     assert PASSWORD not in out, out
     assert "found nothing" in out and "since we last received a response" in out, out
     log = stack.edge_log()
-    assert sum(1 for x in log if "edge.auth_failed" in x and "src=127.0.0.1 " in x) == 5, log
+    assert sum(1 for x in log if "edge.auth_failed" in x and "src=127.0.0.1 " in x
+               and "reason=credentials" in x) == 5, log
     assert any("edge.ban src=127.0.0.1 reason=auth_failures" in x for x in log), log
     # the guesser is still banned; someone else is not
     assert SipClient(("127.0.0.1", stack.edge_port)).request(
