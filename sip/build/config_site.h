@@ -33,3 +33,8 @@
  * without a word. 16 KiB covers any real INVITE (SDP offers are capped at 16 KiB by sip/sdp.py)
  * without making each transmit buffer 64 KiB. */
 #define PJSIP_MAX_PKT_LEN               16384
+/* Requests larger than 1300 bytes stay on UDP (RFC 3261 18.1.1 would move them to TCP). The
+ * gateway's SIP peer is the edge on loopback, which takes 64 KiB UDP and knows the gateway by
+ * its UDP source address and port; an INVITE offering SRTP (a=crypto lines) passes 1300 bytes,
+ * went out over TCP from an ephemeral port and was challenged as a stranger (407). */
+#define PJSIP_DONT_SWITCH_TO_TCP        1
