@@ -39,7 +39,7 @@ class CallEnded:
     sip_code: int
     reason: str
     by_gateway: bool  # True when the gateway ended or rejected it
-    cause: str  # "normal" | "media_timeout" | "error"
+    cause: str  # "normal" | "media_timeout" (SIP thread) | "dial_failed" (gateway/app.py)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,8 @@ class CallContext(Protocol):
         ...
 
     async def transfer(self, to: str, caller_id: str | None, timeout: float) -> str:
-        """Dial `to` and bridge; return the outcome: answered | busy | no-answer | failed."""
+        """Dial `to` and bridge; return the outcome: answered | busy | no-answer | failed
+        (or canceled, when the ringing leg is hung up through the API or at shutdown)."""
         ...
 
 
