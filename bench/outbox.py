@@ -40,7 +40,7 @@ from aiohttp import web
 from gateway.config import Application, HooksConfig
 from gateway.logs import KeyValueFormatter
 from gateway.outbox import Outbox
-from gateway.store import Store
+from gateway.store import Store, Synchronous
 
 SECRET = "bench-secret-0123456789"
 DEAD_APP = Application(id="app_dead", customer_id="cust_dead", answer_url="http://127.0.0.1:9/a",
@@ -145,7 +145,7 @@ class LagMonitor:
         self.samples.clear()
         self._task = asyncio.create_task(self._run())
 
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> dict[str, Any]:
         if self._task:
             self._task.cancel()
         s = self.samples
@@ -155,16 +155,16 @@ class LagMonitor:
 
 def make_outbox(store: Store, http: aiohttp.ClientSession,
                 apps: tuple[Application, ...]) -> Outbox:
-    return Outbox(store, http, HooksConfig())
+    return Outbox(store, http, HooksConfig(), apps)
 
 
 def enqueue(outbox: Outbox, app: Application, url: str, call_id: str) -> str:
-    return outbox.enqueue(call_id, url, app.secret, payload(app, call_id))
+    return outbox.add(call_id, url, app.id, payload(app, call_id))
 
 
 async def settle(outbox: Outbox) -> None:
     """Wait until everything enqueued so far is in SQLite."""
-    await asyncio.sleep(0)
+    await outbox.flushed()
 
 
 async def phase_dead(args: argparse.Namespace, work: Path, rx: Receivers) -> dict[str, Any]:
@@ -240,7 +240,8 @@ def phase_records(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 async def phase_sync(args: argparse.Namespace, work: Path, rx: Receivers) -> dict[str, Any]:
     live_url = f"http://127.0.0.1:{rx.live_port}/events"
     out: dict[str, Any] = {"events": args.sync_events}
-    for mode in ("NORMAL", "FULL"):
+    modes: tuple[Synchronous, ...] = ("NORMAL", "FULL")
+    for mode in modes:
         store = open_store(work / f"sync-{mode}.db", mode)
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
         outbox = make_outbox(store, http, (LIVE_APP,))
@@ -272,10 +273,8 @@ async def phase_sync(args: argparse.Namespace, work: Path, rx: Receivers) -> dic
     return out
 
 
-def open_store(path: Path, synchronous: str) -> Store:
-    store = Store(path)
-    store.db.execute(f"PRAGMA synchronous={synchronous}")
-    return store
+def open_store(path: Path, synchronous: Synchronous) -> Store:
+    return Store(path, synchronous=synchronous)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -56,7 +56,8 @@ class Gateway:
         if not self.ringback.exists():
             write_wav(self.ringback, tones.ringback(self.cfg.sip.clock_rate),
                       self.cfg.sip.clock_rate)
-        self.outbox = Outbox(self.store, self._http, self.cfg.hooks)
+        self.outbox = Outbox(self.store, self._http, self.cfg.hooks, self.cfg.applications,
+                             dead_keep_s=self.cfg.records.retention_days * 86400)
         self._outbox_task = asyncio.create_task(self.outbox.run())
         self._housekeeping_task = asyncio.create_task(self._housekeeping())
         self._speakers_task = asyncio.create_task(
@@ -107,11 +108,10 @@ class Gateway:
         self.store.close()
 
     async def _housekeeping(self) -> None:
-        """Drop call records past their retention, and delivered webhooks after a day."""
+        """Drop call records past their retention (the outbox prunes its own rows)."""
         while True:
             now = time.time()
             kept = self.store.calls_prune(now - self.cfg.records.retention_days * 86400)
-            self.store.outbox_prune(now - 86400)
             log.debug("housekeeping", extra={"calls_pruned": kept})
             await asyncio.sleep(3600)
 
