@@ -12,7 +12,8 @@ Phases:
 2. records: `--records` finished calls over 100 customers; `calls_recent(50, customer)` (the
    query behind `GET /v1/calls?state=ended`) timed.
 3. sync: `--sync-events` events queued at once and delivered to a healthy receiver, with
-   SQLite synchronous=NORMAL and FULL: time until all arrived, and the loop time enqueue took.
+   SQLite synchronous=NORMAL and FULL: time until all arrived, and the loop time enqueue took;
+   then `--sync-seconds` at `--sync-rate` events/s: enqueue -> arrival latency.
 
 Receivers run on their own thread and event loop, so a stalled gateway loop never delays the
 moment an arrival is stamped. Prints one JSON document (and writes it with --json).
@@ -153,9 +154,9 @@ class LagMonitor:
                 "max_ms": ms(max(s, default=None))}
 
 
-def make_outbox(store: Store, http: aiohttp.ClientSession,
-                apps: tuple[Application, ...]) -> Outbox:
-    return Outbox(store, http, HooksConfig(), apps)
+def make_outbox(store: Store, http: aiohttp.ClientSession, apps: tuple[Application, ...],
+                synchronous: Synchronous = "FULL") -> Outbox:
+    return Outbox(store, http, HooksConfig(), apps, synchronous=synchronous)
 
 
 def enqueue(outbox: Outbox, app: Application, url: str, call_id: str) -> str:
@@ -198,11 +199,15 @@ async def phase_dead(args: argparse.Namespace, work: Path, rx: Receivers) -> dic
     runner.cancel()
     await asyncio.gather(runner, return_exceptions=True)
     await http.close()
+    tried, attempts = store.db.execute(
+        "SELECT count(*), coalesce(sum(attempts), 0) FROM outbox WHERE url = ? AND attempts > 0",
+        (dead_url,)).fetchone()
     store.close()
     latencies = [rx.arrivals[e] - t for e, t in sent.items() if e in rx.arrivals]
     return {
         "dead": args.dead, "pending_dead_events": args.events, "fill_s": round(fill_s, 1),
         "window_s": args.window, "loop_lag": lag_stats,
+        "dead_receiver": {"events_tried": tried, "attempts": attempts},
         "live": {"sent": len(sent), "arrived": len(latencies),
                  "p50_ms": ms(pct(latencies, 0.5)), "p99_ms": ms(pct(latencies, 0.99)),
                  "max_ms": ms(max(latencies, default=None)),
@@ -244,7 +249,7 @@ async def phase_sync(args: argparse.Namespace, work: Path, rx: Receivers) -> dic
     for mode in modes:
         store = open_store(work / f"sync-{mode}.db", mode)
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
-        outbox = make_outbox(store, http, (LIVE_APP,))
+        outbox = make_outbox(store, http, (LIVE_APP,), mode)
         runner = asyncio.create_task(outbox.run())
         await asyncio.sleep(0.1)
         t0 = time.monotonic()
@@ -261,6 +266,17 @@ async def phase_sync(args: argparse.Namespace, work: Path, rx: Receivers) -> dic
                 break
             await asyncio.sleep(0.01)
         total = time.monotonic() - t0
+        # Paced: the same path at a steady rate, where a commit's fsync shows as latency.
+        paced: dict[str, float] = {}
+        lag = LagMonitor()
+        lag.start()
+        for i in range(int(args.sync_rate * args.sync_seconds)):
+            paced[enqueue(outbox, LIVE_APP, live_url, f"call_paced_{mode}_{i:06d}")] = \
+                time.time()
+            await asyncio.sleep(1 / args.sync_rate)
+        await asyncio.sleep(1.0)
+        paced_lag = lag.stop()
+        waits = [rx.arrivals[e] - t for e, t in paced.items() if e in rx.arrivals]
         await outbox.stop()
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
@@ -269,7 +285,11 @@ async def phase_sync(args: argparse.Namespace, work: Path, rx: Receivers) -> dic
         out[mode] = {"all_delivered_s": round(total, 2),
                      "delivered": sum(1 for e in ids if e in rx.arrivals),
                      "events_per_s": round(len(ids) / total),
-                     "enqueue_loop_us_per_event": round(loop_s / len(ids) * 1e6, 1)}
+                     "enqueue_loop_us_per_event": round(loop_s / len(ids) * 1e6, 1),
+                     "paced": {"rate_per_s": args.sync_rate, "sent": len(paced),
+                               "arrived": len(waits), "p50_ms": ms(pct(waits, 0.5)),
+                               "p99_ms": ms(pct(waits, 0.99)),
+                               "loop_lag_p99_ms": paced_lag["p99_ms"]}}
     return out
 
 
@@ -285,6 +305,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, default=15.0, help="seconds measured (15)")
     p.add_argument("--records", type=int, default=200_000, help="finished calls (200000)")
     p.add_argument("--sync-events", type=int, default=2000, help="events per sync mode (2000)")
+    p.add_argument("--sync-rate", type=float, default=200.0,
+                   help="events per second in the paced part of the sync phase (200)")
+    p.add_argument("--sync-seconds", type=float, default=5.0,
+                   help="seconds of the paced part (5)")
     p.add_argument("--only", choices=["dead", "records", "sync"], action="append")
     p.add_argument("--dir", type=Path, help="where the SQLite files go (a temporary directory)")
     p.add_argument("--json", type=Path, help="also write the result here")

@@ -11,9 +11,11 @@ awaits answers, so a big backlog costs the loop nothing. Whatever is enqueued or
 while one commit runs goes into the next (one transaction, one fsync with FULL). The
 dispatcher reads only due heads, per destination, from an index.
 
-Fairness: a destination (scheme://host:port) gets at most `per_host` deliveries at once and
-all of them together `max_in_flight`, so a receiver that refuses or hangs ties up its own
-slots, not everybody's.
+Fairness: each destination (scheme://host:port) has its own concurrency limit, and all of
+them together `max_in_flight`. A destination's limit starts at PER_HOST_START, grows by one
+per delivered event up to `per_host` and halves (down to PER_HOST_MIN) per failed attempt:
+a busy, healthy receiver soon gets many parallel deliveries, while one that refuses or hangs
+ties up one or two slots, not everybody's.
 
 Signing: rows hold the application ID, and the secret is the configured one at send time.
 An event whose application is no longer configured is a failed attempt like any other
@@ -38,7 +40,7 @@ import aiohttp
 
 from gateway import USER_AGENT, signing
 from gateway.config import Application, HooksConfig
-from gateway.store import NewEvent, OutboxRow, Outcome, Store, url_host
+from gateway.store import NewEvent, OutboxRow, Outcome, Store, Synchronous, url_host
 
 log = logging.getLogger("minivoice.webhook")
 
@@ -46,7 +48,9 @@ T = TypeVar("T")
 
 # Below the gateway's shared HTTP connector limit (256), so answer_url requests keep room.
 MAX_IN_FLIGHT = 128
-PER_HOST = 8
+PER_HOST = 32
+PER_HOST_START = 4
+PER_HOST_MIN = 1
 # The outbox table's limit: past it new events are dropped (logged as errors) rather than
 # filling the disk for a receiver that may never come back.
 MAX_PENDING = 1_000_000
@@ -63,6 +67,7 @@ def backoff_s(attempts: int, cap_s: float) -> float:
 
 @dataclass
 class _Host:
+    limit: int
     busy: dict[int, OutboxRow] = field(default_factory=dict)  # result not committed yet
     unsaved: int = 0  # events enqueued, not committed yet
     enqueued: int = 0  # events enqueued, ever: tells a round whether it saw them all
@@ -74,6 +79,7 @@ class Outbox:
         applications: Iterable[Application] = (), *, dead_keep_s: float = 7 * 86400.0,
         per_host: int = PER_HOST, max_in_flight: int = MAX_IN_FLIGHT,
         max_pending: int = MAX_PENDING, max_unsaved: int = MAX_UNSAVED,
+        synchronous: Synchronous = "FULL",
     ) -> None:
         self.http = http
         self.cfg = cfg
@@ -84,6 +90,7 @@ class Outbox:
         self.max_pending = max_pending
         self.max_unsaved = max_unsaved
         self._source = store
+        self._synchronous = synchronous
         self._conn: Store | None = None  # the database thread's own connection
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox-db")
         self._opened = self._executor.submit(self._open)  # -> pending events at start
@@ -99,9 +106,20 @@ class Outbox:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
 
+    def _host(self, name: str) -> _Host:
+        h = self._hosts.get(name)
+        if h is None:
+            h = self._hosts[name] = _Host(limit=min(PER_HOST_START, self.per_host))
+        return h
+
+    def _adapt(self, row: OutboxRow, ok: bool) -> None:
+        h = self._hosts.get(row.host)
+        if h is not None:
+            h.limit = min(self.per_host, h.limit + 1) if ok else max(PER_HOST_MIN, h.limit // 2)
+
     # -- the database thread ------------------------------------------------------------
     def _open(self) -> int:
-        self._conn = self._source.reopen()
+        self._conn = self._source.reopen(self._synchronous)
         return self._conn.outbox_pending_count()
 
     def _close(self) -> None:
@@ -147,7 +165,7 @@ class Outbox:
         body = json.dumps(payload, separators=(",", ":")).encode()
         self._adds.append(NewEvent(event_id, call_id, url, app_id, body, time.time()))
         self._delta += 1
-        host = self._hosts.setdefault(url_host(url), _Host())
+        host = self._host(url_host(url))
         host.unsaved += 1
         host.enqueued += 1
         log.info(payload["event"], extra={**fields, "queued": True})
@@ -179,7 +197,7 @@ class Outbox:
                 await asyncio.sleep(1.0)
                 continue
             for e in adds:
-                self._hosts.setdefault(url_host(e.url), _Host()).unsaved -= 1
+                self._host(url_host(e.url)).unsaved -= 1
             for o in outcomes:
                 name = self._flight.pop(o.seq, None)
                 if name is not None and name in self._hosts:
@@ -198,7 +216,7 @@ class Outbox:
     async def run(self) -> None:
         await asyncio.wrap_future(self._opened)
         for h in await self._in_db(lambda: self._store().outbox_hosts()):
-            self._hosts.setdefault(h, _Host())
+            self._host(h)
         pruner = asyncio.create_task(self._prune_forever())
         try:
             while not self._stopping:
@@ -220,7 +238,7 @@ class Outbox:
         seen: dict[str, int] = {}
         for name in names:
             h = self._hosts[name]
-            free = self.per_host - len(h.busy)
+            free = h.limit - len(h.busy)
             if free > 0:
                 wants.append((name, free, tuple(h.busy)))
                 # Committed before this query: an empty answer then means really empty.
@@ -259,6 +277,7 @@ class Outbox:
                 error = f"application {row.app_id!r} is not configured"
             else:
                 status = await self._post(row, secret)
+                self._adapt(row, 200 <= status < 300)
                 if 200 <= status < 300:
                     self._finish(Outcome(row.seq, row.call_id, time.time(), delivered=True))
                     log.info("webhook.delivered", extra={
@@ -270,8 +289,10 @@ class Outbox:
             raise
         except TimeoutError:
             error = "timeout"
+            self._adapt(row, False)
         except aiohttp.ClientError as exc:
             error = f"{type(exc).__name__}: {exc}"
+            self._adapt(row, False)
         except Exception as exc:  # never let one event kill the worker
             error = f"{type(exc).__name__}: {exc}"
             log.exception("webhook.error", extra={"call_id": row.call_id})

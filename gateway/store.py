@@ -4,13 +4,15 @@ One file, two kinds of connection. The event loop's `Store` serves call records:
 writes and indexed reads, sub-millisecond. The outbox opens its own `Store` on its own
 thread (gateway/outbox.py), so its scans, batches and prunes never run on the loop.
 
-Durability: WAL with synchronous=NORMAL. A commit survives a crash of the process (the WAL
-is in the OS's page cache); a power cut or kernel crash may lose the last commits of the
-last second or so, never corrupts the file. FULL adds an fsync per commit; measured with
-`python -m bench.outbox --only sync` (BENCHMARKS.md, "Webhook outbox") it cost ... (see
-there), which buys only power-loss durability of events a receiver dedups on anyway.
+Durability (WAL): the outbox's connection commits with synchronous=FULL, the loop's with
+NORMAL. FULL fsyncs the WAL at every commit, so a queued event survives a power cut or a
+kernel crash too, not only a crash of the process; the outbox commits in batches on its
+own thread, so that costs the loop nothing and delivery about a millisecond at the median
+(`python -m bench.outbox --only sync`, BENCHMARKS.md "Webhook outbox"). Call records stay
+NORMAL: an fsync per call end would block the event loop, and the next FULL commit of the
+outbox syncs them along (one WAL for both).
 
-Schema changes are MIGRATIONS entries, applied in order inside one transaction each and
+Schema changes are MIGRATIONS entries, applied in order inside one transaction and
 recorded in `PRAGMA user_version`; a file from before versioning has version 0 and the
 original tables, which entry 1 leaves as they are. To add a table or a column, append an
 entry; never edit one that has shipped.
@@ -176,11 +178,11 @@ class Store:
         self.db.execute(f"PRAGMA synchronous={synchronous}")
         migrate(self.db)
 
-    def reopen(self) -> Store:
+    def reopen(self, synchronous: Synchronous | None = None) -> Store:
         """Another connection to the same file (for another thread)."""
         if self.path == ":memory:":
             raise ValueError("an in-memory store cannot be shared between connections")
-        return Store(self.path, synchronous=self.synchronous)
+        return Store(self.path, synchronous=synchronous or self.synchronous)
 
     def close(self) -> None:
         self.db.close()

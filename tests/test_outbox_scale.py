@@ -22,7 +22,7 @@ from aiohttp import web
 from gateway import signing
 from gateway.config import Application, HooksConfig
 from gateway.outbox import Outbox
-from gateway.store import NewEvent, Store
+from gateway.store import NewEvent, Store, Synchronous
 
 SECRET = "app-one-signing-secret"
 APP1 = Application(id="app_1", customer_id="cust_1", answer_url="http://127.0.0.1:9/a",
@@ -275,8 +275,8 @@ async def test_sqlite_never_runs_on_the_event_loop_thread(tmp_path: Path, rx: Re
     threads: set[str] = set()
 
     class Watched(Store):
-        def reopen(self) -> Store:
-            inner = super().reopen()
+        def reopen(self, synchronous: Synchronous | None = None) -> Store:
+            inner = super().reopen(synchronous)
             real = inner.db
 
             class Conn:
@@ -304,3 +304,39 @@ async def test_sqlite_never_runs_on_the_event_loop_thread(tmp_path: Path, rx: Re
     await http.close()
     store.close()
     assert threads and all(t.startswith("outbox-db") for t in threads), threads
+
+
+async def test_a_busy_receiver_gets_more_slots_and_a_dead_one_fewer(tmp_path: Path) -> None:
+    active = {"now": 0, "most": 0}
+    done: list[str] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        active["now"] += 1
+        active["most"] = max(active["most"], active["now"])
+        await asyncio.sleep(0.1)
+        active["now"] -= 1
+        done.append(request.headers["MiniVoice-Event-Id"])
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.add_routes([web.post("/events", slow)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/events"  # type: ignore[union-attr]
+    hang = Hanging()
+    server = await hang.start()
+    cfg = HooksConfig(total_timeout_s=0.3, connect_timeout_s=0.3)
+    async with Running(tmp_path / "b.db", cfg=cfg, per_host=16) as outbox:
+        for i in range(300):
+            outbox.add(f"call_s{i}", url, APP1.id, payload(APP1, f"call_s{i}"))
+            outbox.add(f"call_h{i}", hang.url, APP2.id, payload(APP2, f"call_h{i}"))
+        await until(lambda: len(done) == 300)
+        late = hang.most
+        hang.most = hang.open
+        await asyncio.sleep(1.0)  # the hanging receiver, after its first timeouts
+    assert active["most"] == 16, active  # grew from 4 to the cap
+    assert late <= 4 and hang.most <= 2, (late, hang.most)
+    server.close()
+    await runner.cleanup()
