@@ -58,6 +58,8 @@ MAX_PENDING = 1_000_000
 MAX_UNSAVED = 50_000
 DELIVERED_KEEP_S = 86400.0
 PRUNE_EVERY_S = 3600.0
+CHECKPOINT_EVERY_S = 30.0
+PRUNE_BATCH = 2000  # rows per transaction: the loop's call-record writes wait at most that
 
 
 def backoff_s(attempts: int, cap_s: float) -> float:
@@ -90,6 +92,9 @@ class Outbox:
         self.max_pending = max_pending
         self.max_unsaved = max_unsaved
         self._source = store
+        # A WAL checkpoint copies pages and fsyncs the file: whichever connection's commit
+        # crosses the threshold runs it. Not the loop's: the outbox thread checkpoints.
+        store.db.execute("PRAGMA wal_autocheckpoint=0")
         self._synchronous = synchronous
         self._conn: Store | None = None  # the database thread's own connection
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox-db")
@@ -217,7 +222,7 @@ class Outbox:
         await asyncio.wrap_future(self._opened)
         for h in await self._in_db(lambda: self._store().outbox_hosts()):
             self._host(h)
-        pruner = asyncio.create_task(self._prune_forever())
+        pruner = asyncio.create_task(self._housekeep_forever())
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -336,20 +341,28 @@ class Outbox:
         total = 0
         for state, keep in (("delivered", DELIVERED_KEEP_S), ("dead", self.dead_keep_s)):
             while True:
-                n = await self._in_db(self._store().outbox_prune, state, now - keep)
+                n = await self._in_db(self._store().outbox_prune, state, now - keep,
+                                      PRUNE_BATCH)
                 total += n
-                if n < 5000:
+                if n < PRUNE_BATCH:
                     break
         return total
 
-    async def _prune_forever(self) -> None:
+    def _checkpoint(self) -> None:
+        self._store().db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    async def _housekeep_forever(self) -> None:
+        next_prune = 0.0
         while True:
             try:
-                pruned = await self.prune()
-                log.debug("webhook.pruned", extra={"rows": pruned})
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
+                    pruned = await self.prune()
+                    log.debug("webhook.pruned", extra={"rows": pruned})
+                await self._in_db(self._checkpoint)
             except Exception:
-                log.exception("webhook.prune_failed")
-            await asyncio.sleep(PRUNE_EVERY_S)
+                log.exception("webhook.housekeeping_failed")
+            await asyncio.sleep(CHECKPOINT_EVERY_S)
 
     # -- shutdown -----------------------------------------------------------------------
     async def drain(self, timeout: float) -> None:

@@ -293,11 +293,14 @@ async def test_sqlite_never_runs_on_the_event_loop_thread(tmp_path: Path, rx: Re
     store = Watched(tmp_path / "t.db")
     http = aiohttp.ClientSession()
     outbox = Outbox(store, http, HooksConfig(), (APP1,))
+    # checkpoints (a copy and an fsync) are the outbox thread's too, not the loop's
+    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     task = asyncio.create_task(outbox.run())
     for i in range(20):
         outbox.add(f"call_{i}", rx.url, APP1.id, payload(APP1, f"call_{i}"))
     await until(lambda: len(rx.requests) == 20)
     await outbox.prune()
+    await outbox._in_db(outbox._checkpoint)
     await outbox.stop()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
