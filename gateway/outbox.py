@@ -72,7 +72,9 @@ class _Host:
     limit: int
     busy: dict[int, OutboxRow] = field(default_factory=dict)  # result not committed yet
     unsaved: int = 0  # events enqueued, not committed yet
-    enqueued: int = 0  # events enqueued, ever: tells a round whether it saw them all
+    # Events enqueued or handed a call's head, ever: a round that started with every one of
+    # them committed and ends with the same count saw all there is.
+    touched: int = 0
 
 
 class Outbox:
@@ -109,6 +111,7 @@ class Outbox:
         self._rotate = 0
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._housekeeping: asyncio.Task[None] | None = None
         self._stopping = False
 
     def _host(self, name: str) -> _Host:
@@ -139,8 +142,8 @@ class Outbox:
     async def _in_db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def _apply(self, adds: list[NewEvent], outcomes: list[Outcome]) -> None:
-        self._store().outbox_apply(adds, outcomes)
+    def _apply(self, adds: list[NewEvent], outcomes: list[Outcome]) -> set[str]:
+        return self._store().outbox_apply(adds, outcomes)
 
     def _round(self, wants: list[tuple[str, int, tuple[int, ...]]], now: float
                ) -> list[tuple[str, list[OutboxRow], float | None]]:
@@ -172,7 +175,7 @@ class Outbox:
         self._delta += 1
         host = self._host(url_host(url))
         host.unsaved += 1
-        host.enqueued += 1
+        host.touched += 1
         log.info(payload["event"], extra={**fields, "queued": True})
         self._flush_soon()
         return event_id
@@ -193,7 +196,7 @@ class Outbox:
             adds, self._adds = self._adds, []
             outcomes, self._outcomes = self._outcomes, []
             try:
-                await self._in_db(self._apply, adds, outcomes)
+                handed = await self._in_db(self._apply, adds, outcomes)
             except Exception:
                 log.exception("webhook.store_failed", extra={
                     "events": len(adds), "results": len(outcomes)})
@@ -203,6 +206,8 @@ class Outbox:
                 continue
             for e in adds:
                 self._host(url_host(e.url)).unsaved -= 1
+            for dest in handed:
+                self._host(dest).touched += 1
             for o in outcomes:
                 name = self._flight.pop(o.seq, None)
                 if name is not None and name in self._hosts:
@@ -222,7 +227,7 @@ class Outbox:
         await asyncio.wrap_future(self._opened)
         for h in await self._in_db(lambda: self._store().outbox_hosts()):
             self._host(h)
-        pruner = asyncio.create_task(self._housekeep_forever())
+        self._housekeeping = asyncio.create_task(self._housekeep_forever())
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -230,7 +235,7 @@ class Outbox:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=delay)
         finally:
-            pruner.cancel()
+            self._housekeeping.cancel()
 
     async def _dispatch_due(self) -> float:
         """Start deliveries that are due; return seconds until the next one is."""
@@ -247,7 +252,7 @@ class Outbox:
             if free > 0:
                 wants.append((name, free, tuple(h.busy)))
                 # Committed before this query: an empty answer then means really empty.
-                seen[name] = h.enqueued if h.unsaved == 0 else -1
+                seen[name] = h.touched if h.unsaved == 0 else -1
         if not wants:
             return 60.0
         now = time.time()
@@ -270,7 +275,7 @@ class Outbox:
                 task.add_done_callback(self._tasks.discard)
             if later is not None:
                 next_due = min(next_due, later - time.time())
-            elif not rows and not h.busy and seen[name] == h.enqueued:
+            elif not rows and not h.busy and seen[name] == h.touched:
                 del self._hosts[name]  # nothing pending there; an enqueue brings it back
         return max(0.01, next_due)
 
@@ -375,9 +380,10 @@ class Outbox:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        for t in list(self._tasks):
+        busy = [*self._tasks, *([self._housekeeping] if self._housekeeping else [])]
+        for t in busy:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*busy, return_exceptions=True)
         try:
             await asyncio.wait_for(self.flushed(), timeout=10.0)
         except TimeoutError:

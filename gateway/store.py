@@ -198,12 +198,15 @@ class Store:
         self.db.execute("COMMIT")
 
     # -- outbox (the outbox's own thread) ---------------------------------------------
-    def outbox_apply(self, adds: Sequence[NewEvent], outcomes: Sequence[Outcome]) -> None:
+    def outbox_apply(self, adds: Sequence[NewEvent], outcomes: Sequence[Outcome]) -> set[str]:
         """Write new events and attempt results in one transaction (one fsync with FULL).
 
         A new event is its call's head if the call has no other pending event; a finished
         head hands the head on to the call's next pending event. Order between the two
-        lists does not matter: each step keeps the invariant on its own."""
+        lists does not matter: each step keeps the invariant on its own. Returns the
+        destinations of the events that became heads by a hand-on (a call's events may go
+        to more than one URL)."""
+        handed: set[str] = set()
         with self._tx() as db:
             for e in adds:
                 db.execute(
@@ -225,10 +228,13 @@ class Store:
                     " due_at = NULL, finished_at = ? WHERE seq = ? AND state = 'pending'",
                     ("delivered" if o.delivered else "dead", o.error[:500] or None, o.at,
                      o.seq))
-                db.execute(
+                row = db.execute(
                     "UPDATE outbox SET due_at = max(next_at, ?1) WHERE seq ="
-                    " (SELECT min(seq) FROM outbox WHERE call_id = ?2 AND state = 'pending')",
-                    (o.at, o.call_id))
+                    " (SELECT min(seq) FROM outbox WHERE call_id = ?2 AND state = 'pending')"
+                    " RETURNING host", (o.at, o.call_id)).fetchone()
+                if row is not None:
+                    handed.add(row[0])
+        return handed
 
     def outbox_add(self, event_id: str, call_id: str, url: str, app_id: str, body: bytes,
                    now: float) -> None:

@@ -343,3 +343,23 @@ async def test_a_busy_receiver_gets_more_slots_and_a_dead_one_fewer(tmp_path: Pa
     assert late <= 4 and hang.most <= 2, (late, hang.most)
     server.close()
     await runner.cleanup()
+
+
+async def test_a_call_whose_events_go_to_two_receivers_keeps_order_and_loses_none(
+    tmp_path: Path, rx: Receiver
+) -> None:
+    """The second receiver has nothing to send until the first delivers: it must still be
+    looked at again when the call's head passes to its event."""
+    other = Receiver()
+    runner = await other.start()
+    rx.status = 503
+    async with Running(tmp_path / "two.db") as outbox:
+        first = outbox.add("call_1", rx.url, APP1.id, payload(APP1, "call_1", "call.answered"))
+        second = outbox.add("call_1", other.url, APP1.id, payload(APP1, "call_1"))
+        await until(lambda: len(rx.requests) >= 1)
+        await asyncio.sleep(0.3)  # rounds that find nothing due at `other`
+        assert other.requests == []
+        rx.status = 204
+        await until(lambda: [r[0] for r in other.requests] == [second], timeout=30)
+        assert rx.requests[-1][0] == first
+    await runner.cleanup()
