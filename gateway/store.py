@@ -101,6 +101,11 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         " coalesce(json_extract(body, '$.call.application_id'), ''), body, created_at,"
         " attempts, next_at, last_error, state,"
         " CASE WHEN state = 'pending' THEN NULL ELSE next_at END FROM outbox",
+        # Sequence numbers of pruned rows are not handed out again.
+        "INSERT INTO sqlite_sequence(name, seq) SELECT 'outbox_v2', 0 WHERE NOT EXISTS"
+        " (SELECT 1 FROM sqlite_sequence WHERE name = 'outbox_v2')",
+        "UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT old.seq FROM"
+        " sqlite_sequence AS old WHERE old.name = 'outbox'), 0)) WHERE name = 'outbox_v2'",
         "DROP TABLE outbox",
         "ALTER TABLE outbox_v2 RENAME TO outbox",
         "UPDATE outbox SET due_at = next_at WHERE seq IN"

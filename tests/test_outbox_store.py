@@ -36,6 +36,9 @@ def make_v1_file(path: Path) -> None:
                    " next_at, state) VALUES (?,?,?,?,?,?,?,?)",
                    (event_id, call_id, "http://Hooks.example:8080/events", SECRET,
                     body("app_1", call_id), t, t, state))
+    db.execute("INSERT INTO outbox(event_id, call_id, url, secret, body, created_at, next_at)"
+               " VALUES ('evt_pruned', 'call_z', 'http://h/e', 's', x'', 1, 1)")
+    db.execute("DELETE FROM outbox WHERE event_id = 'evt_pruned'")  # seq 5, pruned
     for call_id, cust, t in (("call_a", "cust_1", 1.0), ("call_b", "cust_2", 2.0)):
         db.execute("INSERT INTO calls(call_id, record, updated_at) VALUES (?,?,?)",
                    (call_id, json.dumps({"id": call_id, "customer_id": cust}), t))
@@ -60,6 +63,9 @@ def test_an_old_file_is_upgraded_in_place(tmp_path: Path) -> None:
     assert [r.event_id for r in store.outbox_heads()] == ["evt_a2", "evt_b1"]
     assert [r["id"] for r in store.calls_recent(10, "cust_2")] == ["call_b"]
     assert [r["id"] for r in store.calls_recent(10)] == ["call_b", "call_a"]
+    store.outbox_apply([NewEvent("evt_new", "call_c", "http://h/e", "app_1", b"{}", 1.0)], [])
+    new = store.outbox_row("evt_new")
+    assert new is not None and new["seq"] == 6  # not 5, the pruned event's
     store.close()
     # The old secrets are gone from the file itself, not just from the table.
     data = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("old.db"))
