@@ -105,7 +105,7 @@ async def healthz(request: web.Request) -> web.Response:
     alive = gw.engine.alive
     body = {"status": "ok" if alive else "sip engine not running",
             "accepting_calls": gw.accepting, "calls": len(gw.sessions),
-            "webhooks_pending": gw.store.outbox_pending_count()}
+            "webhooks_pending": gw.outbox.pending_count()}
     return web.json_response(body, status=200 if alive else 503)
 
 

@@ -61,7 +61,9 @@ class Gateway:
         if not self.ringback.exists():
             write_wav(self.ringback, tones.ringback(self.cfg.sip.clock_rate),
                       self.cfg.sip.clock_rate)
-        self.outbox = Outbox(self.store, self._pools.webhook, self.cfg.hooks)
+        self.outbox = Outbox(self.store, self._pools.webhook, self.cfg.hooks,
+                             self.cfg.applications,
+                             dead_keep_s=self.cfg.records.retention_days * 86400)
         self.recover_lost_calls()
         self._outbox_task = asyncio.create_task(self.outbox.run())
         self._housekeeping_task = asyncio.create_task(self._housekeeping())
@@ -113,14 +115,13 @@ class Gateway:
         self.store.close()
 
     async def _housekeeping(self) -> None:
-        """Drop call records past their retention, and delivered webhooks after a day; mark
-        the live calls as still live every few seconds (see recover_lost_calls)."""
+        """Drop call records past their retention (the outbox prunes its own rows); mark the
+        live calls as still live every few seconds (see recover_lost_calls)."""
         next_prune = 0.0
         while True:
             now = time.time()
             if now >= next_prune:
                 kept = self.store.calls_prune(now - self.cfg.records.retention_days * 86400)
-                self.store.outbox_prune(now - 86400)
                 log.debug("housekeeping", extra={"calls_pruned": kept})
                 next_prune = now + 3600
             self.store.live_touch(now)
@@ -132,26 +133,28 @@ class Gateway:
         self.store.live_put(session.call_id, session.app.id, session.record())
 
     def finish(self, session: CallSession, event: ev.CallEnded) -> None:
-        """A call ended: its call.completed, its record and the end of its live row are one
-        transaction, so neither a crash nor a restart can send call.completed twice."""
-        with self.store.transaction():
-            session.on_ended(event)
-            self.store.call_save(session.call_id, session.record())
+        """A call ended. Its live row goes in the same transaction as its call.completed
+        (see NewEvent.ends_call), so a crash leaves one or the other, never both or neither:
+        call.completed is sent exactly once, by this process or by the next one."""
+        session.on_ended(event)
+        self.store.call_save(session.call_id, session.record())
+        if not session.completion_queued:  # no event_url (or the outbox is full)
             self.store.live_delete(session.call_id)
 
     def recover_lost_calls(self) -> None:
         """Calls the previous process left live (it was killed, or crashed): each gets its
         one call.completed (gateway_restart) and a call record, atomically, so a crash during
-        this very recovery can neither lose nor repeat one."""
+        this very recovery can neither lose nor repeat one (the live row goes with the
+        event's insert)."""
         apps = {a.id: a for a in self.cfg.applications}
         now = time.time()
         for live in self.store.live_all():
             record, payload = recovery.lost_call(live, now)
             app = apps.get(live.app_id)
-            with self.store.transaction():
-                if app is not None and app.event_url:
-                    self.outbox.enqueue(live.call_id, app.event_url, app.secret, payload)
-                self.store.call_save(live.call_id, record)
+            queued = app is not None and app.event_url is not None and self.outbox.add(
+                live.call_id, app.event_url, app.id, payload, ends_call=True) is not None
+            self.store.call_save(live.call_id, record)
+            if not queued:
                 self.store.live_delete(live.call_id)
             log.warning("call.lost", extra={"call_id": live.call_id, "app": live.app_id,
                                             "webhook": app is not None and bool(app.event_url)})

@@ -30,6 +30,7 @@ from pathlib import Path
 from gateway import logs
 from gateway.config import Config
 from gateway.edge_config import EdgeConfig
+from gateway.files import write_private
 from gateway.users import UserStore
 
 log = logging.getLogger("edge")
@@ -86,8 +87,7 @@ def _secret(runtime_dir: Path) -> str:
     and calls in progress stay valid."""
     path = runtime_dir / "secret"
     if not path.exists():
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
+        write_private(path, secrets.token_hex(32))
     value = path.read_text().strip()
     if not re.fullmatch(r"[0-9a-f]{64}", value):
         raise EdgeError(f"{path} is corrupt: delete it (a new one is made on start)")
@@ -210,8 +210,7 @@ def prepare(cfg: Config) -> EdgePlan:
     plan = EdgePlan(e, cfg.sip.host, cfg.sip.port, runtime, runtime / "kamailio.cfg", cert, key,
                     binary)
     text = render(plan, _secret(runtime))
-    plan.config_path.write_text(text)
-    plan.config_path.chmod(0o600)  # it holds the HMAC secret
+    write_private(plan.config_path, text)  # it holds the HMAC secret
     return plan
 
 

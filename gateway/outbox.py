@@ -1,10 +1,26 @@
 """Durable, ordered, at-least-once webhook delivery (CONTRACT section 5).
 
-Every event is written to SQLite before any attempt. The worker sends only the
-oldest pending event of each call, so one call's events arrive in order while
-different calls proceed in parallel. Failures back off exponentially (1 s
-doubling, capped); an event is given up only after `give_up_after_s`.
+Every event is written to SQLite before any attempt. Only the oldest pending event of each
+call (its head) is ever sent, so one call's events arrive in order while different calls
+proceed in parallel. Failures back off exponentially (1 s doubling, capped); an event is
+given up (state 'dead', kept `dead_keep_s`, then pruned) only after `give_up_after_s`.
 Pending events survive a crash: the worker picks them up on start.
+
+All outbox SQL runs on one thread with its own connection: the loop hands it batches and
+awaits answers, so a big backlog costs the loop nothing. Whatever is enqueued or finished
+while one commit runs goes into the next (one transaction, one fsync with FULL). The
+dispatcher reads only due heads, per destination, from an index.
+
+Fairness: each destination (scheme://host:port) has its own concurrency limit, and all of
+them together `max_in_flight`. A destination's limit starts at PER_HOST_START, grows by one
+per delivered event up to `per_host` and halves (down to PER_HOST_MIN) per failed attempt:
+a busy, healthy receiver soon gets many parallel deliveries, while one that refuses or hangs
+ties up one or two slots, not everybody's.
+
+Signing: rows hold the application ID, and the secret is the configured one at send time.
+An event whose application is no longer configured is a failed attempt like any other
+(logged, retried with backoff, given up after `give_up_after_s`): a configuration mistake
+put right within that time loses nothing, and nothing is ever sent unsigned.
 """
 
 from __future__ import annotations
@@ -15,17 +31,35 @@ import json
 import logging
 import secrets
 import time
-from typing import Any
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import aiohttp
 
 from gateway import USER_AGENT, signing
-from gateway.config import HooksConfig
-from gateway.store import OutboxRow, Store
+from gateway.config import Application, HooksConfig
+from gateway.store import NewEvent, OutboxRow, Outcome, Store, Synchronous, url_host
 
 log = logging.getLogger("minivoice.webhook")
 
-MAX_IN_FLIGHT = 64
+T = TypeVar("T")
+
+# Below the gateway's shared HTTP connector limit (256), so answer_url requests keep room.
+MAX_IN_FLIGHT = 128
+PER_HOST = 32
+PER_HOST_START = 4
+PER_HOST_MIN = 1
+# The outbox table's limit: past it new events are dropped (logged as errors) rather than
+# filling the disk for a receiver that may never come back.
+MAX_PENDING = 1_000_000
+# Events waiting in memory for the database thread (it is stuck if this fills).
+MAX_UNSAVED = 50_000
+DELIVERED_KEEP_S = 86400.0
+PRUNE_EVERY_S = 3600.0
+CHECKPOINT_EVERY_S = 30.0
+PRUNE_BATCH = 2000  # rows per transaction: the loop's call-record writes wait at most that
 
 
 def backoff_s(attempts: int, cap_s: float) -> float:
@@ -33,103 +67,326 @@ def backoff_s(attempts: int, cap_s: float) -> float:
     return float(min(cap_s, 2 ** max(0, attempts - 1)))
 
 
+@dataclass
+class _Host:
+    limit: int
+    busy: dict[int, OutboxRow] = field(default_factory=dict)  # result not committed yet
+    unsaved: int = 0  # events enqueued, not committed yet
+    # Events enqueued or handed a call's head, ever: a round that started with every one of
+    # them committed and ends with the same count saw all there is.
+    touched: int = 0
+
+
 class Outbox:
-    def __init__(self, store: Store, http: aiohttp.ClientSession, cfg: HooksConfig) -> None:
-        self.store = store
+    def __init__(
+        self, store: Store, http: aiohttp.ClientSession, cfg: HooksConfig,
+        applications: Iterable[Application] = (), *, dead_keep_s: float = 7 * 86400.0,
+        per_host: int = PER_HOST, max_in_flight: int = MAX_IN_FLIGHT,
+        max_pending: int = MAX_PENDING, max_unsaved: int = MAX_UNSAVED,
+        synchronous: Synchronous = "FULL",
+    ) -> None:
         self.http = http
         self.cfg = cfg
+        self.secrets = {a.id: a.secret for a in applications}
+        self.dead_keep_s = dead_keep_s
+        self.per_host = per_host
+        self.max_in_flight = max_in_flight
+        self.max_pending = max_pending
+        self.max_unsaved = max_unsaved
+        self._source = store
+        # A WAL checkpoint copies pages and fsyncs the file: whichever connection's commit
+        # crosses the threshold runs it. Not the loop's: the outbox thread checkpoints.
+        store.db.execute("PRAGMA wal_autocheckpoint=0")
+        self._synchronous = synchronous
+        self._conn: Store | None = None  # the database thread's own connection
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox-db")
+        self._opened = self._executor.submit(self._open)  # -> pending events at start
+        self._delta = 0  # pending events added minus finished since then
+        self._adds: list[NewEvent] = []
+        self._outcomes: list[Outcome] = []
+        self._flush_task: asyncio.Task[None] | None = None
+        self._hosts: dict[str, _Host] = {}
+        self._flight: dict[int, str] = {}  # seq -> host, for every row in a host's `busy`
+        self._busy = 0
+        self._rotate = 0
         self._wake = asyncio.Event()
-        self._in_flight: set[str] = set()  # call IDs with a delivery under way
         self._tasks: set[asyncio.Task[None]] = set()
+        self._housekeeping: asyncio.Task[None] | None = None
         self._stopping = False
 
-    def enqueue(self, call_id: str, url: str, secret: str, payload: dict[str, Any]) -> str:
+    def _host(self, name: str) -> _Host:
+        h = self._hosts.get(name)
+        if h is None:
+            h = self._hosts[name] = _Host(limit=min(PER_HOST_START, self.per_host))
+        return h
+
+    def _adapt(self, row: OutboxRow, ok: bool) -> None:
+        h = self._hosts.get(row.host)
+        if h is not None:
+            h.limit = min(self.per_host, h.limit + 1) if ok else max(PER_HOST_MIN, h.limit // 2)
+
+    # -- the database thread ------------------------------------------------------------
+    def _open(self) -> int:
+        self._conn = self._source.reopen(self._synchronous)
+        return self._conn.outbox_pending_count()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _store(self) -> Store:
+        assert self._conn is not None, "outbox database not open"
+        return self._conn
+
+    async def _in_db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _apply(self, adds: list[NewEvent], outcomes: list[Outcome]) -> set[str]:
+        return self._store().outbox_apply(adds, outcomes)
+
+    def _round(self, wants: list[tuple[str, int, tuple[int, ...]]], now: float
+               ) -> list[tuple[str, list[OutboxRow], float | None]]:
+        db = self._store()
+        out = []
+        for host, free, busy in wants:
+            rows = db.outbox_due(host, now, free, busy)
+            out.append((host, rows, None if len(rows) == free else db.outbox_next_due(host, now)))
+        return out
+
+    # -- enqueue --------------------------------------------------------------------------
+    def pending_count(self) -> int:
+        """Events not yet delivered or given up, from memory (no query)."""
+        at_start = self._opened.result() if self._opened.done() and \
+            self._opened.exception() is None else 0
+        return at_start + self._delta
+
+    def add(self, call_id: str, url: str, app_id: str, payload: dict[str, Any], *,
+            ends_call: bool = False) -> str | None:
+        """Queue one event for `url`, signed at send time with `app_id`'s secret; its ID, or
+        None when it was dropped (the outbox is over its limits). `ends_call`: the call's
+        live row is deleted in the transaction that stores this event."""
         event_id = "evt_" + secrets.token_urlsafe(16)
+        fields = {"call_id": call_id, "event_id": event_id, "url": url}
+        if self.pending_count() >= self.max_pending or len(self._adds) >= self.max_unsaved:
+            log.error("webhook.dropped", extra={**fields, "event": payload.get("event"),
+                                                "pending": self.pending_count(),
+                                                "unsaved": len(self._adds)})
+            return None
         body = json.dumps(payload, separators=(",", ":")).encode()
-        self.store.outbox_add(event_id, call_id, url, secret, body, time.time())
-        log.info(payload["event"], extra={"call_id": call_id, "event_id": event_id,
-                                          "url": url, "queued": True})
-        self._wake.set()
+        self._adds.append(NewEvent(event_id, call_id, url, app_id, body, time.time(),
+                                   ends_call))
+        self._delta += 1
+        host = self._host(url_host(url))
+        host.unsaved += 1
+        host.touched += 1
+        log.info(payload["event"], extra={**fields, "queued": True})
+        self._flush_soon()
         return event_id
 
-    async def run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            delay = self._dispatch_due()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
 
-    def _dispatch_due(self) -> float:
+    # -- writes -------------------------------------------------------------------------
+    def _flush_soon(self) -> None:
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._adds or self._outcomes:
+            adds, self._adds = self._adds, []
+            outcomes, self._outcomes = self._outcomes, []
+            try:
+                handed = await self._in_db(self._apply, adds, outcomes)
+            except Exception:
+                log.exception("webhook.store_failed", extra={
+                    "events": len(adds), "results": len(outcomes)})
+                self._adds[:0] = adds
+                self._outcomes[:0] = outcomes
+                await asyncio.sleep(1.0)
+                continue
+            for e in adds:
+                self._host(url_host(e.url)).unsaved -= 1
+            for dest in handed:
+                self._host(dest).touched += 1
+            for o in outcomes:
+                name = self._flight.pop(o.seq, None)
+                if name is not None and name in self._hosts:
+                    self._hosts[name].busy.pop(o.seq, None)
+                    self._busy -= 1
+                if o.next_at is None:
+                    self._delta -= 1
+            self._wake.set()
+
+    async def flushed(self) -> None:
+        """Return once everything enqueued so far is committed."""
+        while self._flush_task is not None and not self._flush_task.done():
+            await asyncio.shield(self._flush_task)
+
+    # -- dispatch -----------------------------------------------------------------------
+    async def run(self) -> None:
+        await asyncio.wrap_future(self._opened)
+        for h in await self._in_db(lambda: self._store().outbox_hosts()):
+            self._host(h)
+        self._housekeeping = asyncio.create_task(self._housekeep_forever())
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                delay = await self._dispatch_due()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+        finally:
+            self._housekeeping.cancel()
+
+    async def _dispatch_due(self) -> float:
         """Start deliveries that are due; return seconds until the next one is."""
+        if self._busy >= self.max_in_flight:
+            return 60.0  # a finished delivery wakes us
+        names = list(self._hosts)
+        self._rotate = (self._rotate + 1) % max(1, len(names))
+        names = names[self._rotate:] + names[:self._rotate]  # no host always goes first
+        wants = []
+        seen: dict[str, int] = {}
+        for name in names:
+            h = self._hosts[name]
+            free = h.limit - len(h.busy)
+            if free > 0:
+                wants.append((name, free, tuple(h.busy)))
+                # Committed before this query: an empty answer then means really empty.
+                seen[name] = h.touched if h.unsaved == 0 else -1
+        if not wants:
+            return 60.0
         now = time.time()
+        answers = await self._in_db(self._round, wants, now)
         next_due = 60.0
-        for row in self.store.outbox_heads():
-            if row.call_id in self._in_flight:
+        for name, rows, later in answers:
+            if name not in self._hosts:
                 continue
-            if row.next_at > now:
-                next_due = min(next_due, row.next_at - now)
-                continue
-            if len(self._in_flight) >= MAX_IN_FLIGHT:
-                break
-            self._in_flight.add(row.call_id)
-            task = asyncio.create_task(self._deliver(row))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            h = self._hosts[name]
+            for row in rows:
+                if self._busy >= self.max_in_flight or self._stopping:
+                    break
+                if row.seq in h.busy:
+                    continue
+                h.busy[row.seq] = row
+                self._flight[row.seq] = name
+                self._busy += 1
+                task = asyncio.create_task(self._deliver(row))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if later is not None:
+                next_due = min(next_due, later - time.time())
+            elif not rows and not h.busy and seen[name] == h.touched:
+                del self._hosts[name]  # nothing pending there; an enqueue brings it back
         return max(0.01, next_due)
 
     async def _deliver(self, row: OutboxRow) -> None:
         error = ""
+        secret = self.secrets.get(row.app_id)
         try:
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": USER_AGENT,
-                "MiniVoice-Event-Id": row.event_id,
-                "MiniVoice-Call-Id": row.call_id,
-                signing.HEADER: signing.sign(row.secret, row.body),
-            }
-            timeout = aiohttp.ClientTimeout(
-                total=self.cfg.total_timeout_s, connect=self.cfg.connect_timeout_s)
-            async with self.http.post(row.url, data=row.body, headers=headers,
-                                      timeout=timeout) as resp:
-                await resp.read()
-                if 200 <= resp.status < 300:
-                    self.store.outbox_delivered(row.seq)
+            if secret is None:
+                error = f"application {row.app_id!r} is not configured"
+            else:
+                status = await self._post(row, secret)
+                self._adapt(row, 200 <= status < 300)
+                if 200 <= status < 300:
+                    self._finish(Outcome(row.seq, row.call_id, time.time(), delivered=True))
                     log.info("webhook.delivered", extra={
                         "call_id": row.call_id, "event_id": row.event_id,
-                        "attempt": row.attempts + 1, "status": resp.status})
+                        "attempt": row.attempts + 1, "status": status})
                     return
-                error = f"HTTP {resp.status}"
+                error = f"HTTP {status}"
         except asyncio.CancelledError:
             raise
         except TimeoutError:
             error = "timeout"
+            self._adapt(row, False)
         except aiohttp.ClientError as exc:
             error = f"{type(exc).__name__}: {exc}"
+            self._adapt(row, False)
         except Exception as exc:  # never let one event kill the worker
             error = f"{type(exc).__name__}: {exc}"
             log.exception("webhook.error", extra={"call_id": row.call_id})
-        finally:
-            self._in_flight.discard(row.call_id)
-            self._wake.set()
         attempts = row.attempts + 1
         now = time.time()
         dead = now - row.created_at >= self.cfg.webhook_give_up_after_s
         retry_in = backoff_s(attempts, self.cfg.webhook_max_backoff_s)
-        self.store.outbox_failed(row.seq, error, now + retry_in, dead)
+        self._finish(Outcome(row.seq, row.call_id, now, delivered=False, error=error,
+                             next_at=None if dead else now + retry_in))
         log.warning("webhook.failed", extra={
-            "call_id": row.call_id, "event_id": row.event_id, "attempt": attempts,
-            "error": error, "retry_in_s": None if dead else retry_in, "given_up": dead})
+            "call_id": row.call_id, "event_id": row.event_id, "url": row.url,
+            "attempt": attempts, "error": error, "retry_in_s": None if dead else retry_in,
+            "given_up": dead})
 
+    async def _post(self, row: OutboxRow, secret: str) -> int:
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "MiniVoice-Event-Id": row.event_id,
+            "MiniVoice-Call-Id": row.call_id,
+            signing.HEADER: signing.sign(secret, row.body),
+        }
+        timeout = aiohttp.ClientTimeout(
+            total=self.cfg.total_timeout_s, connect=self.cfg.connect_timeout_s)
+        async with self.http.post(row.url, data=row.body, headers=headers,
+                                  timeout=timeout) as resp:
+            await resp.read()
+            return resp.status
+
+    def _finish(self, outcome: Outcome) -> None:
+        # The slot stays taken until the result is committed: until then the row is still
+        # a due head in the database and the next round must not send it again.
+        self._outcomes.append(outcome)
+        self._flush_soon()
+
+    # -- retention ------------------------------------------------------------------------
+    async def prune(self, now: float | None = None) -> int:
+        """Delete delivered events after a day and given-up ones after `dead_keep_s`, a
+        batch per transaction."""
+        now = time.time() if now is None else now
+        total = 0
+        for state, keep in (("delivered", DELIVERED_KEEP_S), ("dead", self.dead_keep_s)):
+            while True:
+                n = await self._in_db(self._store().outbox_prune, state, now - keep,
+                                      PRUNE_BATCH)
+                total += n
+                if n < PRUNE_BATCH:
+                    break
+        return total
+
+    def _checkpoint(self) -> None:
+        self._store().db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    async def _housekeep_forever(self) -> None:
+        next_prune = 0.0
+        while True:
+            try:
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
+                    pruned = await self.prune()
+                    log.debug("webhook.pruned", extra={"rows": pruned})
+                await self._in_db(self._checkpoint)
+            except Exception:
+                log.exception("webhook.housekeeping_failed")
+            await asyncio.sleep(CHECKPOINT_EVERY_S)
+
+    # -- shutdown -----------------------------------------------------------------------
     async def drain(self, timeout: float) -> None:
         """Give pending deliveries up to `timeout` seconds (on shutdown)."""
         deadline = time.monotonic() + timeout
-        while self.store.outbox_pending_count() and time.monotonic() < deadline:
+        while self.pending_count() and time.monotonic() < deadline:
             self._wake.set()
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        for t in list(self._tasks):
+        busy = [*self._tasks, *([self._housekeeping] if self._housekeeping else [])]
+        for t in busy:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*busy, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.flushed(), timeout=10.0)
+        except TimeoutError:
+            log.error("webhook.unsaved", extra={"events": len(self._adds)})
+        with contextlib.suppress(Exception):
+            await self._in_db(self._close)
+        self._executor.shutdown(wait=True)

@@ -82,6 +82,8 @@ class CallSession:
         self.digits: asyncio.Queue[str] = asyncio.Queue(gw.cfg.limits.max_dtmf_queue)
         self._plays: dict[int, asyncio.Future[None]] = {}
         self.task: asyncio.Task[None] | None = None
+        # call.completed is queued and will take the call's live row with it (app.finish)
+        self.completion_queued = False
         self._ending: asyncio.Task[None] | None = None
 
     # -- the JSON the application sees -----------------------------------------------
@@ -129,8 +131,10 @@ class CallSession:
     def _webhook(self, event: str, data: dict[str, Any] | None = None) -> None:
         self.note(event)
         if self.app.event_url:
-            self.gw.outbox.enqueue(self.call_id, self.app.event_url, self.app.secret,
-                                   self.envelope(event, data))
+            last = event == "call.completed"
+            queued = self.gw.outbox.add(self.call_id, self.app.event_url, self.app.id,
+                                        self.envelope(event, data), ends_call=last)
+            self.completion_queued = self.completion_queued or (last and queued is not None)
 
     def note(self, event: str, **fields: Any) -> None:
         if len(self.timeline) < self.gw.cfg.limits.max_timeline_entries:

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.files import private_dir, private_file
+
 # Kept in sync with the username check in edge/kamailio.cfg.tmpl: the edge builds its SQL from
 # the digest username only after matching this, so it never needs quoting.
 USERNAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -68,7 +70,9 @@ class UserStore:
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
+        # HA1s are password equivalents (a digest answer needs nothing else): owner-only.
+        private_file(self.path)
         # Kamailio holds read connections on the same file: wait rather than fail on a lock.
         conn = sqlite3.connect(self.path, timeout=10)
         try:

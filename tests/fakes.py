@@ -110,7 +110,8 @@ class FakeOutbox:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, dict[str, Any]]] = []
 
-    def enqueue(self, call_id: str, url: str, secret: str, payload: dict[str, Any]) -> str:
+    def add(self, call_id: str, url: str, app_id: str, payload: dict[str, Any], *,
+            ends_call: bool = False) -> str | None:
         self.events.append((call_id, url, payload))
         return f"evt_{len(self.events)}"
 

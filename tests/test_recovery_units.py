@@ -4,13 +4,14 @@ transaction that keeps call.completed exactly once, the watchdog, and the system
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from gateway.recovery import lost_call
-from gateway.store import LiveCall, Store
+from gateway.store import LiveCall, NewEvent, Store
 from gateway.watchdog import EXIT_CODE, watch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,26 +41,24 @@ def test_lost_call_never_answered_has_no_duration() -> None:
     assert payload["data"]["duration_s"] == 0
 
 
-def test_live_calls_table_and_transaction(tmp_path: Path) -> None:
+def test_live_calls_table_and_the_completion_transaction(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite")
     store.live_put("call_x", "app1", RECORD)
     store.live_put("call_x", "app1", {**RECORD, "status": "completed"})  # upsert
     store.live_touch(123.0)
     [live] = store.live_all()
     assert live.record["status"] == "completed" and live.seen_at == 123.0
-    # A failure inside the transaction leaves everything as it was: the live row stays, no
-    # record and no outbox row appear (so the next start still owes one call.completed).
-    with pytest.raises(RuntimeError), store.transaction():
-        store.outbox_add("evt_1", "call_x", "http://x", "s", b"{}", 1.0)
-        store.call_save("call_x", RECORD)
-        store.live_delete("call_x")
-        raise RuntimeError("crash")
-    assert len(store.live_all()) == 1
-    assert store.call_get("call_x") is None and store.outbox_pending_count() == 0
-    with store.transaction():
-        store.call_save("call_x", RECORD)
-        store.live_delete("call_x")
-    assert store.live_all() == [] and store.call_get("call_x") is not None
+    # call.completed takes the live row with it, in one transaction ...
+    done = NewEvent("evt_1", "call_x", "http://x", "app1", b"{}", 1.0, ends_call=True)
+    store.outbox_apply([done], [])
+    assert store.live_all() == [] and store.outbox_pending_count() == 1
+    # ... and when that transaction fails, neither happens: the next start still owes it.
+    store.live_put("call_y", "app1", RECORD)
+    clash = NewEvent("evt_1", "call_y", "http://x", "app1", b"{}", 2.0, ends_call=True)
+    with pytest.raises(sqlite3.IntegrityError):  # the same event ID again
+        store.outbox_apply([clash], [])
+    assert [lc.call_id for lc in store.live_all()] == ["call_y"]
+    assert store.outbox_pending_count() == 1
     store.close()
 
 

@@ -1,0 +1,353 @@
+"""The webhook outbox against real HTTP receivers (healthy, failing, refusing, hanging) and a
+real SQLite file: fairness between destinations, secrets looked up at send time, limits,
+give-up and restart. Timing targets are the benchmark's (bench/outbox.py); these tests
+only wait, generously, for things to happen."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway import signing
+from gateway.config import Application, HooksConfig
+from gateway.outbox import Outbox
+from gateway.store import NewEvent, Store, Synchronous
+
+SECRET = "app-one-signing-secret"
+APP1 = Application(id="app_1", customer_id="cust_1", answer_url="http://127.0.0.1:9/a",
+                   secret=SECRET)
+APP2 = Application(id="app_2", customer_id="cust_2", answer_url="http://127.0.0.1:9/a",
+                   secret="app-two-signing-secret")
+
+
+class Receiver:
+    """A real HTTP receiver: records each request; answers `status`."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, Any], bytes, dict[str, str]]] = []
+        self.status = 204
+        self.port = 0
+
+    async def start(self) -> web.AppRunner:
+        async def events(request: web.Request) -> web.Response:
+            raw = await request.read()
+            self.requests.append((request.headers["MiniVoice-Event-Id"], json.loads(raw), raw,
+                                  dict(request.headers)))
+            return web.Response(status=self.status)
+
+        app = web.Application()
+        app.add_routes([web.post("/events", events)])
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return runner
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/events"
+
+    def events(self) -> list[str]:
+        return [r[1]["event"] for r in self.requests]
+
+
+@pytest.fixture
+async def rx() -> AsyncIterator[Receiver]:
+    r = Receiver()
+    runner = await r.start()
+    yield r
+    await runner.cleanup()
+
+
+class Hanging:
+    """Accepts connections, reads the request, never answers; counts open connections."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.most = 0
+
+    async def start(self) -> asyncio.Server:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.open += 1
+            self.most = max(self.most, self.open)
+            try:
+                while await reader.read(65536):
+                    pass
+            finally:
+                self.open -= 1
+                writer.close()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        return self.server
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/events"
+
+
+def refused_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/events"
+
+
+def payload(app: Application, call_id: str, event: str = "call.completed") -> dict[str, Any]:
+    return {"event": event, "call": {"id": call_id, "application_id": app.id,
+                                     "customer_id": app.customer_id}, "data": {}}
+
+
+async def until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+class Running:
+    """An Outbox with its worker running, on a real SQLite file."""
+
+    def __init__(self, path: Path, apps: tuple[Application, ...] = (APP1, APP2),
+                 cfg: HooksConfig | None = None, **kw: Any) -> None:
+        self.path, self.apps, self.cfg, self.kw = path, apps, cfg or HooksConfig(), kw
+
+    async def __aenter__(self) -> Outbox:
+        self.store = Store(self.path)
+        self.http = aiohttp.ClientSession()
+        self.outbox = Outbox(self.store, self.http, self.cfg, self.apps, **self.kw)
+        self.task = asyncio.create_task(self.outbox.run())
+        return self.outbox
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.outbox.stop()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.http.close()
+        self.store.close()
+
+
+async def test_a_hanging_receiver_does_not_hold_up_another_customer(
+    tmp_path: Path, rx: Receiver
+) -> None:
+    hang = Hanging()
+    server = await hang.start()
+    dead_refused = refused_url()
+    async with Running(tmp_path / "o.db", per_host=3) as outbox:
+        for i in range(300):
+            outbox.add(f"call_h{i}", hang.url, APP2.id, payload(APP2, f"call_h{i}"))
+            outbox.add(f"call_r{i}", dead_refused, APP2.id, payload(APP2, f"call_r{i}"))
+        await outbox.flushed()
+        await until(lambda: hang.open >= 3)
+        eid = outbox.add("call_ok", rx.url, APP1.id, payload(APP1, "call_ok"))
+        # Before per-destination caps this waited for 600 dead events to time out first.
+        await until(lambda: any(r[0] == eid for r in rx.requests))
+        assert hang.most <= 3  # the hanging receiver never had more than its share
+    server.close()
+
+
+async def test_secret_is_looked_up_at_send_time_and_never_stored(
+    tmp_path: Path, rx: Receiver
+) -> None:
+    path = tmp_path / "s.db"
+    async with Running(path) as outbox:
+        eid = outbox.add("call_1", rx.url, APP1.id, payload(APP1, "call_1"))
+        await until(lambda: len(rx.requests) == 1)
+    got_id, _, raw, headers = rx.requests[0]
+    assert got_id == eid and headers["MiniVoice-Call-Id"] == "call_1"
+    assert signing.verify(SECRET, raw, headers[signing.HEADER])
+    data = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("s.db"))
+    assert b"call_1" in data and SECRET.encode() not in data
+
+
+async def test_an_unconfigured_application_is_retried_then_sent_when_configured(
+    tmp_path: Path, rx: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "u.db"
+    caplog.set_level(logging.WARNING, "minivoice.webhook")
+    async with Running(path, apps=(APP2,)) as outbox:
+        eid = outbox.add("call_1", rx.url, APP1.id, payload(APP1, "call_1"))
+        await until(lambda: any(r.getMessage() == "webhook.failed" for r in caplog.records))
+        assert outbox.pending_count() == 1
+    assert rx.requests == []  # never sent unsigned, nor signed with another app's secret
+    failed = next(r for r in caplog.records if r.getMessage() == "webhook.failed")
+    assert "not configured" in failed.__dict__["error"] and not failed.__dict__["given_up"]
+    row = Store(path).outbox_row(eid)
+    assert row is not None and row["state"] == "pending" and row["attempts"] >= 1
+    async with Running(path, apps=(APP1,)) as outbox:  # the application is back
+        await until(lambda: len(rx.requests) == 1, timeout=30)
+    assert rx.requests[0][0] == eid
+    assert signing.verify(SECRET, rx.requests[0][2], rx.requests[0][3][signing.HEADER])
+
+
+async def test_per_call_order_and_stable_ids_across_retries_and_restart(
+    tmp_path: Path, rx: Receiver
+) -> None:
+    path = tmp_path / "r.db"
+    rx.status = 503
+    async with Running(path) as outbox:
+        ids = [outbox.add("call_1", rx.url, APP1.id, payload(APP1, "call_1", e))
+               for e in ("call.initiated", "call.answered", "call.completed")]
+        other = outbox.add("call_2", rx.url, APP1.id, payload(APP1, "call_2"))
+        await until(lambda: len(rx.requests) >= 3)
+    # only each call's first event was ever tried: order holds while failing
+    assert {r[0] for r in rx.requests} <= {ids[0], other}
+    rx.status = 204
+    rx.requests.clear()
+    async with Running(path) as outbox:  # a restart: the same file, a new worker
+        await until(lambda: len(rx.requests) == 4, timeout=30)
+        assert outbox.pending_count() == 0
+    mine = [r[0] for r in rx.requests if r[1]["call"]["id"] == "call_1"]
+    assert mine == ids
+
+
+async def test_give_up_marks_dead_and_the_call_moves_on(tmp_path: Path, rx: Receiver) -> None:
+    path = tmp_path / "g.db"
+    store = Store(path)
+    old = time.time() - 7200  # older than the give-up age below
+    body = json.dumps(payload(APP1, "call_1", "call.initiated")).encode()
+    store.outbox_apply([NewEvent("evt_old", "call_1", rx.url, APP1.id, body, old)], [])
+    store.close()
+    rx.status = 500
+    cfg = HooksConfig(webhook_give_up_after_s=3600)
+    async with Running(path, cfg=cfg, dead_keep_s=60.0) as outbox:
+        await until(lambda: len(rx.requests) == 1)
+        await until(lambda: outbox.pending_count() == 0)
+        rx.status = 204
+        nxt = outbox.add("call_1", rx.url, APP1.id, payload(APP1, "call_1"))
+        await until(lambda: len(rx.requests) == 2)
+        assert rx.requests[1][0] == nxt
+        await outbox.flushed()
+        assert await outbox.prune(now=time.time() + 30) == 0  # dead kept dead_keep_s
+        assert await outbox.prune(now=time.time() + 120) == 1
+        assert await outbox.prune(now=time.time() + 86400 + 120) == 1  # delivered: a day
+    check = Store(path)
+    assert check.outbox_row("evt_old") is None and check.outbox_row(nxt) is None
+    check.close()
+
+
+async def test_the_table_and_the_write_buffer_have_limits(
+    tmp_path: Path, rx: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, "minivoice.webhook")
+    rx.status = 503
+    async with Running(tmp_path / "lim.db", max_pending=5, max_unsaved=3) as outbox:
+        for i in range(4):  # one loop tick: nothing is written yet
+            outbox.add(f"call_{i}", rx.url, APP1.id, payload(APP1, f"call_{i}"))
+        await outbox.flushed()
+        assert outbox.pending_count() == 3
+        for i in range(4, 8):
+            outbox.add(f"call_{i}", rx.url, APP1.id, payload(APP1, f"call_{i}"))
+            await outbox.flushed()
+        assert outbox.pending_count() == 5
+    dropped = [r for r in caplog.records if r.getMessage() == "webhook.dropped"]
+    assert [r.__dict__["call_id"] for r in dropped] == ["call_3", "call_6", "call_7"]
+    store = Store(tmp_path / "lim.db")
+    assert store.outbox_pending_count() == 5
+    store.close()
+
+
+async def test_sqlite_never_runs_on_the_event_loop_thread(tmp_path: Path, rx: Receiver) -> None:
+    """The outbox's queries and commits all happen on its own thread and connection."""
+    threads: set[str] = set()
+
+    class Watched(Store):
+        def reopen(self, synchronous: Synchronous | None = None) -> Store:
+            inner = super().reopen(synchronous)
+            real = inner.db
+
+            class Conn:
+                def execute(self, sql: str, *a: Any) -> Any:
+                    threads.add(threading.current_thread().name)
+                    return real.execute(sql, *a)
+
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(real, name)
+
+            inner.db = Conn()  # type: ignore[assignment]
+            return inner
+
+    store = Watched(tmp_path / "t.db")
+    http = aiohttp.ClientSession()
+    outbox = Outbox(store, http, HooksConfig(), (APP1,))
+    # checkpoints (a copy and an fsync) are the outbox thread's too, not the loop's
+    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    task = asyncio.create_task(outbox.run())
+    for i in range(20):
+        outbox.add(f"call_{i}", rx.url, APP1.id, payload(APP1, f"call_{i}"))
+    await until(lambda: len(rx.requests) == 20)
+    await outbox.prune()
+    await outbox._in_db(outbox._checkpoint)
+    await outbox.stop()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await http.close()
+    store.close()
+    assert threads and all(t.startswith("outbox-db") for t in threads), threads
+
+
+async def test_a_busy_receiver_gets_more_slots_and_a_dead_one_fewer(tmp_path: Path) -> None:
+    active = {"now": 0, "most": 0}
+    done: list[str] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        active["now"] += 1
+        active["most"] = max(active["most"], active["now"])
+        await asyncio.sleep(0.1)
+        active["now"] -= 1
+        done.append(request.headers["MiniVoice-Event-Id"])
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.add_routes([web.post("/events", slow)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/events"  # type: ignore[union-attr]
+    hang = Hanging()
+    server = await hang.start()
+    cfg = HooksConfig(total_timeout_s=0.3, connect_timeout_s=0.3)
+    async with Running(tmp_path / "b.db", cfg=cfg, per_host=16) as outbox:
+        for i in range(300):
+            outbox.add(f"call_s{i}", url, APP1.id, payload(APP1, f"call_s{i}"))
+            outbox.add(f"call_h{i}", hang.url, APP2.id, payload(APP2, f"call_h{i}"))
+        await until(lambda: len(done) == 300)
+        late = hang.most
+        hang.most = hang.open
+        await asyncio.sleep(1.0)  # the hanging receiver, after its first timeouts
+    assert active["most"] == 16, active  # grew from 4 to the cap
+    assert late <= 4 and hang.most <= 2, (late, hang.most)
+    server.close()
+    await runner.cleanup()
+
+
+async def test_a_call_whose_events_go_to_two_receivers_keeps_order_and_loses_none(
+    tmp_path: Path, rx: Receiver
+) -> None:
+    """The second receiver has nothing to send until the first delivers: it must still be
+    looked at again when the call's head passes to its event."""
+    other = Receiver()
+    runner = await other.start()
+    rx.status = 503
+    async with Running(tmp_path / "two.db") as outbox:
+        first = outbox.add("call_1", rx.url, APP1.id, payload(APP1, "call_1", "call.answered"))
+        second = outbox.add("call_1", other.url, APP1.id, payload(APP1, "call_1"))
+        await until(lambda: len(rx.requests) >= 1)
+        await asyncio.sleep(0.3)  # rounds that find nothing due at `other`
+        assert other.requests == []
+        rx.status = 204
+        await until(lambda: [r[0] for r in other.requests] == [second], timeout=30)
+        assert rx.requests[-1][0] == first
+    await runner.cleanup()
