@@ -81,6 +81,11 @@ class EdgeConfig:
     children: int = checked(between(1, 64), default=4)
     # Kamailio's own log level: -1 errors only ... 3 debug.
     log_level: int = checked(between(-1, 3), default=1)
+    # The edge as its own process at this address (its own container: `python -m gateway edge`)
+    # instead of a child of `serve`. The gateway then sends calls for registered users here, and
+    # its SIP socket (`sip.host`) may be a specific non-loopback address, the one network it
+    # shares with the edge (docker-compose.yml). Unset: `serve` runs Kamailio itself.
+    address: str | None = checked(_ip, default=None)
 
     def cross_check(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
@@ -97,4 +102,4 @@ class EdgeConfig:
 
 def edge_registrar(edge: EdgeConfig) -> tuple[str, int]:
     """Where the gateway sends INVITEs for registered users (the edge's own SIP address)."""
-    return (edge.probe_host(), edge.udp_port)
+    return (edge.address or edge.probe_host(), edge.udp_port)
