@@ -1,6 +1,6 @@
 """A bank of test softphones in one pjsua2 process, driven by JSON lines.
 
-    python tests/phonebank.py --rtp-port-start 30000
+    python tests/phonebank.py --rtp-port-start 30000 [--bind 127.0.0.1]
 
 stdin, one JSON object per line:
     {"op": "call", "id": "a", "uri": "sip:1001@127.0.0.1:5060", "from": "+15550001",
@@ -158,15 +158,15 @@ class Bank:
         self.ep.audDevManager().setNullDev()
         tc = pj.TransportConfig()
         tc.port = 0
-        tc.boundAddress = "127.0.0.1"
+        tc.boundAddress = self.args.bind
         tid = self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
         self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP, tc)
         self.port = int(self.ep.transportGetInfo(tid).localName.rsplit(":", 1)[1])
         self.ep.libStart()
         lc = pj.AccountConfig()
-        lc.idUri = f"sip:phonebank@127.0.0.1:{self.port}"
+        lc.idUri = f"sip:phonebank@{self.args.bind}:{self.port}"
         lc.mediaConfig.transportConfig.port = self.args.rtp_port_start
-        lc.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+        lc.mediaConfig.transportConfig.boundAddress = self.args.bind
         self.listener = Listener(self)
         self.listener.create(lc, True)
         if self.args.codec:  # offer only this codec
@@ -178,10 +178,10 @@ class Bank:
         acc = self.accounts.get(user)
         if acc is None:
             ac = pj.AccountConfig()
-            ac.idUri = f"sip:{user}@127.0.0.1:{self.port}"
+            ac.idUri = f"sip:{user}@{self.args.bind}:{self.port}"
             mt = ac.mediaConfig.transportConfig
             mt.port = self.args.rtp_port_start
-            mt.boundAddress = "127.0.0.1"
+            mt.boundAddress = self.args.bind
             acc = pj.Account()
             acc.create(ac, False)
             self.accounts[user] = acc
@@ -222,7 +222,7 @@ class Bank:
             ac.sipConfig.authCreds.append(
                 pj.AuthCredInfo("digest", "*", c["user"], 0, c["password"]))
             ac.mediaConfig.transportConfig.port = self.args.rtp_port_start
-            ac.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+            ac.mediaConfig.transportConfig.boundAddress = self.args.bind
             acc = Listener(self, c["user"])
             acc.create(ac, False)
             self.accounts["@" + c["user"]] = acc
@@ -294,6 +294,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rtp-port-start", type=int, default=30000)
     p.add_argument("--codec", help="offer only this codec (PCMU, PCMA, G722, opus)")
+    p.add_argument("--bind", default="127.0.0.1",
+                   help="the phones' SIP and RTP address (a container network's host side)")
     Bank(p.parse_args()).run()
 
 
