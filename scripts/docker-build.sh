@@ -5,8 +5,10 @@
 #
 #   MINIVOICE_BASE_IMAGE   base image (default minivoice-base:bookworm, made by
 #                          scripts/docker-base.sh unless it exists; debian:bookworm works too)
-#   MINIVOICE_EXTRA_CA     a PEM file, or a directory of *.crt, trusted inside the build (for
-#                          pip and apt behind a TLS-inspecting proxy); unset: none
+#   MINIVOICE_EXTRA_CA     a PEM file, or a directory of *.crt, trusted inside the build and the
+#                          images (pip and apt behind a TLS-inspecting proxy). Unset: the CAs
+#                          this host added locally (/usr/local/share/ca-certificates, where
+#                          Debian keeps such a proxy's CA), if any. "none": no extra CA.
 #
 # pjsua2 is built in its own stage, which depends only on sip/build/ and the apt source helper,
 # so after the first build a code change rebuilds in seconds.
@@ -21,7 +23,12 @@ docker image inspect "$MINIVOICE_BASE_IMAGE" >/dev/null 2>&1 || scripts/docker-b
 # build with another bundle are removed, so the images trust exactly what was asked for.
 stage=docker/extra-ca
 find "$stage" -maxdepth 1 -name '*.crt' -delete
-if [ -n "${MINIVOICE_EXTRA_CA:-}" ]; then
+if [ -z "${MINIVOICE_EXTRA_CA+set}" ]; then
+    # The host reaches the package registries only if it trusts its proxy: so will the build.
+    site=/usr/local/share/ca-certificates
+    compgen -G "$site/*.crt" >/dev/null && MINIVOICE_EXTRA_CA=$site
+fi
+if [ "${MINIVOICE_EXTRA_CA:-none}" != none ]; then
     if [ -d "$MINIVOICE_EXTRA_CA" ]; then
         n=0
         for f in "$MINIVOICE_EXTRA_CA"/*.crt "$MINIVOICE_EXTRA_CA"/*.pem; do

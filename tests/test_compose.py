@@ -120,6 +120,11 @@ def test_addresses_agree_with_the_config() -> None:
     assert CFG.sip.host == address("gateway") and CFG.sip.public_host == address("gateway")
     assert CFG.edge.enabled and CFG.edge.address == CFG.edge.listen == address("edge")
     assert CFG.edge.trusted == (f"{address('sipp')}/32",)  # the load generator, nothing else
+    # Docker's proxy delivers every published-port caller from the bridge's own address:
+    # trusting it would let anyone call without a password.
+    bridge = COMPOSE["networks"]["minivoice"]["ipam"]["config"][0]["gateway"]
+    assert not any(ipaddress.ip_address(bridge) in ipaddress.ip_network(t)
+                   for t in CFG.edge.trusted)
     edge.check(CFG)  # the rules serve and edge apply before starting
 
 

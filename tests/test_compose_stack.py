@@ -37,7 +37,6 @@ PASSWORD = "compose-test-password-1"
 CONFIG = yaml.safe_load((ROOT / "configs" / "compose.yaml").read_text())
 EDGE_IP = CONFIG["edge"]["listen"]
 SIPP_IP = CONFIG["edge"]["trusted"][0].split("/")[0]
-SITE_CAS = Path("/usr/local/share/ca-certificates")
 
 
 def _docker_answers() -> bool:
@@ -130,21 +129,12 @@ class Compose:
         return str(next(ipaddress.ip_network(ipam["Subnet"]).hosts()))  # Docker's default
 
 
-def _extra_ca() -> str:
-    """The CA bundle the image build trusts besides Debian's: MINIVOICE_EXTRA_CA if set, else
-    the site CAs this host trusts (where a TLS-inspecting proxy's CA lives), if any."""
-    given = os.environ.get("MINIVOICE_EXTRA_CA")
-    if given is not None:
-        return given
-    return str(SITE_CAS) if any(SITE_CAS.glob("*.crt")) else ""
-
-
 @pytest.fixture(scope="module")
 def stack(docker: None) -> Iterator[Compose]:
     # Logs kept in the repository's state directory: pytest's temporary directories are pruned.
     work = ROOT / "var" / "compose-test"
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MINIVOICE_EXTRA_CA": _extra_ca(),
+    env = {**os.environ,
            "MINIVOICE_SIP_PORT": str(_free_port()), "MINIVOICE_TLS_PORT": str(_free_port()),
            "MINIVOICE_HTTP_PORT": str(_free_port()), "MINIVOICE_APP_PORT": str(_free_port())}
     c = Compose(env, work)
