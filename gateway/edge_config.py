@@ -9,7 +9,8 @@
       trusted: [203.0.113.0/24]  # trunks / load generators: no digest auth
 
 With the edge enabled the gateway's own SIP socket (`sip.host`) must be loopback: the edge is
-the only way in, and it forwards to `sip.host:sip.port`.
+the only way in, and it forwards to `sip.host:sip.port`. (Unless `address` says the edge runs
+on its own, e.g. in its own container: then one specific address the edge reaches.)
 """
 
 from __future__ import annotations
