@@ -4,20 +4,25 @@ a second; tests/test_compose_stack.py runs the stack itself where Docker is avai
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import re
 import shlex
+import signal
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from bench.gateway import free_port
 from gateway import cli, edge
 from gateway.cli import _parser, build_config
 from gateway.config import Config, load
-from tests.harness import ROOT
+from tests.harness import PYTHON, ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -206,3 +211,40 @@ def test_edge_command_needs_a_config_with_a_separate_edge(tmp_path: Path,
                    .replace("host: 172.29.60.20", "host: 0.0.0.0"))
     assert cli.main(["check-config", str(bad)]) == 2
     assert "one specific address" in capsys.readouterr().err
+
+
+@pytest.mark.sip
+async def test_edge_command_runs_kamailio_until_sigterm(tmp_path: Path) -> None:
+    """`python -m gateway edge` as the edge container runs it, here on loopback: Kamailio
+    answers on the configured port, and SIGTERM stops it and exits 0."""
+    port, gw_port = free_port(), free_port()
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "applications": [{"id": "a", "customer_id": "c", "answer_url": "http://127.0.0.1:9/"}],
+        "sip": {"host": "127.0.0.2", "port": gw_port},
+        "edge": {"enabled": True, "address": "127.0.0.1", "listen": "127.0.0.1",
+                 "udp_port": port, "tcp_port": port, "tls_port": 0, "children": 1,
+                 "users_db": str(tmp_path / "users.db"), "runtime_dir": str(tmp_path / "edge")},
+    }))
+    log = tmp_path / "edge.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", "gateway", "edge", "--config", str(cfg), cwd=ROOT,
+            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while "edge.started" not in log.read_text():
+            assert proc.returncode is None and time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.2)
+        assert f"gateway=127.0.0.2:{gw_port}" in log.read_text()
+        rendered = (tmp_path / "edge" / "kamailio.cfg").read_text()
+        assert f'$du = "sip:127.0.0.2:{gw_port}"' in rendered
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0, log.read_text()
+        assert "edge.stopped" in log.read_text()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", port))  # Kamailio is gone with it
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
