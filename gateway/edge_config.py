@@ -101,6 +101,19 @@ class EdgeConfig:
         return "127.0.0.1" if ipaddress.ip_address(self.listen).is_unspecified else self.listen
 
 
+def from_edge(edge: EdgeConfig, source: str) -> bool:
+    """Whether a SIP transport source ("ip:port", "[v6]:port") is the separate edge at
+    `edge.address`, the gateway's only legitimate caller then. True when there is no separate
+    edge (a child edge's gateway listens on loopback, out of everyone else's reach)."""
+    if edge.address is None:
+        return True
+    host = source.rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host) == ipaddress.ip_address(edge.address)
+    except ValueError:
+        return False
+
+
 def edge_registrar(edge: EdgeConfig) -> tuple[str, int]:
     """Where the gateway sends INVITEs for registered users (the edge's own SIP address)."""
     return (edge.address or edge.probe_host(), edge.udp_port)

@@ -22,6 +22,7 @@ from bench.gateway import free_port
 from gateway import cli, edge
 from gateway.cli import _parser, build_config
 from gateway.config import Config, load
+from gateway.edge_config import from_edge
 from tests.harness import PYTHON, ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -211,6 +212,17 @@ def test_edge_command_needs_a_config_with_a_separate_edge(tmp_path: Path,
                    .replace("host: 172.29.60.20", "host: 0.0.0.0"))
     assert cli.main(["check-config", str(bad)]) == 2
     assert "one specific address" in capsys.readouterr().err
+
+
+def test_only_the_separate_edge_may_call_the_gateway() -> None:
+    sep = CFG.edge
+    assert from_edge(sep, f"{sep.address}:5060") and from_edge(sep, f"{sep.address}:40000")
+    assert not from_edge(sep, "172.29.60.40:5060")  # the trunk: it must go through the edge
+    assert not from_edge(sep, "172.29.60.1:5060") and not from_edge(sep, "garbage")
+    v6 = dataclasses.replace(sep, address="fd00::10")
+    assert from_edge(v6, "[fd00::10]:5060") and not from_edge(v6, "[fd00::11]:5060")
+    # a child edge: the gateway is on loopback, nothing else reaches it
+    assert from_edge(dataclasses.replace(sep, address=None), "192.0.2.9:5060")
 
 
 @pytest.mark.sip

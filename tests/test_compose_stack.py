@@ -216,6 +216,33 @@ def test_services_run_unprivileged_and_gateway_sip_stays_on_its_network(stack: C
         assert r.status == 200
 
 
+def test_gateway_refuses_calls_that_bypass_the_edge(stack: Compose) -> None:
+    """The compose network is shared with other containers (and the host): an INVITE sent
+    straight to the gateway, not through the edge's authentication, is refused."""
+    host, port = CONFIG["sip"]["host"], CONFIG["sip"]["port"]
+    me = stack.host_address()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((me, 0))
+        s.settimeout(5)
+        lport = s.getsockname()[1]
+        sdp = (f"v=0\r\no=- 1 1 IN IP4 {me}\r\ns=-\r\nc=IN IP4 {me}\r\nt=0 0\r\n"
+               "m=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+        invite = (f"INVITE sip:1001@{host}:{port} SIP/2.0\r\n"
+                  f"Via: SIP/2.0/UDP {me}:{lport};branch=z9hG4bK{secrets.token_hex(8)};rport\r\n"
+                  f"From: <sip:mallory@{me}>;tag={secrets.token_hex(4)}\r\n"
+                  f"To: <sip:1001@{host}>\r\nCall-ID: {secrets.token_hex(8)}@bypass\r\n"
+                  f"CSeq: 1 INVITE\r\nContact: <sip:mallory@{me}:{lport}>\r\n"
+                  "Max-Forwards: 70\r\nContent-Type: application/sdp\r\n"
+                  f"Content-Length: {len(sdp)}\r\n\r\n{sdp}")
+        s.sendto(invite.encode(), (host, port))
+        code = 100
+        while code < 200:
+            code = int(s.recv(65535).split(b" ", 2)[1])
+    assert code == 403
+    assert "invite.refused" in stack.logs("gateway")
+    assert not [e for e in _events(stack) if e["call"]["from"] == "mallory"]
+
+
 async def test_phone_and_sipp_trunk_meet_in_a_room(stack: Compose, tmp_path: Path) -> None:
     stack.run("exec", "-T", "gateway", ".venv/bin/python", "-m", "gateway", "users",
               "--config", "configs/compose.yaml", "add", "alice", "--password", PASSWORD)
