@@ -23,8 +23,10 @@ unit: setup
 
 # The container stack for real (tests/test_compose_stack.py): builds the images, brings up
 # edge, gateway and app with docker-compose, registers a phone, makes a SIPp call into its
-# room, checks audio and webhooks, tears it all down. Starts dockerd if none runs.
+# room, checks audio and webhooks, tears it all down. Installs Docker and docker-compose from
+# Debian if missing; the test starts dockerd if none runs.
 compose-test: setup
+	@scripts/docker-setup.sh
 	$(PY) -m pytest -q -p no:cacheprovider -rs tests/test_compose.py tests/test_compose_stack.py
 
 bench: setup
