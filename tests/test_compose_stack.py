@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -157,19 +158,35 @@ def stack(docker: None) -> Iterator[Compose]:
         print(f"\ncompose: build {c.build_s:.0f} s, up {c.up_s:.0f} s, logs in {work}")
 
 
-def _options_ok(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+def _options_ok(port: int, transport: str = "udp") -> bool:
+    """An OPTIONS to the edge's published port on 127.0.0.1 gets 200 (over UDP, TCP or TLS)."""
+    if transport == "udp":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with s:
         s.bind(("127.0.0.1", 0))
-        s.settimeout(1.0)
+        s.settimeout(2.0)
         me = s.getsockname()[1]
+        via = {"udp": "UDP", "tcp": "TCP", "tls": "TLS"}[transport]
         msg = (f"OPTIONS sip:probe@127.0.0.1:{port} SIP/2.0\r\n"
-               f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK{secrets.token_hex(8)};rport\r\n"
+               f"Via: SIP/2.0/{via} 127.0.0.1:{me};branch=z9hG4bK{secrets.token_hex(8)};rport\r\n"
                f"From: <sip:probe@127.0.0.1>;tag={secrets.token_hex(4)}\r\n"
                f"To: <sip:probe@127.0.0.1>\r\nCall-ID: {secrets.token_hex(8)}@compose\r\n"
-               "CSeq: 1 OPTIONS\r\nMax-Forwards: 5\r\nContent-Length: 0\r\n\r\n")
+               "CSeq: 1 OPTIONS\r\nMax-Forwards: 5\r\nContent-Length: 0\r\n\r\n").encode()
         try:
-            s.sendto(msg.encode(), ("127.0.0.1", port))
-            return s.recv(4096).startswith(b"SIP/2.0 200")
+            if transport == "udp":
+                s.sendto(msg, ("127.0.0.1", port))
+                return s.recv(4096).startswith(b"SIP/2.0 200")
+            s.connect(("127.0.0.1", port))
+            conn: socket.socket = s
+            if transport == "tls":  # the edge's self-signed certificate: encryption is the point
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                conn = ctx.wrap_socket(s)
+            conn.sendall(msg)
+            return conn.recv(4096).startswith(b"SIP/2.0 200")
         except OSError:
             return False
 
@@ -214,6 +231,9 @@ def test_services_run_unprivileged_and_gateway_sip_stays_on_its_network(stack: C
     assert sip and set(sip) == {want}, sip
     with urllib.request.urlopen(stack.url("MINIVOICE_HTTP_PORT", "/healthz"), timeout=5) as r:
         assert r.status == 200
+    # the edge's three published transports (TCP needs /etc/protocols in the image)
+    assert _options_ok(int(stack.env["MINIVOICE_SIP_PORT"]), "tcp")
+    assert _options_ok(int(stack.env["MINIVOICE_TLS_PORT"]), "tls")
 
 
 def test_gateway_refuses_calls_that_bypass_the_edge(stack: Compose) -> None:
