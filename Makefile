@@ -1,7 +1,7 @@
 # The two commands a newcomer needs: `make run` and `make test`. Both set up what they need.
 PY := .venv/bin/python
 
-.PHONY: run test setup lint unit bench bench-quick fuzz clean
+.PHONY: run test setup lint unit bench bench-quick fuzz clean compose-test
 
 setup:
 	@scripts/setup.sh
@@ -20,6 +20,14 @@ lint: setup
 
 unit: setup
 	$(PY) -m pytest -q -m "not sip"
+
+# The container stack for real (tests/test_compose_stack.py): builds the images, brings up
+# edge, gateway and app with docker-compose, registers a phone, makes a SIPp call into its
+# room, checks audio and webhooks, tears it all down. Installs Docker and docker-compose from
+# Debian if missing; the test starts dockerd if none runs.
+compose-test: setup
+	@scripts/docker-setup.sh
+	$(PY) -m pytest -q -p no:cacheprovider -rs tests/test_compose.py tests/test_compose_stack.py
 
 bench: setup
 	$(PY) -m bench

@@ -14,7 +14,7 @@ from aiohttp import web
 from gateway import api, applications, demo, recovery, watchdog
 from gateway.conferences import Conferences
 from gateway.config import Config
-from gateway.edge_config import edge_registrar
+from gateway.edge_config import edge_registrar, from_edge
 from gateway.hooks import HookClient, HttpPools
 from gateway.media_cache import MediaCache
 from gateway.outbox import Outbox
@@ -201,6 +201,12 @@ class Gateway:
     def _incoming(self, event: ev.IncomingCall) -> None:
         if not self.accepting:
             self.send_quiet(cmd.Hangup(event.call_id, 503, "Service Unavailable"))
+            return
+        if self.cfg.edge.enabled and not from_edge(self.cfg.edge, event.source):
+            # Behind a separate edge, a call from anywhere else skipped its authentication.
+            log.warning("invite.refused", extra={"call_id": event.call_id,
+                                                 "source": event.source, "reason": "not_edge"})
+            self.send_quiet(cmd.Hangup(event.call_id, 403, "Forbidden"))
             return
         app = applications.match(self.cfg.applications, event.dialed)
         if app is None:

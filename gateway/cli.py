@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
                         "hooks.allow_private)")
     s.add_argument("--sip-host")
     s.add_argument("--sip-port", type=int)
+    s.add_argument("--public-host", help="address written in SDP/Contact (sip.public_host)")
     s.add_argument("--http-host")
     s.add_argument("--http-port", type=int)
     s.add_argument("--rtp-port-start", type=int)
@@ -49,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="INFO")
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("path")
+    e = sub.add_parser("edge", help="run only the SIP edge (Kamailio) of a config whose "
+                       "edge.address is set: its own container, in front of a separate gateway")
+    e.add_argument("--config", required=True)
+    e.add_argument("--log-level", default="INFO")
     users_cli.add_parser(sub)
     return p
 
@@ -73,7 +78,8 @@ def build_config(args: argparse.Namespace) -> Config:
     else:
         raise ConfigError("give --config configs/<file>.yaml, or --answer-url URL")
     sip = {k: v for k, v in (("host", args.sip_host), ("port", args.sip_port),
-                             ("rtp_port_start", args.rtp_port_start)) if v is not None}
+                             ("rtp_port_start", args.rtp_port_start),
+                             ("public_host", args.public_host)) if v is not None}
     http = {k: v for k, v in (("host", args.http_host), ("port", args.http_port))
             if v is not None}
     hooks = {"allow_private": tuple(args.allow_private)} if args.allow_private else {}
@@ -108,12 +114,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.path}: ok")
         return 0
     logs.setup(args.log_level)
+    if args.command == "edge":
+        return _edge_only(args.config)
     try:
         cfg = build_config(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if cfg.edge.enabled:  # the whole stack: Kamailio in front, the gateway on loopback
+    if cfg.edge.enabled and cfg.edge.address is not None:
+        # The edge runs on its own (`python -m gateway edge` elsewhere): only the gateway here.
+        from gateway import edge
+
+        try:
+            edge.check(cfg)
+        except edge.EdgeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    elif cfg.edge.enabled:  # the whole stack: Kamailio in front, the gateway on loopback
         from gateway import edge
 
         return edge.run_stack(cfg, args.drain)
@@ -122,3 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(cfg, args.drain))
     return 0
+
+
+def _edge_only(path: str) -> int:
+    from gateway import edge
+
+    try:
+        cfg = load(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not (cfg.edge.enabled and cfg.edge.address):
+        print(f"error: {path}: `edge` runs the edge of a config with edge.enabled and "
+              "edge.address set (otherwise `serve` runs it as its child)", file=sys.stderr)
+        return 2
+    return edge.run_edge(cfg)

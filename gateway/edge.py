@@ -60,10 +60,16 @@ def check(cfg: Config) -> None:
     """Rules that span `sip:` and `edge:`. Raises EdgeError."""
     edge = cfg.edge
     try:
-        loopback = ipaddress.ip_address(cfg.sip.host).is_loopback
+        host = ipaddress.ip_address(cfg.sip.host)
     except ValueError:
-        loopback = False
-    if not loopback:
+        host = None
+    if edge.address is not None:
+        # A separate edge reaches the gateway over one network they share; a wildcard bind
+        # would also put the gateway's SIP on every other network the machine is on.
+        if host is None or host.is_unspecified:
+            raise EdgeError(f"sip.host is {cfg.sip.host!r}: with edge.address the gateway must "
+                            "listen on one specific address, the one the edge reaches it at")
+    elif host is None or not host.is_loopback:
         raise EdgeError(f"sip.host is {cfg.sip.host!r}: with edge.enabled the gateway must listen "
                         "on loopback only (sip.host: 127.0.0.1); phones reach it through the edge")
     if cfg.sip.port == 0:
@@ -352,6 +358,35 @@ async def serve_stack(cfg: Config, drain_s: float | None = None) -> int:
         watcher.cancel()
         await edge.stop()
     return code
+
+
+async def serve_edge(cfg: Config) -> int:
+    """Kamailio alone, in the foreground, until SIGTERM or SIGINT: the edge's own container
+    (`edge.address` set), in front of a gateway that runs elsewhere."""
+    edge = Edge(prepare(cfg))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await edge.start()
+    exited = asyncio.create_task(edge.wait())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if exited.done():
+        log.error("edge.exited", extra={"code": exited.result()})
+        stopping.cancel()
+        return 1
+    await edge.stop()
+    return 0
+
+
+def run_edge(cfg: Config) -> int:
+    """`python -m gateway edge`."""
+    try:
+        return asyncio.run(serve_edge(cfg))
+    except EdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def run_stack(cfg: Config, drain_s: float | None = None) -> int:

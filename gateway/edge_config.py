@@ -10,7 +10,8 @@
       digest_algorithms: [MD5]   # challenges offered, in order of preference
 
 With the edge enabled the gateway's own SIP socket (`sip.host`) must be loopback: the edge is
-the only way in, and it forwards to `sip.host:sip.port`.
+the only way in, and it forwards to `sip.host:sip.port`. (Unless `address` says the edge runs
+on its own, e.g. in its own container: then one specific address the edge reaches.)
 """
 
 from __future__ import annotations
@@ -107,6 +108,11 @@ class EdgeConfig:
     children: int = checked(between(1, 64), default=4)
     # Kamailio's own log level: -1 errors only ... 3 debug.
     log_level: int = checked(between(-1, 3), default=1)
+    # The edge as its own process at this address (its own container: `python -m gateway edge`)
+    # instead of a child of `serve`. The gateway then sends calls for registered users here, and
+    # its SIP socket (`sip.host`) may be a specific non-loopback address, the one network it
+    # shares with the edge (docker-compose.yml). Unset: `serve` runs Kamailio itself.
+    address: str | None = checked(_ip, default=None)
 
     def cross_check(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
@@ -121,6 +127,19 @@ class EdgeConfig:
         return "127.0.0.1" if ipaddress.ip_address(self.listen).is_unspecified else self.listen
 
 
+def from_edge(edge: EdgeConfig, source: str) -> bool:
+    """Whether a SIP transport source ("ip:port", "[v6]:port") is the separate edge at
+    `edge.address`, the gateway's only legitimate caller then. True when there is no separate
+    edge (a child edge's gateway listens on loopback, out of everyone else's reach)."""
+    if edge.address is None:
+        return True
+    host = source.rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host) == ipaddress.ip_address(edge.address)
+    except ValueError:
+        return False
+
+
 def edge_registrar(edge: EdgeConfig) -> tuple[str, int]:
     """Where the gateway sends INVITEs for registered users (the edge's own SIP address)."""
-    return (edge.probe_host(), edge.udp_port)
+    return (edge.address or edge.probe_host(), edge.udp_port)

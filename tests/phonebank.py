@@ -1,6 +1,6 @@
 """A bank of test softphones in one pjsua2 process, driven by JSON lines.
 
-    python tests/phonebank.py --rtp-port-start 30000
+    python tests/phonebank.py --rtp-port-start 30000 [--bind 127.0.0.1]
 
 stdin, one JSON object per line:
     {"op": "call", "id": "a", "uri": "sip:1001@127.0.0.1:5060", "from": "+15550001",
@@ -158,15 +158,15 @@ class Bank:
         self.ep.audDevManager().setNullDev()
         tc = pj.TransportConfig()
         tc.port = 0
-        tc.boundAddress = "127.0.0.1"
+        tc.boundAddress = self.args.bind
         tid = self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
         self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP, tc)
         self.port = int(self.ep.transportGetInfo(tid).localName.rsplit(":", 1)[1])
         self.ep.libStart()
         lc = pj.AccountConfig()
-        lc.idUri = f"sip:phonebank@127.0.0.1:{self.port}"
+        lc.idUri = f"sip:phonebank@{self.args.bind}:{self.port}"
         lc.mediaConfig.transportConfig.port = self.args.rtp_port_start
-        lc.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+        lc.mediaConfig.transportConfig.boundAddress = self.args.bind
         lc.mediaConfig.srtpUse = {"off": pj.PJMEDIA_SRTP_DISABLED,
                                   "optional": pj.PJMEDIA_SRTP_OPTIONAL,
                                   "mandatory": pj.PJMEDIA_SRTP_MANDATORY}[self.args.srtp]
@@ -216,7 +216,7 @@ class Bank:
             ac.sipConfig.authCreds.append(
                 pj.AuthCredInfo("digest", "*", c["user"], 0, c["password"]))
             ac.mediaConfig.transportConfig.port = self.args.rtp_port_start
-            ac.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+            ac.mediaConfig.transportConfig.boundAddress = self.args.bind
             acc = Listener(self, c["user"])
             acc.create(ac, False)
             self.accounts["@" + c["user"]] = acc
@@ -290,6 +290,8 @@ def main() -> None:
     p.add_argument("--codec", help="offer only this codec (PCMU, PCMA, G722, opus)")
     p.add_argument("--srtp", choices=["off", "optional", "mandatory"], default="off",
                    help="SRTP (SDES) for every call of this bank")
+    p.add_argument("--bind", default="127.0.0.1",
+                   help="the phones' SIP and RTP address (a container network's host side)")
     Bank(p.parse_args()).run()
 
 
