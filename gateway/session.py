@@ -28,6 +28,7 @@ from gateway.media_cache import MediaError
 from media.rooms import Link, RoomKey
 from sip import commands as cmd
 from sip import events as ev
+from sip.engine import SipCommandError
 from sip.events import new_call_id
 from sip.sipmsg import uri_user
 
@@ -160,6 +161,10 @@ class CallSession:
             self.error = {"code": "media_error", "message": str(exc)}
             self.note("media.error", message=str(exc))
             await self.end_call(500, "media_error", "Media Error")
+        except SipCommandError as exc:  # pjsua refused (e.g. could not answer this INVITE)
+            log.warning("sip.error", extra={"call_id": self.call_id, "error": str(exc)})
+            self.error = {"code": "sip_error", "message": "the SIP stack refused the call"}
+            await self.end_call(500, "sip_error", "Server Internal Error")
         except Exception:
             log.exception("call flow failed", extra={"call_id": self.call_id})
             # The exception text stays in our log: it may hold paths, addresses, internals.

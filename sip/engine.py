@@ -33,6 +33,7 @@ from sip import events as ev
 
 log = logging.getLogger("minivoice.sip")
 
+ZOMBIE_AFTER_S = 5.0  # a call pjsua could not hang up is finished without it after this
 POLL_MS = 5  # libHandleEvents timeout: also the worst-case latency of a queued command
 MEDIA_CHECK_EVERY_S = 5.0
 _SIP_USER = re.compile(r"[A-Za-z0-9.+_-]{1,64}")
@@ -139,6 +140,15 @@ class SipCommandError(Exception):
     pass
 
 
+def describe(exc: Exception) -> str:
+    """An exception as one line; pjsua2.Error's str() is empty, its info() says what failed."""
+    info = getattr(exc, "info", None)
+    if callable(info):
+        with contextlib.suppress(Exception):
+            return f"{type(exc).__name__}: {' '.join(str(info()).split())}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def from_uri(user: str, host: str, port: int) -> str:
     """The From URI of an outbound leg. A caller ID that is not a plain user part (it may come
     from an inbound caller's From) is not copied into a header: the gateway's own user is."""
@@ -168,6 +178,8 @@ class _SipThread:
         self.links: set[Link] = set()
         self.finished_players: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self.graveyard: list[Any] = []  # calls to delete outside their own callbacks
+        self.zombies: dict[str, float] = {}  # call ID -> when to give up a failed hang-up
+        self.abandoned: list[Any] = []  # given-up calls: kept alive until libDestroy
         self.running = True
 
     def run(self) -> None:
@@ -247,7 +259,7 @@ class _SipThread:
             try:
                 value = self._execute(command)
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                error = describe(exc)
                 log.warning("command failed", extra={"command": repr(command), "error": error})
             if req_id:
                 self.post(ev.CommandDone(req_id, error, value))
@@ -260,7 +272,7 @@ class _SipThread:
         elif isinstance(c, cmd.Hangup):
             call = self.calls.get(c.call_id)
             if call is not None:  # already gone: nothing to do
-                call.hangup_call(c.code, c.reason)
+                self._hangup(call, c.code, c.reason)
         elif isinstance(c, cmd.ApplyLinks):
             self._apply_links(c)
         elif isinstance(c, cmd.Play):
@@ -374,7 +386,37 @@ class _SipThread:
             del self.calls[c.call_id]
             raise
 
+    def _hangup(self, call: Any, code: int, reason: str) -> None:
+        """Hang up; if pjsua cannot (it could not build or send the response: seen once in
+        100,000 fuzz cases, an INVITE whose answer had failed too), the call is given up
+        after ZOMBIE_AFTER_S so the control plane still finishes it."""
+        try:
+            call.hangup_call(code, reason)
+        except Exception as exc:
+            log.warning("hangup failed", extra={"call_id": call.call_id, "error": describe(exc)})
+            self.zombies.setdefault(call.call_id, time.monotonic() + ZOMBIE_AFTER_S)
+
+    def _reap_zombies(self, now: float) -> None:
+        for call_id, deadline in list(self.zombies.items()):
+            call = self.calls.get(call_id)
+            if call is None:  # it did end after all
+                del self.zombies[call_id]
+                continue
+            if now < deadline:
+                continue
+            del self.zombies[call_id]
+            log.error("call.abandoned", extra={"call_id": call_id})
+            # The pj object is kept, never deleted: pjsua may still refer to it.
+            self.abandoned.append(call)
+            self.calls.pop(call_id, None)
+            self.links = {lk for lk in self.links if call_id not in (lk.src, lk.dst)}
+            for key in [k for k in self.players if k[0] == call_id]:
+                self._stop_player(key)
+            call.audio = None
+            self.post(ev.CallEnded(call_id, 500, "abandoned", True, "error"))
+
     def _check_media(self, now: float) -> None:
+        self._reap_zombies(time.monotonic())
         if self.cfg.media_timeout_s <= 0:
             return
         for call in list(self.calls.values()):
@@ -396,8 +438,9 @@ class _SipThread:
         for call in list(self.calls.values()):
             try:
                 call.hangup_call(503, "Service Unavailable")
-            except Exception:
-                log.exception("hangup on shutdown failed", extra={"call_id": call.call_id})
+            except Exception as exc:
+                log.warning("hangup on shutdown failed",
+                            extra={"call_id": call.call_id, "error": describe(exc)})
 
     def _shutdown(self) -> None:
         self._hangup_all()
@@ -407,6 +450,7 @@ class _SipThread:
         self.calls.clear()
         self.monitor = None
         self.players.clear()
+        self.abandoned.clear()
         self.graveyard.clear()
         with contextlib.suppress(Exception):
             self.account.shutdown()

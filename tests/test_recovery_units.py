@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import SipConfig
 from gateway.recovery import lost_call
 from gateway.store import LiveCall, NewEvent, Store
 from gateway.watchdog import EXIT_CODE, watch
@@ -94,3 +95,35 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     problems = [ln for ln in (result.stdout + result.stderr).splitlines()
                 if "minivoice.service" in ln]
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+class Unhangable:
+    """A call pjsua cannot hang up (its hangup raises, as pjsua2.Error does)."""
+
+    call_id = "call_z"
+    audio = object()
+
+    def hangup_call(self, code: int, reason: str) -> None:
+        raise RuntimeError("cannot build the response")
+
+
+def test_a_call_that_cannot_be_hung_up_is_finished_anyway() -> None:
+    import queue
+    import time
+
+    from sip import events as ev
+    from sip.engine import ZOMBIE_AFTER_S, SipEngine, _SipThread
+
+    posted: list[object] = []
+    cfg = SipConfig()
+    thread = _SipThread(cfg, queue.SimpleQueue(), posted.append,
+                        SipEngine(cfg, lambda e: None))
+    call = Unhangable()
+    thread.calls[call.call_id] = call
+    thread._hangup(call, 500, "x")  # logged, not raised
+    thread._reap_zombies(time.monotonic())
+    assert posted == [] and call.call_id in thread.calls  # not yet: it may still end
+    thread._reap_zombies(time.monotonic() + ZOMBIE_AFTER_S + 1)
+    assert call.call_id not in thread.calls and thread.abandoned == [call]
+    [ended] = posted
+    assert isinstance(ended, ev.CallEnded) and ended.call_id == "call_z" and ended.by_gateway
