@@ -35,7 +35,9 @@ class SipConfig:
     # the machine's primary address, or `public_host`).
     rtp_host: str | None = None
     rtp_port_start: int = checked(between(1024, 65000), default=10000)
-    rtp_port_range: int = checked(between(0, 60000), default=0)
+    # Each stream gets a random even port in [rtp_port_start, +rtp_port_range); 0 = count up
+    # from rtp_port_start without limit (guessable: only for tests and special setups).
+    rtp_port_range: int = checked(between(0, 60000), default=10000)
     codecs: tuple[Codec, ...] = ("PCMU", "PCMA", "G722", "opus")
     clock_rate: int = checked(between(8000, 48000), default=8000)
     max_calls: int = checked(between(1, 2000), default=2000)
@@ -53,6 +55,10 @@ class SipConfig:
     # died, at once, or has not turned its loop for this long (a deadlock in C).
     watchdog_s: float = checked(between(1, 600), default=10.0)
     log_level: int = checked(between(0, 6), default=1)
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        if self.rtp_port_start + self.rtp_port_range > 65535:
+            yield "rtp_port_range", "rtp_port_start + rtp_port_range must be <= 65535"
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,8 @@ def account_config(cfg: SipConfig, port: int, user: str = "minivoice") -> Any:
     mt = ac.mediaConfig.transportConfig
     mt.port = cfg.rtp_port_start
     mt.portRange = cfg.rtp_port_range
+    # A random port per stream (sip/build/patches/0001): a live call's port is not guessable.
+    mt.randomizePort = cfg.rtp_port_range > 0
     ac.mediaConfig.srtpUse = SRTP_USE[cfg.srtp]
     # 0: SDES keys are accepted over any SIP transport. Behind the edge, TLS ends at Kamailio
     # and the gateway hears plain SIP on loopback; demanding sips: here would refuse them all.

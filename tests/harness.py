@@ -214,6 +214,7 @@ async def start_gateway(tmp: Path, applications: list[dict[str, Any]],
     db = tmp / "gateway.db"
     cfg: dict[str, Any] = {
         "sip": {"host": "127.0.0.1", "port": sip_port, "rtp_port_start": rtp_block(),
+                "rtp_port_range": 1000,
                 "log_level": 2},
         "http": {"host": "127.0.0.1", "port": http_port},
         "database": str(db),

@@ -4,6 +4,7 @@ room's mix (pjmedia latches a stream's address only at its start; see config_sit
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import socket
 import struct
@@ -86,3 +87,26 @@ async def test_second_rtp_source_is_neither_heard_nor_answered(
         heard = levels(recs[cid], other, 1000, skip_s=1.5, tail_s=0.8)
         assert heard[other] > -25, (cid, heard)  # the room still works
         assert heard[1000] < -45, (cid, heard)  # and the rogue is not heard
+
+
+async def test_each_stream_gets_a_random_port(gateway: GatewayProc, app: AppServer,
+                                              tmp_path: Path) -> None:
+    """Not counted up from the last call's: a live call's port is not one guess away."""
+    app.answer = lambda p: {"actions": [{"conference": {"room": "ports"}}]}
+    phones = await Phonebank.start(tmp_path)
+    try:
+        before = udp_ports(gateway.proc.pid)
+        for i in range(6):
+            phones.call(f"p{i}", gateway.uri())
+            await phones.wait("media", f"p{i}")
+        new = sorted(udp_ports(gateway.proc.pid) - before)
+        rtp = [p for p in new if p % 2 == 0]
+        for i in range(6):
+            phones.hangup(f"p{i}")
+        for i in range(6):
+            await phones.wait("ended", f"p{i}")
+    finally:
+        await phones.close()
+    assert len(rtp) >= 6, rtp
+    steps = {b - a for a, b in itertools.pairwise(rtp)}
+    assert steps != {2}, f"sequential RTP ports: {rtp}"

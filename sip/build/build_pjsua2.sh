@@ -46,7 +46,7 @@ fetch_source() {
 RECIPE=2
 TARBALL=$(fetch_source)
 PYTAG=$("$PY" -c 'import sys, sysconfig; print(sys.implementation.cache_tag + "-" + sysconfig.get_platform())')
-KEY=$( { sha256sum "$TARBALL" | cut -d' ' -f1; cat "$HERE/config_site.h"; echo "recipe=$RECIPE $PYTAG"; } | sha256sum | cut -c1-16)
+KEY=$( { sha256sum "$TARBALL" | cut -d' ' -f1; cat "$HERE/config_site.h" "$HERE"/patches/*.patch; echo "recipe=$RECIPE $PYTAG"; } | sha256sum | cut -c1-16)
 OUT=$CACHE/pjsua2/$KEY
 
 install_into_venv() {
@@ -79,6 +79,11 @@ log "pjproject $ver from $(basename "$TARBALL")"
 case "$ver" in 2.1[6-9]|2.[2-9][0-9]|[3-9].*) ;; *) log "pjproject >= 2.16 required, got $ver"; exit 1;; esac
 
 cp "$HERE/config_site.h" "$PJ/pjlib/include/pj/config_site.h"
+# Our patches to pjproject, each with its reason at the top (sip/build/patches/).
+for p in "$HERE"/patches/*.patch; do
+    log "patch $(basename "$p")"
+    patch -d "$PJ" -p1 --forward --quiet <"$p" || { log "patch $(basename "$p") does not apply"; exit 1; }
+done
 # Debian removed this non-free driver from the tarball; drop it from the build as Debian does.
 sed -i 's/ bdimad_dev\.o//' "$PJ/pjmedia/build/Makefile"
 
