@@ -331,12 +331,13 @@ async def test_digest_uri_must_be_the_request_uri(tmp_path: Path, app: AppServer
         c = client(s, "127.0.0.11")
         ruri = f"sip:127.0.0.1:{s.edge_port}"
         other = "sip:127.0.0.1:9"
-        for _ in range(4):  # the right password, for another uri: malformed, not counted
+        # the right password, for another uri: malformed, not counted
+        for uri in [other, f"sip:bob@127.0.0.1:{s.edge_port}", other, other]:
             ch = c.request("REGISTER", ruri, "alice")
             assert ch is not None and ch.code == 401
-            auth = authorization("Authorization", ch, "REGISTER", other, "alice", PASSWORD)
+            auth = authorization("Authorization", ch, "REGISTER", uri, "alice", PASSWORD)
             r = c.request("REGISTER", ruri, "alice", extra=auth)
-            assert r is not None and r.code == 401, r
+            assert r is not None and r.code == 401, (uri, r)
         line = await s.edge_logged("edge.auth_failed", "src=127.0.0.11 ", "detail=uri")
         assert "reason=malformed" in line and "counted=no" in line, line
         # a wrong password with a wrong uri is still a wrong password
