@@ -167,6 +167,13 @@ def render(plan: EdgePlan, secret: str) -> str:
         "FLOOD_WINDOW_S": str(e.flood_window_s),
         "FLOOD_REQUESTS": str(e.flood_requests),
         "BAN_AFTER_FAILURES": str(e.ban_after_failures),
+        "TRUSTED_FLOOD_REQUESTS": str(e.trusted_flood_requests),
+        # a window's counter must outlive the window; a little more is harmless
+        "TFLOOD_EXPIRE_S": str(2 * e.flood_window_s + 1),
+        "MAX_CONTACTS": str(e.max_contacts),
+        "TCP_IDLE_S": str(e.tcp_idle_s),
+        # a registered phone's connection outlives its longest registration
+        "TCP_KEEP_S": str(e.max_expires_s + 60),
         "USERS_DB": str(Path(e.users_db).resolve()),
         "TLS_CERT": str(plan.tls_cert or ""),
         "TLS_KEY": str(plan.tls_key or ""),
@@ -236,7 +243,14 @@ def _relog(line: str) -> None:
     lvl = _LEVELS.get(level, logging.INFO)
     if text.startswith("edge."):
         event, _, rest = text.partition(" ")
-        fields = dict(kv.split("=", 1) for kv in rest.split() if "=" in kv)
+        # The script writes its own fields first (src=, then user= ...). A value that slipped
+        # a space into the line could only add later `k=v` pairs: the first occurrence of each
+        # key is the script's, so it wins and later ones are dropped.
+        fields: dict[str, str] = {}
+        for kv in rest.split():
+            key, eq, value = kv.partition("=")
+            if eq and key not in fields:
+                fields[key] = value
         log.log(lvl, event, extra=logs.fields(**fields))
     else:
         log.log(lvl, "edge.kamailio", extra={"pid": pid, "line": text})

@@ -41,6 +41,9 @@ def _networks(values: tuple[str, ...]) -> str | None:
     return None
 
 
+DEFAULT_RELAY_NETWORKS = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                          "100.64.0.0/10")
+
 # What the edge's digest check can compute (route[VERIFY] in edge/kamailio.cfg.tmpl). The
 # "-sess" variants and SHA-512-256 are not implemented there.
 DIGEST_ALGORITHMS = ("SHA-256", "MD5")
@@ -85,9 +88,14 @@ class EdgeConfig:
     runtime_dir: str = checked(length(1, 4096), default="var/edge")
     # Source networks let in without digest auth (carriers, SIPp). They are never banned.
     trusted: tuple[str, ...] = checked(_networks, default=())
-    # Networks the edge may send requests to (the gateway, registered phones). Anything else
-    # is refused with 403, so the edge can never be used as an open relay.
-    relay_networks: tuple[str, ...] = checked(_nonempty_networks, default=("0.0.0.0/0",))
+    # Networks the edge may send requests to (the gateway, registered phones), and so the
+    # only hosts a REGISTER may name in its Contact. Anything else is refused with 403, so the
+    # edge can never be used as an open relay or made to call out to the Internet. Default:
+    # loopback and the private ranges (RFC 1918, CGNAT 100.64/10); phones on public addresses
+    # need their networks listed here.
+    relay_networks: tuple[str, ...] = checked(_nonempty_networks, default=DEFAULT_RELAY_NETWORKS)
+    # Contacts (phones) one user may have registered at once; lookup() forks to all of them.
+    max_contacts: int = checked(between(1, 20), default=5)
     # Digest challenges offered, one WWW-/Proxy-Authenticate header each, in this order (RFC
     # 8760: the server's preference first). MD5 alone by default: some phones (Debian 12's
     # baresip 1.0.0) give up on a 401 that offers any other algorithm at all; see docs/edge.md.
@@ -99,11 +107,16 @@ class EdgeConfig:
     # ...or more than `flood_requests` requests per `flood_window_s` (Kamailio pike)...
     flood_requests: int = checked(between(2, 100000), default=60)
     flood_window_s: int = checked(between(1, 60), default=2)
-    # ...and the source gets no answer at all for `ban_s` seconds.
+    # ...and the source gets no answer at all for `ban_s` seconds. Trusted sources are never
+    # banned, but requests over `trusted_flood_requests` per `flood_window_s` are dropped.
+    trusted_flood_requests: int = checked(between(2, 1000000), default=2000)
     ban_s: int = checked(between(1, 86400), default=300)
     # How long a digest challenge (nonce) may be answered.
     nonce_ttl_s: int = checked(between(10, 3600), default=300)
     max_expires_s: int = checked(between(60, 86400), default=3600)
+    # A TCP/TLS connection that has not registered or carried an authenticated (or trusted)
+    # request is closed after this many idle seconds; one that has lives max_expires_s + 60.
+    tcp_idle_s: int = checked(between(2, 3600), default=30)
     kamailio: str = checked(length(1, 4096), default="kamailio")
     children: int = checked(between(1, 64), default=4)
     # Kamailio's own log level: -1 errors only ... 3 debug.

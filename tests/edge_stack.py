@@ -86,18 +86,40 @@ class Response:
 
 @dataclass
 class SipClient:
-    """One UDP socket from a chosen loopback source address (127.0.0.x is a distinct source
-    for the edge's bans)."""
+    """One UDP socket (or TCP connection, `tcp=True`) from a chosen loopback source address
+    (127.0.0.x is a distinct source for the edge's bans)."""
 
     target: tuple[str, int]
     source: str = "127.0.0.1"
+    tcp: bool = False
     sock: socket.socket = field(init=False)
     cseq: int = 0
+    _buf: bytes = b""
 
     def __post_init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        kind = socket.SOCK_STREAM if self.tcp else socket.SOCK_DGRAM
+        self.sock = socket.socket(socket.AF_INET, kind)
         self.sock.bind((self.source, 0))
+        if self.tcp:
+            self.sock.connect(self.target)
         self.port = self.sock.getsockname()[1]
+
+    def _recv_message(self) -> str:
+        """One SIP message: a datagram, or the next Content-Length-framed one on TCP."""
+        if not self.tcp:
+            return self.sock.recv(65535).decode(errors="replace")
+        while True:
+            head, sep, rest = self._buf.partition(b"\r\n\r\n")
+            if sep:
+                m = re.search(rb"^content-length:\s*(\d+)", head, re.IGNORECASE | re.MULTILINE)
+                size = int(m.group(1)) if m else 0
+                if len(rest) >= size:
+                    self._buf = rest[size:]
+                    return (head + sep + rest[:size]).decode(errors="replace")
+            data = self.sock.recv(65535)
+            if not data:
+                raise ConnectionError("the edge closed the connection")
+            self._buf += data
 
     def close(self) -> None:
         self.sock.close()
@@ -105,22 +127,25 @@ class SipClient:
     def request(self, method: str, ruri: str, user: str, *, extra: str = "",
                 call_id: str | None = None, body: str = "", timeout: float = 2.0,
                 to_user: str | None = None, to_tag: str | None = None,
-                wait: bool = True) -> Response | None:
+                wait: bool = True, contact: str | None = None) -> Response | None:
         """Send one request; the final response, or None if nothing came back (banned)."""
         self.cseq += 1
         host = f"{self.source}:{self.port}"
         branch = "z9hG4bK" + secrets.token_hex(8)
         msg = (f"{method} {ruri} SIP/2.0\r\n"
-               f"Via: SIP/2.0/UDP {host};branch={branch};rport\r\n"
+               f"Via: SIP/2.0/{'TCP' if self.tcp else 'UDP'} {host};branch={branch};rport\r\n"
                f"Max-Forwards: 70\r\n"
                f"From: <sip:{user}@127.0.0.1>;tag={secrets.token_hex(4)}\r\n"
                f"To: <sip:{to_user or user}@127.0.0.1>{';tag=' + to_tag if to_tag else ''}\r\n"
                f"Call-ID: {call_id or secrets.token_hex(10)}\r\n"
                f"CSeq: {self.cseq} {method}\r\n"
-               f"Contact: <sip:{user}@{host}>\r\n{extra}"
+               f"Contact: {contact or f'<sip:{user}@{host}>'}\r\n{extra}"
                + ("Content-Type: application/sdp\r\n" if body else "")
                + f"Content-Length: {len(body)}\r\n\r\n{body}")
-        self.sock.sendto(msg.encode(), self.target)
+        if self.tcp:
+            self.sock.sendall(msg.encode())
+        else:
+            self.sock.sendto(msg.encode(), self.target)
         if not wait:
             return None
         deadline = time.monotonic() + timeout
@@ -130,7 +155,7 @@ class SipClient:
                 return None
             self.sock.settimeout(left)
             try:
-                data = self.sock.recv(65535).decode(errors="replace")
+                data = self._recv_message()
             except TimeoutError:
                 return None
             code = int(data.split(" ", 2)[1]) if data.startswith("SIP/2.0 ") else 0
@@ -139,16 +164,16 @@ class SipClient:
 
     def register(self, user: str, password: str | None, *, algorithm: str = "MD5",
                  realm: str | None = None, expires: int = 60,
-                 offered: str | None = None) -> Response | None:
+                 offered: str | None = None, contact: str | None = None) -> Response | None:
         """REGISTER, answering the challenge for `algorithm` if a password is given (with the
         nonce of the `offered` challenge, to answer with an algorithm that was not offered)."""
         ruri = f"sip:127.0.0.1:{self.target[1]}"
         call_id = secrets.token_hex(10)
-        first = self.request("REGISTER", ruri, user, call_id=call_id,
+        first = self.request("REGISTER", ruri, user, call_id=call_id, contact=contact,
                              extra=f"Expires: {expires}\r\n")
         if first is None or first.code != 401 or password is None:
             return first
-        return self.request("REGISTER", ruri, user, call_id=call_id,
+        return self.request("REGISTER", ruri, user, call_id=call_id, contact=contact,
                             extra=f"Expires: {expires}\r\n" + authorization(
                                 "Authorization", first, "REGISTER", ruri, user, password,
                                 algorithm, realm, offered=offered))

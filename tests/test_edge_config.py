@@ -14,7 +14,8 @@ from gateway.edge import EdgePlan, render
 from gateway.edge_config import EdgeConfig
 
 BASE: dict[str, Any] = {
-    "applications": [{"id": "a", "customer_id": "c", "answer_url": "http://127.0.0.1:1/"}]}
+    "applications": [{"id": "a", "customer_id": "c", "answer_url": "http://127.0.0.1:1/",
+                      "secret": "s3cret-s3cret"}]}
 
 
 def edge(**values: Any) -> EdgeConfig:
@@ -56,8 +57,35 @@ def rendered(tmp_path: Path, algorithms: list[str]) -> str:
 def test_challenges_and_checks_follow_the_config(tmp_path: Path,
                                                  algorithms: list[str]) -> None:
     text = rendered(tmp_path, algorithms)
-    challenge = re.search(r'append_to_reply\("(.*)"\);', text)
+    # the challenge headers' append_to_reply (route[AUTH] appends a Retry-After elsewhere)
+    challenge = re.search(r'append_to_reply\("(\$var\(hname\).*)"\);', text)
     assert challenge, text
     assert re.findall(r"algorithm=([\w-]+)", challenge.group(1)) == algorithms
     offered = text.split("route[ALG_OFFERED] {", 1)[1].split("\n}", 1)[0]
     assert re.findall(r'\$var\(alg\) == "([\w-]+)"', offered) == algorithms
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("max_contacts", 0, "edge.max_contacts: must be >= 1"),
+    ("max_contacts", 21, "edge.max_contacts: must be <= 20"),
+    ("tcp_idle_s", 1, "edge.tcp_idle_s: must be >= 2"),
+    ("trusted_flood_requests", 1, "edge.trusted_flood_requests: must be >= 2"),
+    ("relay_networks", [], "edge.relay_networks: at least one network is required"),
+])
+def test_bad_limits_are_refused(key: str, value: Any, expected: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        edge(**{key: value})
+    assert expected in str(exc.value)
+
+
+def test_limits_are_rendered(tmp_path: Path) -> None:
+    e = edge(tls_port=0, max_contacts=3, tcp_idle_s=12, max_expires_s=600,
+             trusted_flood_requests=99, relay_networks=["127.0.0.0/29"])
+    text = render(EdgePlan(e, "127.0.0.1", 5070, tmp_path, tmp_path / "k.cfg", None, None,
+                           "kamailio"), "0" * 64)
+    assert 'modparam("registrar", "max_contacts", 3)' in text
+    assert "tcp_connection_lifetime=12\n" in text
+    assert 'tcp_set_connection_lifetime("660")' in text
+    assert "> 99)" in text
+    assert 'is_in_subnet("$var(dh)", "127.0.0.0/29")' in text
+    assert "0.0.0.0/0" not in text
