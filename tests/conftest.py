@@ -4,9 +4,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.harness import AppServer, GatewayProc, Phonebank, app_config, start_gateway
+from tests.httpkit import Server
 
 
 @pytest.fixture
@@ -49,3 +51,18 @@ async def phones(tmp_path: Path) -> AsyncIterator[Phonebank]:
     bank = await Phonebank.start(tmp_path)
     yield bank
     await bank.close()
+
+
+# -- plain HTTP servers and clients (tests/httpkit.py) for the security tests ----------
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    s = Server()
+    runner = await s.start()
+    yield s
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

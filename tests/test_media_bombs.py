@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -21,20 +20,6 @@ from gateway.netguard import AddressPolicy
 from tests.httpkit import Server, crafted_wav, in_pieces, wav_bytes, wav_seconds
 
 LOOPBACK = AddressPolicy.from_config(["127.0.0.0/8"])
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[Server]:
-    s = Server()
-    runner = await s.start()
-    yield s
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def cache_bytes(root: Path) -> int:

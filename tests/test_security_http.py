@@ -56,20 +56,6 @@ APP = Application(id="app_t", customer_id="c1", answer_url="http://127.0.0.1:9/a
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[Server]:
-    s = Server()
-    runner = await s.start()
-    yield s
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 # -- finding 1: bodies read to EOF, with a cap --------------------------------------------
 async def test_answer_body_in_two_pieces_is_read_whole(
         server: Server, http: aiohttp.ClientSession) -> None:
