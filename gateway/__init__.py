@@ -1,4 +1,5 @@
 """MiniVoice control plane: configuration, applications, action engine, webhooks, HTTP API."""
 
-__version__ = "0.1.0"
-USER_AGENT = f"MiniVoice/{__version__}"
+from sip import USER_AGENT, __version__
+
+__all__ = ["USER_AGENT", "__version__"]

@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.config import SipConfig
 from media.rooms import MONITOR, Link
 from sip import commands as cmd
 from sip import events as ev
+from sip.config import SipConfig
 
 log = logging.getLogger("minivoice.sip")
 

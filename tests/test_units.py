@@ -189,7 +189,7 @@ def test_outbox_rows_keep_per_call_order(tmp_path: Path) -> None:
 
 
 def test_rtp_can_bind_apart_from_sip() -> None:
-    from gateway.config import SipConfig
+    from sip.config import SipConfig
     from sip.pjconfig import account_config
 
     behind_edge = account_config(SipConfig(host="127.0.0.1", rtp_host="0.0.0.0"), 5070)
