@@ -191,6 +191,39 @@ async def test_an_unconfigured_application_is_retried_then_sent_when_configured(
     assert signing.verify(SECRET, rx.requests[0][2], rx.requests[0][3][signing.HEADER])
 
 
+async def test_a_redirect_is_a_failed_delivery_and_is_not_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hits: dict[str, int] = {"events": 0, "elsewhere": 0}
+
+    async def events(request: web.Request) -> web.Response:
+        hits["events"] += 1
+        raise web.HTTPFound("/elsewhere")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        hits["elsewhere"] += 1
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.add_routes([web.post("/events", events), web.route("*", "/elsewhere", elsewhere)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/events"  # type: ignore[union-attr]
+    caplog.set_level(logging.WARNING, "minivoice.webhook")
+    try:
+        async with Running(tmp_path / "x.db") as outbox:
+            outbox.add("call_1", url, APP1.id, payload(APP1, "call_1"))
+            await until(lambda: any(r.getMessage() == "webhook.failed" for r in caplog.records))
+            assert outbox.pending_count() == 1  # kept, to be retried
+    finally:
+        await runner.cleanup()
+    failed = next(r for r in caplog.records if r.getMessage() == "webhook.failed")
+    assert failed.__dict__["error"] == "HTTP 302" and not failed.__dict__["given_up"]
+    assert hits["events"] >= 1 and hits["elsewhere"] == 0  # the Location never got it
+
+
 async def test_per_call_order_and_stable_ids_across_retries_and_restart(
     tmp_path: Path, rx: Receiver
 ) -> None:
