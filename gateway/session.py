@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import logging
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ from gateway.config import Application
 from gateway.hooks import AnswerUrlError
 from gateway.interpreter import run_actions
 from gateway.media_cache import MediaError
+from gateway.timestamps import iso
 from media.rooms import Link, RoomKey
 from sip import commands as cmd
 from sip import events as ev
@@ -40,8 +40,6 @@ log = logging.getLogger("minivoice.call")
 _play_ids = itertools.count(1)
 
 
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def dial_outcome(sip_code: int) -> str:
