@@ -13,7 +13,9 @@ from typing import Any
 
 from gateway.store import LiveCall
 from gateway.timestamps import iso, parse_iso
+from gateway.webhook_events import LifecycleEvent
 
+COMPLETED: LifecycleEvent = "call.completed"
 CALL_VIEW_KEYS = ("id", "customer_id", "application_id", "status", "direction", "from", "to")
 
 
@@ -39,7 +41,7 @@ def lost_call(live: LiveCall, now: float) -> tuple[dict[str, Any], dict[str, Any
                      {"at": iso(now), "event": "gateway_restart"}],
     })
     payload = {
-        "event": "call.completed",
+        "event": COMPLETED,
         "created_at": iso(now),
         "call": {k: record.get(k) for k in CALL_VIEW_KEYS},
         "variables": {},

@@ -206,3 +206,11 @@ def test_check_config_applies_edge_rules(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(cfg)],
                          capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 2 and "loopback" in run.stderr, run.stderr
+
+
+def test_every_event_name_in_the_catalogue_is_documented() -> None:
+    from gateway.webhook_events import EVENT_NAMES
+
+    doc = (ROOT / "docs" / "api.md").read_text()
+    assert len(set(EVENT_NAMES)) == 6
+    assert all(f"`{name}`" in doc for name in EVENT_NAMES)
