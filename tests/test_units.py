@@ -214,3 +214,10 @@ def test_every_event_name_in_the_catalogue_is_documented() -> None:
     doc = (ROOT / "docs" / "api.md").read_text()
     assert len(set(EVENT_NAMES)) == 6
     assert all(f"`{name}`" in doc for name in EVENT_NAMES)
+
+
+def test_sip_and_gateway_agree_on_the_version_and_user_agent() -> None:
+    import gateway
+    import sip
+
+    assert (sip.__version__, sip.USER_AGENT) == (gateway.__version__, gateway.USER_AGENT)
