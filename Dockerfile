@@ -71,6 +71,8 @@ RUN apt-get update -qq \
         kamailio-tls-modules openssl >/dev/null \
  && rm -rf /var/lib/apt/lists/*
 COPY gateway/ gateway/
+# gateway.config takes the `sip:` section's schema from sip/config.py (pure Python)
+COPY sip/__init__.py sip/config.py sip/
 COPY edge/ edge/
 COPY configs/ configs/
 USER minivoice

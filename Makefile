@@ -20,6 +20,7 @@ test: setup lint
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy gateway sip media bench
+	.venv/bin/lint-imports
 
 unit: setup
 	$(PY) -m pytest -q -m "not sip"

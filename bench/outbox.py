@@ -42,6 +42,7 @@ from gateway.config import Application, HooksConfig
 from gateway.logs import KeyValueFormatter
 from gateway.outbox import Outbox
 from gateway.store import Store, Synchronous
+from gateway.timestamps import iso
 
 SECRET = "bench-secret-0123456789"
 DEAD_APP = Application(id="app_dead", customer_id="cust_dead", answer_url="http://127.0.0.1:9/a",
@@ -319,7 +320,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _main(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     phases: set[str] = set(args.only or ["dead", "records", "sync"])
-    result: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    result: dict[str, Any] = {"started": iso()}
     rx = Receivers()
     rx.start()
     try:

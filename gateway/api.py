@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.config import ApiToken
+from gateway.timestamps import iso
 from media.rooms import Room, RoomError, RoomKey
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ async def _room_view(gw: Gateway, room: Room) -> dict[str, Any]:
     return {
         "room": room.key.name,
         "customer_id": room.key.customer_id,
-        "created_at": _iso(room.created_at),
+        "created_at": iso(room.created_at),
         # members who left while the levels were being read are left out (was a KeyError)
         "participants": [_participant(gw, room, cid, levels.get(cid, 0)) for cid in ids
                          if cid in room.members],
@@ -197,14 +198,10 @@ def _participant(gw: Gateway, room: Room, cid: str, level: int) -> dict[str, Any
     m = room.members[cid]
     session = gw.sessions.get(cid)
     return {"call_id": cid, "from": session.incoming.from_user if session else None,
-            "muted": m.muted, "end_on_exit": m.end_on_exit, "joined_at": _iso(m.joined_at),
+            "muted": m.muted, "end_on_exit": m.end_on_exit, "joined_at": iso(m.joined_at),
             "talking": level >= gw.cfg.rooms.speaker_level}
 
 
-def _iso(ts: float) -> str:
-    from gateway.session import iso
-
-    return iso(ts)
 
 
 async def list_conferences(request: web.Request) -> web.Response:

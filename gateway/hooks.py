@@ -20,18 +20,16 @@ from typing import Any
 
 import aiohttp
 
-from gateway import USER_AGENT, signing
 from gateway.actions.base import Action
 from gateway.actions.schema import INVALID, MAX_BODY_BYTES, parse_body
 from gateway.config import Config, HooksConfig
+from gateway.http import signed_post
 from gateway.netguard import (
     AddressPolicy,
     BlockedAddress,
-    BodyTooLarge,
     blocked_cause,
     check_url,
     guarded_session,
-    read_capped,
     redact,
 )
 from gateway.strict import Detail, ValidationError
@@ -120,29 +118,18 @@ class HookClient:
     async def _once(
         self, url: str, secret: str, body: bytes, call_id: str, kind: str, attempt: int
     ) -> tuple[Action, ...]:
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            "MiniVoice-Call-Id": call_id,
-            signing.HEADER: signing.sign(secret, body),
-        }
         timeout = aiohttp.ClientTimeout(
             total=self.cfg.total_timeout_s, sock_connect=self.cfg.connect_timeout_s)
         log.info(f"{kind}.request", extra={"call_id": call_id, "url": redact(url),
                                              "attempt": attempt})
         trusted = kind == "answer_url"
         http = self.http if trusted else self.customer_http
-        too_large = False
         try:
             if not trusted:
                 check_url(url, self.policy)
-            async with http.post(url, data=body, headers=headers, timeout=timeout,
-                                 allow_redirects=False) as resp:
-                status = resp.status
-                try:
-                    raw = await read_capped(resp, MAX_BODY_BYTES)
-                except BodyTooLarge:
-                    raw, too_large = b"", True
+            reply = await signed_post(http, url, body, secret, timeout=timeout,
+                                      headers={"MiniVoice-Call-Id": call_id},
+                                      max_body=MAX_BODY_BYTES)
         except TimeoutError:
             raise AnswerUrlError(f"{kind} timeout") from None
         except (BlockedAddress, aiohttp.ClientConnectorError) as exc:
@@ -155,6 +142,7 @@ class HookClient:
             raise AnswerUrlError(f"{kind} connection failed") from None
         except aiohttp.ClientError as exc:
             raise AnswerUrlError(f"{kind} request failed: {type(exc).__name__}") from None
+        status, raw, too_large = reply.status, reply.body, reply.too_large
         shown = raw[:LOGGED_BODY_CHARS].decode("utf-8", "replace")
         log.info(f"{kind}.response", extra={
             "call_id": call_id, "status": status, "bytes": len(raw), "body": shown})

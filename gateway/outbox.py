@@ -38,8 +38,8 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from gateway import USER_AGENT, signing
 from gateway.config import Application, HooksConfig
+from gateway.http import signed_post
 from gateway.store import NewEvent, OutboxRow, Outcome, Store, Synchronous, url_host
 
 log = logging.getLogger("minivoice.webhook")
@@ -317,19 +317,13 @@ class Outbox:
             "given_up": dead})
 
     async def _post(self, row: OutboxRow, secret: str) -> int:
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            "MiniVoice-Event-Id": row.event_id,
-            "MiniVoice-Call-Id": row.call_id,
-            signing.HEADER: signing.sign(secret, row.body),
-        }
         timeout = aiohttp.ClientTimeout(
             total=self.cfg.total_timeout_s, connect=self.cfg.connect_timeout_s)
-        async with self.http.post(row.url, data=row.body, headers=headers,
-                                  timeout=timeout) as resp:
-            await resp.read()
-            return resp.status
+        # Not following redirects: a 3xx is a failed attempt, retried like a 5xx.
+        reply = await signed_post(
+            self.http, row.url, row.body, secret, timeout=timeout,
+            headers={"MiniVoice-Event-Id": row.event_id, "MiniVoice-Call-Id": row.call_id})
+        return reply.status
 
     def _finish(self, outcome: Outcome) -> None:
         # The slot stays taken until the result is committed: until then the row is still

@@ -9,22 +9,18 @@ it, and sends, exactly one `call.completed` with `status: failed` and
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from gateway.store import LiveCall
+from gateway.timestamps import iso, parse_iso
+from gateway.webhook_events import LifecycleEvent
 
+COMPLETED: LifecycleEvent = "call.completed"
 CALL_VIEW_KEYS = ("id", "customer_id", "application_id", "status", "direction", "from", "to")
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _ts(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+def _ts(text: str | None) -> float | None:
+    return parse_iso(text) if text else None
 
 
 def lost_call(live: LiveCall, now: float) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -35,18 +31,18 @@ def lost_call(live: LiveCall, now: float) -> tuple[dict[str, Any], dict[str, Any
     ended = max(live.seen_at, answered or 0.0)
     record.update({
         "status": "failed",
-        "ended_at": _iso(ended),
+        "ended_at": iso(ended),
         "hangup_cause": "gateway_restart",
         "hangup_by": "gateway",
         "sip_code": None,
         "error": {"code": "gateway_restart",
                   "message": "the gateway process stopped during the call"},
         "timeline": [*record.get("timeline", []),
-                     {"at": _iso(now), "event": "gateway_restart"}],
+                     {"at": iso(now), "event": "gateway_restart"}],
     })
     payload = {
-        "event": "call.completed",
-        "created_at": _iso(now),
+        "event": COMPLETED,
+        "created_at": iso(now),
         "call": {k: record.get(k) for k in CALL_VIEW_KEYS},
         "variables": {},
         "data": {

@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import logging
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,8 @@ from gateway.config import Application
 from gateway.hooks import AnswerUrlError
 from gateway.interpreter import run_actions
 from gateway.media_cache import MediaError
+from gateway.timestamps import iso
+from gateway.webhook_events import ActionsEvent, EventName, LifecycleEvent
 from media.rooms import Link, RoomKey
 from sip import commands as cmd
 from sip import events as ev
@@ -40,8 +41,6 @@ log = logging.getLogger("minivoice.call")
 _play_ids = itertools.count(1)
 
 
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def dial_outcome(sip_code: int) -> str:
@@ -99,7 +98,7 @@ class CallSession:
             "to": self.incoming.dialed,
         }
 
-    def envelope(self, event: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    def envelope(self, event: EventName, data: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
             "event": event,
             "created_at": iso(time.time()),
@@ -129,7 +128,7 @@ class CallSession:
             **({"timeline_dropped": self.timeline_dropped} if self.timeline_dropped else {}),
         }
 
-    def _webhook(self, event: str, data: dict[str, Any] | None = None) -> None:
+    def _webhook(self, event: LifecycleEvent, data: dict[str, Any] | None = None) -> None:
         self.note(event)
         if self.app.event_url:
             last = event == "call.completed"
@@ -260,7 +259,7 @@ class CallSession:
             return None
 
     async def fetch_actions(
-        self, url: str, event: str, data: dict[str, Any]
+        self, url: str, event: ActionsEvent, data: dict[str, Any]
     ) -> tuple[Action, ...]:
         self.documents += 1
         cap = self.gw.cfg.limits.max_documents_per_call

@@ -15,12 +15,12 @@ import contextlib
 import hashlib
 import re
 import sqlite3
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.files import private_dir, private_file
+from gateway.timestamps import iso
 
 # Kept in sync with the username check in edge/kamailio.cfg.tmpl: the edge builds its SQL from
 # the digest username only after matching this, so it never needs quoting.
@@ -94,7 +94,7 @@ class UserStore:
             raise UserError(f"password too short: at least {MIN_PASSWORD} characters")
         row = (username, self.realm, ha1("MD5", username, self.realm, password),
                ha1("SHA-256", username, self.realm, password),
-               time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+               iso())
         with self._db() as db:
             exists = db.execute("SELECT 1 FROM sip_users WHERE username = ?",
                                 (username,)).fetchone() is not None

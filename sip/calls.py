@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+import queue
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import pjsua2 as pj
 
@@ -13,8 +15,21 @@ from sip.events import new_call_id
 from sip.sdp import check_offer, sdp_body
 from sip.sipmsg import request_uri, uri_user
 
-if TYPE_CHECKING:
-    from sip.engine import _SipThread
+
+class _SipThread(Protocol):
+    """What the pj objects here need from the engine's SIP thread (sip.engine._SipThread).
+
+    A Protocol rather than an import, so that calls.py does not import engine.py (engine.py
+    imports this module): no cycle between the two, not even a TYPE_CHECKING one.
+    """
+
+    calls: dict[str, Any]
+    finished_players: queue.SimpleQueue[tuple[str, int]]
+    post: Callable[[ev.Event], None]
+
+    def call_gone(self, call: Any) -> None: ...
+
+    def relink(self, call_id: str) -> None: ...
 
 log = logging.getLogger("minivoice.sip")
 

@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.config import SipConfig
 from media.rooms import MONITOR, Link
 from sip import commands as cmd
 from sip import events as ev
+from sip.config import SipConfig
 
 log = logging.getLogger("minivoice.sip")
 
@@ -180,6 +180,17 @@ class _SipThread:
         self.graveyard: list[Any] = []  # calls to delete outside their own callbacks
         self.zombies: dict[str, float] = {}  # call ID -> when to give up a failed hang-up
         self.abandoned: list[Any] = []  # given-up calls: kept alive until libDestroy
+        # Command type -> its handler; a handler's return value goes back in CommandDone.
+        self.handlers: dict[type[Any], Callable[[Any], tuple[tuple[str, int], ...] | None]] = {
+            cmd.Answer: self._answer,
+            cmd.Hangup: self._hangup_command,
+            cmd.ApplyLinks: self._apply_links,
+            cmd.Play: self._play,
+            cmd.StopPlay: self._stop_play,
+            cmd.Dial: self._dial,
+            cmd.QueryLevels: self._query_levels,
+            cmd.Shutdown: self._shutdown_command,
+        }
         self.running = True
 
     def run(self) -> None:
@@ -265,27 +276,27 @@ class _SipThread:
                 self.post(ev.CommandDone(req_id, error, value))
 
     def _execute(self, c: cmd.Command) -> tuple[tuple[str, int], ...] | None:
-        if isinstance(c, cmd.QueryLevels):
-            return tuple((cid, self._rx_level(cid)) for cid in c.call_ids)
-        if isinstance(c, cmd.Answer):
-            self._call(c.call_id).answer_call(c.code)
-        elif isinstance(c, cmd.Hangup):
-            call = self.calls.get(c.call_id)
-            if call is not None:  # already gone: nothing to do
-                self._hangup(call, c.code, c.reason)
-        elif isinstance(c, cmd.ApplyLinks):
-            self._apply_links(c)
-        elif isinstance(c, cmd.Play):
-            self._play(c)
-        elif isinstance(c, cmd.StopPlay):
-            self._stop_player((c.call_id, c.play_id))
-        elif isinstance(c, cmd.Dial):
-            self._dial(c)
-        elif isinstance(c, cmd.Shutdown):
-            self.running = False
-        else:
+        handler = self.handlers.get(type(c))
+        if handler is None:
             raise ValueError(f"unknown command {c!r}")
-        return None
+        return handler(c)
+
+    def _answer(self, c: cmd.Answer) -> None:
+        self._call(c.call_id).answer_call(c.code)
+
+    def _hangup_command(self, c: cmd.Hangup) -> None:
+        call = self.calls.get(c.call_id)
+        if call is not None:  # already gone: nothing to do
+            self._hangup(call, c.code, c.reason)
+
+    def _stop_play(self, c: cmd.StopPlay) -> None:
+        self._stop_player((c.call_id, c.play_id))
+
+    def _query_levels(self, c: cmd.QueryLevels) -> tuple[tuple[str, int], ...]:
+        return tuple((cid, self._rx_level(cid)) for cid in c.call_ids)
+
+    def _shutdown_command(self, c: cmd.Shutdown) -> None:
+        self.running = False
 
     def _rx_level(self, call_id: str) -> int:
         # pjsua2 names levels from the port's side: what a call *transmits* into the bridge

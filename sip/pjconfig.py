@@ -8,8 +8,8 @@ from typing import Any
 
 import pjsua2 as pj
 
-from gateway import USER_AGENT
-from gateway.config import SipConfig
+from sip import USER_AGENT
+from sip.config import SipConfig
 
 log = logging.getLogger("pjsip")
 

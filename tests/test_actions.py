@@ -17,6 +17,7 @@ import pytest
 from media.tones import sine, to_pcm16
 from tests.audio import levels, read_final
 from tests.harness import AppServer, GatewayProc, Phonebank, verify_signature
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.sip
 
@@ -46,12 +47,7 @@ async def action_started(gw: GatewayProc, app: AppServer, caller: str, action: s
                     return call_id
         return None
 
-    for _ in range(200):
-        found = await started()
-        if found:
-            return found
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"{caller} never started {action}")
+    return await eventually(started, 10.0, message=f"{caller} never started {action}")
 
 
 async def place(phones: Phonebank, gw: GatewayProc, cid: str, **opts: Any) -> None:

@@ -11,7 +11,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from gateway import signing
 from gateway.config import Application, HooksConfig
 from gateway.outbox import Outbox
 from gateway.store import NewEvent, Store, Synchronous
+from tests.waiting import eventually
 
 SECRET = "app-one-signing-secret"
 APP1 = Application(id="app_1", customer_id="cust_1", answer_url="http://127.0.0.1:9/a",
@@ -109,13 +110,6 @@ def payload(app: Application, call_id: str, event: str = "call.completed") -> di
                                      "customer_id": app.customer_id}, "data": {}}
 
 
-async def until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 class Running:
     """An Outbox with its worker running, on a real SQLite file."""
 
@@ -149,10 +143,10 @@ async def test_a_hanging_receiver_does_not_hold_up_another_customer(
             outbox.add(f"call_h{i}", hang.url, APP2.id, payload(APP2, f"call_h{i}"))
             outbox.add(f"call_r{i}", dead_refused, APP2.id, payload(APP2, f"call_r{i}"))
         await outbox.flushed()
-        await until(lambda: hang.open >= 3)
+        await eventually(lambda: hang.open >= 3, timeout=20)
         eid = outbox.add("call_ok", rx.url, APP1.id, payload(APP1, "call_ok"))
         # Before per-destination caps this waited for 600 dead events to time out first.
-        await until(lambda: any(r[0] == eid for r in rx.requests))
+        await eventually(lambda: any(r[0] == eid for r in rx.requests), timeout=20)
         assert hang.most <= 3  # the hanging receiver never had more than its share
     server.close()
 
@@ -163,7 +157,7 @@ async def test_secret_is_looked_up_at_send_time_and_never_stored(
     path = tmp_path / "s.db"
     async with Running(path) as outbox:
         eid = outbox.add("call_1", rx.url, APP1.id, payload(APP1, "call_1"))
-        await until(lambda: len(rx.requests) == 1)
+        await eventually(lambda: len(rx.requests) == 1, timeout=20)
     got_id, _, raw, headers = rx.requests[0]
     assert got_id == eid and headers["MiniVoice-Call-Id"] == "call_1"
     assert signing.verify(SECRET, raw, headers[signing.HEADER])
@@ -178,7 +172,8 @@ async def test_an_unconfigured_application_is_retried_then_sent_when_configured(
     caplog.set_level(logging.WARNING, "minivoice.webhook")
     async with Running(path, apps=(APP2,)) as outbox:
         eid = outbox.add("call_1", rx.url, APP1.id, payload(APP1, "call_1"))
-        await until(lambda: any(r.getMessage() == "webhook.failed" for r in caplog.records))
+        await eventually(
+            lambda: any(r.getMessage() == "webhook.failed" for r in caplog.records), timeout=20)
         assert outbox.pending_count() == 1
     assert rx.requests == []  # never sent unsigned, nor signed with another app's secret
     failed = next(r for r in caplog.records if r.getMessage() == "webhook.failed")
@@ -186,9 +181,43 @@ async def test_an_unconfigured_application_is_retried_then_sent_when_configured(
     row = Store(path).outbox_row(eid)
     assert row is not None and row["state"] == "pending" and row["attempts"] >= 1
     async with Running(path, apps=(APP1,)) as outbox:  # the application is back
-        await until(lambda: len(rx.requests) == 1, timeout=30)
+        await eventually(lambda: len(rx.requests) == 1, timeout=30)
     assert rx.requests[0][0] == eid
     assert signing.verify(SECRET, rx.requests[0][2], rx.requests[0][3][signing.HEADER])
+
+
+async def test_a_redirect_is_a_failed_delivery_and_is_not_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hits: dict[str, int] = {"events": 0, "elsewhere": 0}
+
+    async def events(request: web.Request) -> web.Response:
+        hits["events"] += 1
+        raise web.HTTPFound("/elsewhere")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        hits["elsewhere"] += 1
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.add_routes([web.post("/events", events), web.route("*", "/elsewhere", elsewhere)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/events"  # type: ignore[union-attr]
+    caplog.set_level(logging.WARNING, "minivoice.webhook")
+    try:
+        async with Running(tmp_path / "x.db") as outbox:
+            outbox.add("call_1", url, APP1.id, payload(APP1, "call_1"))
+            await eventually(
+            lambda: any(r.getMessage() == "webhook.failed" for r in caplog.records), timeout=20)
+            assert outbox.pending_count() == 1  # kept, to be retried
+    finally:
+        await runner.cleanup()
+    failed = next(r for r in caplog.records if r.getMessage() == "webhook.failed")
+    assert failed.__dict__["error"] == "HTTP 302" and not failed.__dict__["given_up"]
+    assert hits["events"] >= 1 and hits["elsewhere"] == 0  # the Location never got it
 
 
 async def test_per_call_order_and_stable_ids_across_retries_and_restart(
@@ -200,13 +229,13 @@ async def test_per_call_order_and_stable_ids_across_retries_and_restart(
         ids = [outbox.add("call_1", rx.url, APP1.id, payload(APP1, "call_1", e))
                for e in ("call.initiated", "call.answered", "call.completed")]
         other = outbox.add("call_2", rx.url, APP1.id, payload(APP1, "call_2"))
-        await until(lambda: len(rx.requests) >= 3)
+        await eventually(lambda: len(rx.requests) >= 3, timeout=20)
     # only each call's first event was ever tried: order holds while failing
     assert {r[0] for r in rx.requests} <= {ids[0], other}
     rx.status = 204
     rx.requests.clear()
     async with Running(path) as outbox:  # a restart: the same file, a new worker
-        await until(lambda: len(rx.requests) == 4, timeout=30)
+        await eventually(lambda: len(rx.requests) == 4, timeout=30)
         assert outbox.pending_count() == 0
     mine = [r[0] for r in rx.requests if r[1]["call"]["id"] == "call_1"]
     assert mine == ids
@@ -222,11 +251,11 @@ async def test_give_up_marks_dead_and_the_call_moves_on(tmp_path: Path, rx: Rece
     rx.status = 500
     cfg = HooksConfig(webhook_give_up_after_s=3600)
     async with Running(path, cfg=cfg, dead_keep_s=60.0) as outbox:
-        await until(lambda: len(rx.requests) == 1)
-        await until(lambda: outbox.pending_count() == 0)
+        await eventually(lambda: len(rx.requests) == 1, timeout=20)
+        await eventually(lambda: outbox.pending_count() == 0, timeout=20)
         rx.status = 204
         nxt = outbox.add("call_1", rx.url, APP1.id, payload(APP1, "call_1"))
-        await until(lambda: len(rx.requests) == 2)
+        await eventually(lambda: len(rx.requests) == 2, timeout=20)
         assert rx.requests[1][0] == nxt
         await outbox.flushed()
         assert await outbox.prune(now=time.time() + 30) == 0  # dead kept dead_keep_s
@@ -286,7 +315,7 @@ async def test_sqlite_never_runs_on_the_event_loop_thread(tmp_path: Path, rx: Re
     task = asyncio.create_task(outbox.run())
     for i in range(20):
         outbox.add(f"call_{i}", rx.url, APP1.id, payload(APP1, f"call_{i}"))
-    await until(lambda: len(rx.requests) == 20)
+    await eventually(lambda: len(rx.requests) == 20, timeout=20)
     await outbox.prune()
     await outbox._in_db(outbox._checkpoint)
     await outbox.stop()
@@ -323,7 +352,7 @@ async def test_a_busy_receiver_gets_more_slots_and_a_dead_one_fewer(tmp_path: Pa
         for i in range(300):
             outbox.add(f"call_s{i}", url, APP1.id, payload(APP1, f"call_s{i}"))
             outbox.add(f"call_h{i}", hang.url, APP2.id, payload(APP2, f"call_h{i}"))
-        await until(lambda: len(done) == 300)
+        await eventually(lambda: len(done) == 300, timeout=20)
         late = hang.most
         hang.most = hang.open
         await asyncio.sleep(1.0)  # the hanging receiver, after its first timeouts
@@ -344,10 +373,10 @@ async def test_a_call_whose_events_go_to_two_receivers_keeps_order_and_loses_non
     async with Running(tmp_path / "two.db") as outbox:
         first = outbox.add("call_1", rx.url, APP1.id, payload(APP1, "call_1", "call.answered"))
         second = outbox.add("call_1", other.url, APP1.id, payload(APP1, "call_1"))
-        await until(lambda: len(rx.requests) >= 1)
+        await eventually(lambda: len(rx.requests) >= 1, timeout=20)
         await asyncio.sleep(0.3)  # rounds that find nothing due at `other`
         assert other.requests == []
         rx.status = 204
-        await until(lambda: [r[0] for r in other.requests] == [second], timeout=30)
+        await eventually(lambda: [r[0] for r in other.requests] == [second], timeout=30)
         assert rx.requests[-1][0] == first
     await runner.cleanup()

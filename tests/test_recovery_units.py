@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import SipConfig
 from gateway.recovery import lost_call
 from gateway.store import LiveCall, NewEvent, Store
 from gateway.watchdog import EXIT_CODE, watch
+from sip.config import SipConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

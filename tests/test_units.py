@@ -189,7 +189,7 @@ def test_outbox_rows_keep_per_call_order(tmp_path: Path) -> None:
 
 
 def test_rtp_can_bind_apart_from_sip() -> None:
-    from gateway.config import SipConfig
+    from sip.config import SipConfig
     from sip.pjconfig import account_config
 
     behind_edge = account_config(SipConfig(host="127.0.0.1", rtp_host="0.0.0.0"), 5070)
@@ -206,3 +206,18 @@ def test_check_config_applies_edge_rules(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(cfg)],
                          capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 2 and "loopback" in run.stderr, run.stderr
+
+
+def test_every_event_name_in_the_catalogue_is_documented() -> None:
+    from gateway.webhook_events import EVENT_NAMES
+
+    doc = (ROOT / "docs" / "api.md").read_text()
+    assert len(set(EVENT_NAMES)) == 6
+    assert all(f"`{name}`" in doc for name in EVENT_NAMES)
+
+
+def test_sip_and_gateway_agree_on_the_version_and_user_agent() -> None:
+    import gateway
+    import sip
+
+    assert (sip.__version__, sip.USER_AGENT) == (gateway.__version__, gateway.USER_AGENT)

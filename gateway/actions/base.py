@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from gateway.webhook_events import ActionsEvent
+
 
 class CallContext(Protocol):
     """The operations an action executor may use. Implemented by the call session;
@@ -46,7 +48,7 @@ class CallContext(Protocol):
         ...
 
     async def fetch_actions(
-        self, url: str, event: str, data: dict[str, Any]
+        self, url: str, event: ActionsEvent, data: dict[str, Any]
     ) -> tuple[Action, ...]:
         """POST the call's envelope (signed) to `url`; the validated actions it returns."""
         ...
