@@ -34,7 +34,8 @@ def test_bench_runs_end_to_end_at_toy_scale(tmp_path: Path) -> None:
     assert step["in_rooms"] == 7, step  # 6 SIPp callers + the listening probe
     assert step["probe_loud_ratio"] > 0.5, step  # the probe hears the SIPp callers' tone
     assert step["cpu_ms_per_leg_s"] > 0 and step["rss_mb"] > 0, step
-    assert step["setup_p99_ms"] >= step["setup_p50_ms"] > 0, step
+    # SIPp reports whole milliseconds: a local call can set up in "0 ms"; present is enough
+    assert step["setup_p99_ms"] >= step["setup_p50_ms"] >= 0, step
 
     delay = r["mixer_delay"]
     assert delay["bursts"] >= 1 and delay["median_ms"] > 0, delay
