@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("minivoice.api")
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+# Who is asking: (admin, customer_id), set by the auth middleware for every /v1 request.
+SCOPE: web.RequestKey[tuple[bool, str | None]] = web.RequestKey("scope")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -61,7 +63,7 @@ def setup(app: web.Application, gw: Gateway) -> None:
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         if request.path.startswith("/v1/") and request.path != "/v1/openapi.json":
-            request["scope"] = _authorize(request)
+            request[SCOPE] = _authorize(request)
         return await handler(request)
     except ApiError as exc:
         return _error(exc.status, exc.code, exc.message)
@@ -96,7 +98,7 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 def _visible(request: web.Request, customer_id: str) -> bool:
-    admin, customer = request["scope"]
+    admin, customer = request[SCOPE]
     return bool(admin or customer == customer_id)
 
 
@@ -124,7 +126,7 @@ async def list_calls(request: web.Request) -> web.Response:
             raise ApiError(400, "invalid_query", "limit must be an integer") from None
         if not 1 <= limit <= 1000:
             raise ApiError(400, "invalid_query", "limit must be 1 to 1000")
-        admin, customer = request["scope"]
+        admin, customer = request[SCOPE]
         calls = gw.store.calls_recent(limit, None if admin else customer)
     else:
         raise ApiError(400, "invalid_query", "state must be live or ended")
@@ -158,7 +160,7 @@ def _room(request: web.Request) -> Room:
     """The room named in the path, within the caller's customer scope."""
     gw = request.app[GATEWAY]
     name = request.match_info["room"]
-    admin, customer = request["scope"]
+    admin, customer = request[SCOPE]
     if not admin:
         room = gw.conferences.book.room(RoomKey(str(customer), name))
     else:
