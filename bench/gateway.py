@@ -32,15 +32,15 @@ CONFIG = ROOT / "configs" / "bench.yaml"
 log = logging.getLogger("bench.gateway")
 
 
-def free_port() -> int:
-    """A port free on UDP and TCP alike (SIP on UDP, HTTP on TCP)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on UDP and TCP alike on `host` (SIP on UDP, HTTP on TCP)."""
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
+            u.bind((host, 0))
             port = int(u.getsockname()[1])
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
                 try:
-                    t.bind(("127.0.0.1", port))
+                    t.bind((host, port))
                 except OSError:
                     continue
             return port

@@ -184,6 +184,7 @@ class Gateway:
             return
         if isinstance(event, ev.CallAnswered):
             session.on_answered()
+            self.remember(session)  # the stored record now says answered (duration on loss)
         elif isinstance(event, ev.MediaReady):
             session.on_media(event)
         elif isinstance(event, ev.DtmfDigit):
@@ -195,8 +196,6 @@ class Gateway:
         elif isinstance(event, ev.CallEnded):
             del self.sessions[session.call_id]
             self.finish(session, event)
-        if isinstance(event, ev.CallAnswered):
-            self.remember(session)
 
     def _incoming(self, event: ev.IncomingCall) -> None:
         if not self.accepting:

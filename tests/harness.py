@@ -27,6 +27,7 @@ from aiohttp import web
 
 from bench.gateway import free_port  # shared with the benchmark
 from gateway import signing
+from tests.httpkit import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -144,11 +145,7 @@ class AppServer:
         app.router.add_post("/events", self._events)
         app.router.add_post("/hook/{name}", self._answer)
         app.router.add_get("/media/{name}", self._media)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = runner.addresses[0][1]
+        runner, self.port = await serve(app)
         return runner
 
 

@@ -16,6 +16,14 @@ from media.tones import sine, to_pcm16
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Run `app` on a free loopback port: (its runner, for cleanup(); the port)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, int(runner.addresses[0][1])
+
+
 def wav_bytes(seconds: float, rate: int = 8000) -> bytes:
     out = io.BytesIO()
     with wave.open(out, "wb") as w:
@@ -50,11 +58,7 @@ class Server:
     async def start(self) -> web.AppRunner:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = runner.addresses[0][1]
+        runner, self.port = await serve(app)
         return runner
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bench.gateway import free_port
 from tests.audio import levels
 from tests.harness import ROOT, Phonebank
 
@@ -81,17 +82,8 @@ def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 def _free_port() -> int:
-    """A port free for both UDP and TCP on the host (the edge is published on both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("0.0.0.0", 0))
-            port = int(t.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("0.0.0.0", port))
-                except OSError:
-                    continue
-        return port
+    """A port free for both UDP and TCP on every host address (the edge is published there)."""
+    return free_port("0.0.0.0")
 
 
 @dataclass

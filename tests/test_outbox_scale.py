@@ -23,6 +23,7 @@ from gateway import signing
 from gateway.config import Application, HooksConfig
 from gateway.outbox import Outbox
 from gateway.store import NewEvent, Store, Synchronous
+from tests.httpkit import serve
 from tests.waiting import eventually
 
 SECRET = "app-one-signing-secret"
@@ -49,11 +50,7 @@ class Receiver:
 
         app = web.Application()
         app.add_routes([web.post("/events", events)])
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner, self.port = await serve(app)
         return runner
 
     @property
@@ -201,11 +198,8 @@ async def test_a_redirect_is_a_failed_delivery_and_is_not_followed(
 
     app = web.Application()
     app.add_routes([web.post("/events", events), web.route("*", "/elsewhere", elsewhere)])
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/events"  # type: ignore[union-attr]
+    runner, port = await serve(app)
+    url = f"http://127.0.0.1:{port}/events"
     caplog.set_level(logging.WARNING, "minivoice.webhook")
     try:
         async with Running(tmp_path / "x.db") as outbox:
@@ -340,11 +334,8 @@ async def test_a_busy_receiver_gets_more_slots_and_a_dead_one_fewer(tmp_path: Pa
 
     app = web.Application()
     app.add_routes([web.post("/events", slow)])
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/events"  # type: ignore[union-attr]
+    runner, port = await serve(app)
+    url = f"http://127.0.0.1:{port}/events"
     hang = Hanging()
     server = await hang.start()
     cfg = HooksConfig(total_timeout_s=0.3, connect_timeout_s=0.3)

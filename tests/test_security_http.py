@@ -45,7 +45,7 @@ from gateway.session import CallSession
 from gateway.strict import ValidationError
 from media.rooms import RoomKey
 from sip.events import DtmfDigit, IncomingCall
-from tests.httpkit import Server, in_pieces, wav_bytes, wav_seconds
+from tests.httpkit import Server, in_pieces, serve, wav_bytes, wav_seconds
 
 LOOPBACK = AddressPolicy.from_config(["127.0.0.0/8"])
 APP_DICT = {"id": "app_t", "customer_id": "c1", "answer_url": "http://127.0.0.1:9/answer",
@@ -169,11 +169,7 @@ async def test_patch_on_a_participant_who_left_meanwhile_is_404() -> None:
                               sessions={})
     app = web.Application()
     api.setup(app, fake_gw)  # type: ignore[arg-type]
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await serve(app)
 
     async def slow_body() -> AsyncIterator[bytes]:
         yield b'{"muted": '
@@ -502,13 +498,10 @@ async def test_get_room_while_a_participant_leaves_is_not_a_500() -> None:
                               sessions={}, levels=levels)
     app = web.Application()
     api.setup(app, fake_gw)  # type: ignore[arg-type]
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    runner, port = await serve(app)
     try:
         async with aiohttp.ClientSession() as s, s.get(
-                f"http://127.0.0.1:{runner.addresses[0][1]}/v1/conferences/r1") as r:
+                f"http://127.0.0.1:{port}/v1/conferences/r1") as r:
             assert r.status == 200, await r.text()
             body = await r.json()
             assert [p["call_id"] for p in body["participants"]] == ["call_b"]

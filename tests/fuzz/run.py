@@ -216,14 +216,13 @@ class Fuzzer:
                 d = await self._new_dialog(n)
                 if d is not None:
                     self.dialogs.append(d)
-            recent: list[int] = []
             for case in cases:
                 await self._send_case(case)
-                recent = ([*recent, case])[-check_every:]
                 if case % check_every == check_every - 1:
                     if not await self.health():
+                        first = max(cases.start, case - check_every + 1)
                         self.report.findings.append(
-                            f"target unhealthy after cases {recent[0]}..{recent[-1]} "
+                            f"target unhealthy after cases {first}..{case} "
                             f"(seed {self.seed}); replay them one by one")
                         break
                     # dialogs the fuzz ended (a BYE that got through) are replaced
