@@ -7,16 +7,25 @@ built from the same route table, so the two cannot drift apart.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from gateway import __version__
+from gateway.actions.say import Say
+from gateway.conferences import TooManyAnnouncements
 from gateway.config import ApiToken
+from gateway.room_requests import (
+    MAX_ANNOUNCEMENT_LOOP,
+    MAX_SPEAK_TO,
+    parse_announcement,
+    parse_patch,
+)
+from gateway.strict import Detail, ValidationError
 from gateway.timestamps import iso
 from media.rooms import Room, RoomError, RoomKey
 
@@ -33,9 +42,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 details: list[Detail] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.details = details
 
 
 @dataclass(frozen=True)
@@ -66,7 +77,7 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
             request[SCOPE] = _authorize(request)
         return await handler(request)
     except ApiError as exc:
-        return _error(exc.status, exc.code, exc.message)
+        return _error(exc.status, exc.code, exc.message, exc.details)
     except web.HTTPException as exc:  # aiohttp's own 404/405: same JSON shape
         if exc.status >= 400:
             return _error(exc.status, "http_error", exc.reason)
@@ -93,8 +104,12 @@ def _authorize(request: web.Request) -> tuple[bool, str | None]:
     return (found.customer_id is None, found.customer_id)
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def _error(status: int, code: str, message: str,
+           details: list[Detail] | None = None) -> web.Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = [d.as_dict() for d in details]
+    return web.json_response({"error": error}, status=status)
 
 
 def _visible(request: web.Request, customer_id: str) -> bool:
@@ -200,7 +215,10 @@ def _participant(gw: Gateway, room: Room, cid: str, level: int) -> dict[str, Any
     m = room.members[cid]
     session = gw.sessions.get(cid)
     return {"call_id": cid, "from": session.incoming.from_user if session else None,
-            "muted": m.muted, "end_on_exit": m.end_on_exit, "joined_at": iso(m.joined_at),
+            "muted": m.muted, "hold": m.held,
+            "speak_to": sorted(m.speak_to) if m.speak_to is not None else None,
+            "waiting": cid in room.waiting(), "start_on_enter": m.start_on_enter,
+            "end_on_exit": m.end_on_exit, "joined_at": iso(m.joined_at),
             "talking": level >= gw.cfg.rooms.speaker_level}
 
 
@@ -226,26 +244,69 @@ async def end_conference(request: web.Request) -> web.Response:
 
 
 async def patch_participant(request: web.Request) -> web.Response:
+    """Mute, hold or coach a participant (any of them in one request, all or nothing)."""
     gw = request.app[GATEWAY]
     _member(request, _room(request))
     try:
-        body = json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise ApiError(400, "invalid_body", "body must be JSON") from None
-    if not isinstance(body, dict) or set(body) != {"muted"} or not isinstance(body["muted"], bool):
-        raise ApiError(400, "invalid_body", 'body must be {"muted": true|false}')
+        patch = parse_patch(await request.read())
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_body", "invalid body", exc.details) from None
     # Looked up again: the participant may have left (or the room ended) while the body
     # was on its way.
     room = _room(request)
     cid = _member(request, room)
+    if patch.sets_speak_to and patch.speak_to is not None:
+        missing = [t for t in patch.speak_to if t not in room.members]
+        if missing:
+            raise ApiError(400, "invalid_body", "invalid body", [
+                Detail(f"speak_to[{patch.speak_to.index(t)}]",
+                       f"not in room {room.key.name}") for t in missing[:10]])
+    session = gw.sessions.get(cid)
     try:
-        gw.conferences.set_muted(cid, body["muted"])
+        if patch.hold is not None:
+            gw.conferences.set_held(cid, patch.hold)
+        if patch.sets_speak_to:
+            gw.conferences.set_speak_to(cid, patch.speak_to)
+        if patch.muted is not None:
+            gw.conferences.set_muted(cid, patch.muted)
     except RoomError:
         raise ApiError(404, "not_found", f"{cid} is not in room {room.key.name}") from None
-    session = gw.sessions.get(cid)
     if session:
-        session.note("api.mute", muted=body["muted"])
+        session.note("api.participant", **{k: v for k, v in (
+            ("muted", patch.muted), ("hold", patch.hold)) if v is not None},
+            **({"speak_to": list(patch.speak_to) if patch.speak_to is not None else None}
+               if patch.sets_speak_to else {}))
     return web.json_response(_participant(gw, room, cid, 0) | {"talking": None})
+
+
+async def announce(request: web.Request) -> web.Response:
+    """Say or play something once to the whole room, over the conversation."""
+    gw = request.app[GATEWAY]
+    _room(request)
+    try:
+        prompt = parse_announcement(await request.read())
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_body", "invalid body", exc.details) from None
+    room = _room(request)
+    if isinstance(prompt, Say):
+        say = prompt
+
+        async def prepare() -> Path:
+            return await gw.media.speak(say.text, say.voice)
+    else:
+        url = prompt.url
+
+        async def prepare() -> Path:
+            return await gw.media.fetch(url)
+    try:
+        gw.conferences.announce(room.key, prepare, prompt.loop)
+    except TooManyAnnouncements:
+        raise ApiError(429, "too_many_announcements",
+                       f"room {room.key.name} already has {gw.cfg.rooms.max_announcements} "
+                       "announcements under way (rooms.max_announcements)") from None
+    return web.json_response({"room": room.key.name, "status": "queued",
+                              "kind": "say" if isinstance(prompt, Say) else "play"},
+                             status=202)
 
 
 async def remove_participant(request: web.Request) -> web.Response:
@@ -270,9 +331,28 @@ ROUTES = (
     Route("DELETE", "/v1/conferences/{room}", end_conference,
           "End the room: every participant leaves and runs its next action"),
     Route("PATCH", "/v1/conferences/{room}/participants/{call_id}", patch_participant,
-          "Mute or unmute a participant",
-          {"type": "object", "required": ["muted"], "additionalProperties": False,
-           "properties": {"muted": {"type": "boolean"}}}),
+          "Mute, hold or coach a participant (speak_to: only those participants hear them)",
+          {"type": "object", "minProperties": 1, "additionalProperties": False,
+           "properties": {"muted": {"type": "boolean"}, "hold": {"type": "boolean"},
+                          "speak_to": {"type": "array", "nullable": True,
+                                       "maxItems": MAX_SPEAK_TO,
+                                       "items": {"type": "string",
+                                                 "pattern": "^call_[A-Za-z0-9_-]{1,64}$"}}}}),
+    Route("POST", "/v1/conferences/{room}/announcements", announce,
+          "Say or play something once to everyone in the room (not on hold), mixed over "
+          "the conversation",
+          {"type": "object", "minProperties": 1, "maxProperties": 1,
+           "additionalProperties": False, "properties": {
+               "say": {"type": "object", "required": ["text"], "additionalProperties": False,
+                       "properties": {"text": {"type": "string", "minLength": 1,
+                                               "maxLength": 4000},
+                                      "voice": {"type": "string"},
+                                      "loop": {"type": "integer", "minimum": 1,
+                                               "maximum": MAX_ANNOUNCEMENT_LOOP}}},
+               "play": {"type": "object", "required": ["url"], "additionalProperties": False,
+                        "properties": {"url": {"type": "string", "format": "uri"},
+                                       "loop": {"type": "integer", "minimum": 1,
+                                                "maximum": MAX_ANNOUNCEMENT_LOOP}}}}}),
     Route("DELETE", "/v1/conferences/{room}/participants/{call_id}", remove_participant,
           "Remove a participant from the room: their next action runs"),
 )
@@ -280,7 +360,9 @@ ROUTES = (
 
 def openapi_document() -> dict[str, Any]:
     error = {"type": "object", "properties": {"error": {"type": "object", "properties": {
-        "code": {"type": "string"}, "message": {"type": "string"}}}}}
+        "code": {"type": "string"}, "message": {"type": "string"},
+        "details": {"type": "array", "items": {"type": "object", "properties": {
+            "path": {"type": "string"}, "reason": {"type": "string"}}}}}}}}
     paths: dict[str, Any] = {}
     for r in ROUTES:
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -302,6 +384,8 @@ def openapi_document() -> dict[str, Any]:
                 "401": {"description": "Missing or unknown token", "content": {
                     "application/json": {"schema": error}}},
                 "404": {"description": "Not found", "content": {
+                    "application/json": {"schema": error}}},
+                "429": {"description": "Too many announcements under way", "content": {
                     "application/json": {"schema": error}}},
             },
         }

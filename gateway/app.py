@@ -61,6 +61,7 @@ class Gateway:
         if not self.ringback.exists():
             write_wav(self.ringback, tones.ringback(self.cfg.sip.clock_rate),
                       self.cfg.sip.clock_rate)
+        self.conferences.beeps = tones.write_beeps(cache_dir, self.cfg.sip.clock_rate)
         self.outbox = Outbox(self.store, self._pools.webhook, self.cfg.hooks,
                              self.cfg.applications,
                              dead_keep_s=self.cfg.records.retention_days * 86400)
@@ -178,6 +179,9 @@ class Gateway:
     def _on_sip_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.IncomingCall):
             self._incoming(event)
+            return
+        if isinstance(event, ev.RoomPlayDone):
+            self.conferences.on_player_done(event.name)
             return
         session = self.sessions.get(getattr(event, "call_id", ""))
         if session is None:

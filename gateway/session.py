@@ -26,7 +26,7 @@ from gateway.interpreter import run_actions
 from gateway.media_cache import MediaError
 from gateway.timestamps import iso
 from gateway.webhook_events import ActionsEvent, EventName, LifecycleEvent
-from media.rooms import Link, RoomKey
+from media.rooms import Link, MemberOptions, RoomKey
 from sip import commands as cmd
 from sip import events as ev
 from sip.engine import SipCommandError
@@ -219,11 +219,10 @@ class CallSession:
         self.hangup_reason = reason
         await self.end_call(603, "hangup_action", reason or "")
 
-    async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
+    async def conference(self, room: str, options: MemberOptions) -> None:
         self.room = RoomKey(self.customer_id, room)
         try:
-            why = await self.gw.conferences.join(self.room, self.call_id, mute=mute,
-                                                 end_on_exit=end_on_exit)
+            why = await self.gw.conferences.join(self.room, self.call_id, options, caller=self)
             self.note("conference.left", room=room, why=why)
         finally:
             self.room = None

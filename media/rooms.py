@@ -91,7 +91,7 @@ class MemberOptions:
     wait: str | None = None
     beep: Beep = "none"
     max_participants: int | None = None
-    dtmf_controls: bool = False
+    dtmf_controls: bool | None = None  # None = the config's default
 
 
 @dataclass

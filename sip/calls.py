@@ -25,6 +25,7 @@ class _SipThread(Protocol):
 
     calls: dict[str, Any]
     finished_players: queue.SimpleQueue[tuple[str, int]]
+    finished_room_players: queue.SimpleQueue[str]
     post: Callable[[ev.Event], None]
 
     def call_gone(self, call: Any) -> None: ...
@@ -187,3 +188,20 @@ class PromptPlayer(pj.AudioMediaPlayer):  # type: ignore[misc]
         # Called on the media clock thread: hand the key to the SIP thread, nothing more
         # (a player must not be destroyed inside its own callback).
         self.engine.finished_players.put(self.key)
+
+
+class RoomPlayer(pj.AudioMediaPlayer):  # type: ignore[misc]
+    """A file played into a room as a bridge source shared by its listeners: wait music
+    (looping) or a beep or announcement (once; its end is reported through the engine)."""
+
+    def __init__(self, engine: _SipThread, name: str, loop: bool) -> None:
+        super().__init__()
+        self.engine = engine
+        self.name = name
+        self.loop = loop
+
+    def onEof2(self) -> None:
+        # Media clock thread: only hand the name over (see PromptPlayer). A looping player
+        # reports every rewind: nothing to do.
+        if not self.loop:
+            self.engine.finished_room_players.put(self.name)

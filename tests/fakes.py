@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.actions.base import Action
 from gateway.config import Application, Config
+from media.rooms import MemberOptions
 from sip import commands as cmd
 from sip import events as ev
 
@@ -47,7 +48,7 @@ class FakeCall:
     async def hangup(self, reason: str | None = None) -> None:
         self.hung_up = reason or ""
 
-    async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
+    async def conference(self, room: str, options: MemberOptions) -> None:
         self.rooms.append(room)
 
     def note(self, event: str, **fields: Any) -> None:

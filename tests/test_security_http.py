@@ -43,7 +43,7 @@ from gateway.media_cache import MediaCache, MediaError
 from gateway.netguard import AddressPolicy, GuardedResolver, guarded_socket_factory, redact
 from gateway.session import CallSession
 from gateway.strict import ValidationError
-from media.rooms import RoomKey
+from media.rooms import MemberOptions, RoomKey
 from sip.events import DtmfDigit, IncomingCall
 from tests.httpkit import Server, in_pieces, serve, wav_bytes, wav_seconds
 
@@ -443,11 +443,11 @@ async def test_dtmf_queue_and_timeline_are_bounded() -> None:
 async def test_a_full_room_is_not_joined_and_the_next_action_runs() -> None:
     conferences = Conferences(lambda change: None, RoomsConfig(max_participants=2))
     key = RoomKey("c1", "r1")
-    waiting = [asyncio.create_task(conferences.join(key, f"call_{i}", mute=False,
-                                                    end_on_exit=False)) for i in range(2)]
+    waiting = [asyncio.create_task(conferences.join(key, f"call_{i}", MemberOptions()))
+               for i in range(2)]
     await asyncio.sleep(0)
     with pytest.raises(RoomFull):
-        await conferences.join(key, "call_2", mute=False, end_on_exit=False)
+        await conferences.join(key, "call_2", MemberOptions())
     assert set(conferences.book.rooms[key].members) == {"call_0", "call_1"}
     assert "call_2" not in conferences.book.room_of
     notes: list[str] = []
@@ -456,8 +456,8 @@ async def test_a_full_room_is_not_joined_and_the_next_action_runs() -> None:
         async def answer(self) -> None:
             pass
 
-        async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
-            await conferences.join(key, "call_3", mute=mute, end_on_exit=end_on_exit)
+        async def conference(self, room: str, options: MemberOptions) -> None:
+            await conferences.join(key, "call_3", options)
 
         def note(self, event: str, **fields: Any) -> None:
             notes.append(event)
