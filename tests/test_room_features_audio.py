@@ -282,8 +282,11 @@ async def test_dtmf_controls_mute_and_leave_without_leaking_digits(
     app.answer = by_caller({
         "+1a": [{"conference": {"room": "keys", "dtmf_controls": True}},
                 {"conference": {"room": "after-keys"}}],
-        "+1b": [{"conference": {"room": "keys", "dtmf_controls": True}}],
+        # b's wait music is not audio: b joins all the same, the timeline says why
+        "+1b": [{"conference": {"room": "keys", "dtmf_controls": True,
+                                "wait_url": app.url + "/media/junk"}}],
     })
+    app.media["junk"] = (b"<html>not audio</html>", {"Content-Type": "text/html"})
     s = Scene(phones, gateway, tmp_path)
     await s.call("a", 440, "+1a")
     await s.call("b", 700, "+1b")
@@ -327,6 +330,9 @@ async def test_dtmf_controls_mute_and_leave_without_leaking_digits(
     assert left and left[0]["why"] == "dtmf", a_call["timeline"]
     events = [e["event"] for e in a_call["timeline"]]
     assert "participant.muted" in events and "participant.unmuted" in events, events
+    _, b_call = await gateway.get(f"/v1/calls/{ids['+1b']}")
+    failed = [e for e in b_call["timeline"] if e["event"] == "conference.wait_url_failed"]
+    assert failed and "neither WAV nor MP3" in failed[0]["message"], b_call["timeline"]
 
 
 async def test_large_room_keeps_hold_mute_announcements_and_beeps(
