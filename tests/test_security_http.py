@@ -163,7 +163,7 @@ async def test_internal_error_does_not_leak_exception_text() -> None:
 async def test_patch_on_a_participant_who_left_meanwhile_is_404() -> None:
     conferences = Conferences(lambda change: None)
     key = RoomKey("c1", "r1")
-    joined = asyncio.create_task(conferences.join(key, "call_a", mute=False, end_on_exit=False))
+    joined = asyncio.create_task(conferences.join(key, "call_a", MemberOptions()))
     await asyncio.sleep(0)
     fake_gw = SimpleNamespace(cfg=Config(applications=(APP,)), conferences=conferences,
                               sessions={})
@@ -487,7 +487,7 @@ async def test_each_kind_of_traffic_has_its_own_pool() -> None:
 async def test_get_room_while_a_participant_leaves_is_not_a_500() -> None:
     conferences = Conferences(lambda change: None)
     key = RoomKey("c1", "r1")
-    joined = [asyncio.create_task(conferences.join(key, cid, mute=False, end_on_exit=False))
+    joined = [asyncio.create_task(conferences.join(key, cid, MemberOptions()))
               for cid in ("call_a", "call_b")]
     await asyncio.sleep(0)
 
