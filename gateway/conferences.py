@@ -27,6 +27,7 @@ from media.rooms import (
     Departure,
     LinkChange,
     MemberOptions,
+    Room,
     RoomBook,
     RoomError,
     RoomKey,
@@ -73,6 +74,13 @@ class Conferences:
         self._announcing: dict[RoomKey, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._oneshot_done: dict[str, asyncio.Future[None]] = {}
+
+    def live(self) -> list[Room]:
+        """Every live room."""
+        return list(self.book.rooms.values())
+
+    def room(self, key: RoomKey) -> Room | None:
+        return self.book.room(key)
 
     async def run_speaker_detection(self, levels: LevelQuery) -> None:
         """Forever: every poll, pick the speakers of each large room and relink it."""
