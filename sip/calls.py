@@ -191,17 +191,15 @@ class PromptPlayer(pj.AudioMediaPlayer):  # type: ignore[misc]
 
 
 class RoomPlayer(pj.AudioMediaPlayer):  # type: ignore[misc]
-    """A file played into a room as a bridge source shared by its listeners: wait music
-    (looping) or a beep or announcement (once; its end is reported through the engine)."""
+    """A beep or announcement played once into a room, a bridge source shared by its
+    listeners; its end is reported through the engine. (Looping wait music is a plain
+    pj.AudioMediaPlayer: nothing to report.)"""
 
-    def __init__(self, engine: _SipThread, name: str, loop: bool) -> None:
+    def __init__(self, engine: _SipThread, name: str) -> None:
         super().__init__()
         self.engine = engine
         self.name = name
-        self.loop = loop
 
     def onEof2(self) -> None:
-        # Media clock thread: only hand the name over (see PromptPlayer). A looping player
-        # reports every rewind: nothing to do.
-        if not self.loop:
-            self.engine.finished_room_players.put(self.name)
+        # pjmedia's event thread: only hand the name over (see PromptPlayer).
+        self.engine.finished_room_players.put(self.name)

@@ -340,7 +340,9 @@ class _SipThread:
 
         if spec.name in self.room_players:
             return
-        player = RoomPlayer(self, spec.name, spec.loop)
+        # Wait music loops: a plain player, so that no Python runs on pjmedia's event thread
+        # at each rewind; a one-shot reports its end through RoomPlayer.onEof2.
+        player = pj.AudioMediaPlayer() if spec.loop else RoomPlayer(self, spec.name)
         try:
             player.createPlayer(spec.path, 0 if spec.loop else pj.PJMEDIA_FILE_NO_LOOP)
         except Exception as exc:
