@@ -62,6 +62,24 @@ def peak(path: Path, freq: float, start_s: float, end_s: float) -> float:
     return float(sel.max()) if len(sel) else -150.0
 
 
+def speech_db(path: Path, start_s: float, end_s: float, tones: tuple[float, ...]) -> float:
+    """Power (dB) in the voice band (250-3400 Hz) away from the test tones: speech. The
+    upper quartile over 100 ms frames: a click (one frame) does not count, pauses between
+    words do not hide the speech."""
+    x, rate = read_final(path)
+    n = rate // 10
+    freqs = np.fft.rfftfreq(n, 1 / rate)
+    band = (freqs >= 250) & (freqs <= 3400)
+    for f in tones:
+        band &= np.abs(freqs - f) > 60
+    window = np.hanning(n)
+    frames = []
+    for i in range(int(start_s * rate), int(end_s * rate) - n, n // 2):
+        spectrum = np.abs(np.fft.rfft(x[i:i + n] * window)) ** 2
+        frames.append(10 * np.log10(spectrum[band].sum() / n + 1e-12))
+    return float(np.percentile(frames, 75))
+
+
 class Scene:
     """Calls placed from one phonebank, with each recording's clock."""
 
@@ -253,7 +271,7 @@ async def test_hold_coach_announce_full_room_and_bad_patches(
                                       {"say": {"text": "The meeting ends in five minutes."}})
     assert status == 202
     await eventually(lambda: gateway.log().count("conference.announcement ") >= 2)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(2.0)  # the speech lasts about 2 s
     await s.hang_up_all()
 
     def heard(cid: str, start: str, end: str, *freqs: float) -> dict[float, float]:
@@ -278,6 +296,14 @@ async def test_hold_coach_announce_full_room_and_bad_patches(
         assert all(x[f] > HEARD_DB for f in others), (cid, "conversation stopped", x)
         later = levels(s.recs[cid], ANNOUNCE_HZ, start_s=start + 1.8, end_s=start + 2.5)
         assert later[ANNOUNCE_HZ] < SILENT_DB, (cid, "the announcement played more than once")
+        # the spoken one: energy between the tones rises, and the tones go on underneath
+        tones = (440, 700, 1100)
+        quiet = speech_db(s.recs[cid], start + 1.8, start + 2.5, tones)
+        end = duration_s(s.recs[cid])
+        spoken = speech_db(s.recs[cid], end - 2.0, end - 0.3, tones)
+        assert spoken - quiet > 10, (cid, "no speech heard", quiet, spoken)
+        x = levels(s.recs[cid], *others, start_s=end - 2.0, end_s=end - 0.3)
+        assert all(x[f] > HEARD_DB for f in others), (cid, "conversation stopped", x)
 
 
 async def test_dtmf_controls_mute_and_leave_without_leaking_digits(
