@@ -211,7 +211,7 @@ def _participant(app: web.Application, room: Room, cid: str, level: int) -> dict
     return {"call_id": cid, "from": session.rec.from_user if session else None,
             "muted": m.muted, "hold": m.held,
             "speak_to": sorted(m.speak_to) if m.speak_to is not None else None,
-            "waiting": cid in room.waiting(), "start_on_enter": m.start_on_enter,
+            "waiting": not m.held and not room.started, "start_on_enter": m.start_on_enter,
             "end_on_exit": m.end_on_exit, "joined_at": iso(m.joined_at),
             "talking": level >= app[CONFIG].rooms.speaker_level}
 
