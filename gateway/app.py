@@ -125,6 +125,7 @@ class Gateway:
         task = asyncio.create_task(self.conferences.run_speaker_detection(self.engine.levels))
         yield
         task.cancel()
+        await self.conferences.close()
 
     async def _housekeeping(self) -> None:
         """Drop call records past their retention (the outbox prunes its own rows); mark the

@@ -222,7 +222,16 @@ class Conferences:
         self._announcing[key] = self._announcing.get(key, 0) + 1
         task = asyncio.create_task(self._announce(key, prepare, loop))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # when it is over, however (even cancelled before it ever ran): a slot is free again
+        task.add_done_callback(lambda t: self._announced(key, t))
+
+    def _announced(self, key: RoomKey, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        left = self._announcing.get(key, 1) - 1
+        if left > 0:
+            self._announcing[key] = left
+        else:
+            self._announcing.pop(key, None)
 
     async def _announce(self, key: RoomKey, prepare: Callable[[], Awaitable[Path]],
                         loop: int) -> None:
@@ -246,12 +255,13 @@ class Conferences:
         except Exception as exc:  # a prompt that cannot be fetched or spoken
             self._event("conference.announcement_failed", key, None, error=str(exc),
                         level=logging.WARNING)
-        finally:
-            left = self._announcing.get(key, 1) - 1
-            if left > 0:
-                self._announcing[key] = left
-            else:
-                self._announcing.pop(key, None)
+
+    async def close(self) -> None:
+        """Stop announcements still being prepared or played (the gateway is stopping)."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def on_player_done(self, name: str) -> None:
         """A one-shot player ended (SIP thread's RoomPlayDone): unlink and stop it."""

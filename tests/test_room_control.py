@@ -253,3 +253,18 @@ async def test_a_participants_own_max_participants() -> None:
     assert small.limit(MemberOptions(max_participants=500)) == 10  # the config caps it
     for t in tasks:
         t.cancel()
+
+
+async def test_close_stops_announcements_under_way() -> None:
+    conf, _ = rooms()
+    joined = asyncio.create_task(conf.join(KEY, "a", MemberOptions()))
+    await settle()
+
+    async def never() -> Path:
+        await asyncio.Event().wait()
+        return Path("/x.wav")
+
+    conf.announce(KEY, never, 1)
+    await conf.close()
+    assert not conf._tasks and not conf._announcing
+    joined.cancel()
