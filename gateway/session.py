@@ -76,6 +76,7 @@ class CallSession:
         self.sip_code: int | None = None
         self.room: RoomKey | None = None
         self.codec: str | None = None
+        self.quality: dict[str, Any] | None = None  # pjmedia's stream statistics, at the end
         self._answer_sent = False
         self._media_ready = asyncio.Event()
         self.ended = asyncio.Event()
@@ -120,6 +121,7 @@ class CallSession:
             "ended_at": iso(self.ended_at) if self.ended_at else None,
             "room": self.room.name if self.room else None,
             "codec": self.codec,
+            "quality": self.quality,
             "hangup_cause": self.hangup_cause,
             "hangup_by": self.hangup_by,
             "sip_code": self.sip_code,
@@ -330,6 +332,8 @@ class CallSession:
     def on_ended(self, event: ev.CallEnded) -> None:
         self.ended_at = time.time()
         self.sip_code = event.sip_code
+        if event.quality is not None:
+            self.quality = event.quality.as_json()
         if self.task is not None and not self.task.done():
             self.task.cancel()
         self._classify_end(event)
@@ -342,6 +346,8 @@ class CallSession:
         if self.hangup_reason:
             data["hangup_reason"] = self.hangup_reason
         data.update(self.extra_completed_data())
+        if self.quality is not None:
+            data["quality"] = self.quality
         if self.error:
             data["error"] = self.error
         self.ended.set()

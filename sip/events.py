@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
+from media.quality import CallQuality
+
 
 def new_call_id() -> str:
     """A MiniVoice call ID: `call_` + 22 random URL-safe characters."""
@@ -40,6 +42,9 @@ class CallEnded:
     reason: str
     by_gateway: bool  # True when the gateway ended or rejected it
     cause: str  # "normal" | "media_timeout" (SIP thread) | "dial_failed" (gateway/app.py)
+    # pjmedia's statistics of the call's audio, taken as each stream was destroyed; None when
+    # the call never had media (rejected, unanswered, abandoned)
+    quality: CallQuality | None = None
 
 
 @dataclass(frozen=True)
