@@ -51,6 +51,7 @@ def setup(app: web.Application, gw: Gateway) -> None:
     app[GATEWAY] = gw
     app.middlewares.append(errors_and_auth)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     app.router.add_get("/v1/openapi.json", openapi)
@@ -62,7 +63,8 @@ def setup(app: web.Application, gw: Gateway) -> None:
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        if request.path.startswith("/v1/") and request.path != "/v1/openapi.json":
+        if (request.path.startswith("/v1/") and request.path != "/v1/openapi.json") \
+                or request.path == "/metrics":
             request[SCOPE] = _authorize(request)
         return await handler(request)
     except ApiError as exc:
@@ -110,6 +112,18 @@ async def healthz(request: web.Request) -> web.Response:
             "accepting_calls": gw.accepting, "calls": len(gw.sessions),
             "webhooks_pending": gw.outbox.pending_count()}
     return web.json_response(body, status=200 if alive else 503)
+
+
+# -- metrics ------------------------------------------------------------------------------
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format. Gateway-wide numbers: an admin token only (a customer's token
+    would see other customers' traffic in them)."""
+    admin, _ = request[SCOPE]
+    if not admin:
+        raise ApiError(403, "forbidden", "metrics need an admin token")
+    gw = request.app[GATEWAY]
+    return web.Response(body=gw.metrics.render(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 # -- calls --------------------------------------------------------------------------------

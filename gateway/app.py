@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from gateway.config import Config
 from gateway.edge_config import edge_registrar, from_edge
 from gateway.hooks import HookClient, HttpPools
 from gateway.media_cache import MediaCache
+from gateway.metrics import Live, Metrics
 from gateway.outbox import Outbox
 from gateway.session import CallSession, OutboundSession
 from gateway.store import Store
@@ -37,6 +39,8 @@ class Gateway:
         self.engine = SipEngine(cfg.sip, self.on_sip_event)
         self.conferences = Conferences(self.send_quiet, cfg.rooms)
         self.sessions: dict[str, CallSession] = {}
+        self.outbound_active = 0  # outbound legs among the sessions (for /metrics)
+        self.metrics = Metrics()
         self.accepting = True
         self.drain_deadline = 0.0
         self.store: Store
@@ -64,6 +68,10 @@ class Gateway:
         self.outbox = Outbox(self.store, self._pools.webhook, self.cfg.hooks,
                              self.cfg.applications,
                              dead_keep_s=self.cfg.records.retention_days * 86400)
+        self.hooks.observer = self.metrics.hook_done
+        self.outbox.observer = self.metrics.webhook_result
+        self.metrics.watch(self._live())
+        self._lag_task = asyncio.create_task(self.metrics.probe_loop_lag())
         self.recover_lost_calls()
         self._outbox_task = asyncio.create_task(self.outbox.run())
         self._housekeeping_task = asyncio.create_task(self._housekeeping())
@@ -109,6 +117,7 @@ class Gateway:
             self._outbox_task.cancel()
         self._housekeeping_task.cancel()
         self._speakers_task.cancel()
+        self._lag_task.cancel()
         if self._runner:
             await self._runner.cleanup()
         await self._pools.close()
@@ -127,6 +136,18 @@ class Gateway:
             self.store.live_touch(now)
             await asyncio.sleep(LIVE_TOUCH_S)
 
+    def _live(self) -> Live:
+        book = self.conferences.book
+        return Live(
+            calls=lambda: (len(self.sessions) - self.outbound_active, self.outbound_active),
+            sip_legs=self.engine.live_legs,
+            rooms=lambda: len(book.rooms),
+            participants=lambda: len(book.room_of),
+            webhooks_pending=self.outbox.pending_count,
+            webhook_backlog=lambda: self.outbox.backlog,
+            sip_loop_age=self.engine.loop_age,
+            accepting=lambda: self.accepting)
+
     # -- live calls in SQLite: crash-only recovery ------------------------------------
     def remember(self, session: CallSession) -> None:
         """Store a live call's record: if this process dies, the next one finishes it."""
@@ -137,6 +158,9 @@ class Gateway:
         (see NewEvent.ends_call), so a crash leaves one or the other, never both or neither:
         call.completed is sent exactly once, by this process or by the next one."""
         session.on_ended(event)
+        if session.direction == "outbound":
+            self.outbound_active -= 1
+        self.metrics.call_ended(session.direction, session.status)
         self.store.call_save(session.call_id, session.record())
         if not session.completion_queued:  # no event_url (or the outbox is full)
             self.store.live_delete(session.call_id)
@@ -179,6 +203,8 @@ class Gateway:
         if isinstance(event, ev.IncomingCall):
             self._incoming(event)
             return
+        if isinstance(event, ev.CallEnded):  # every leg, with or without a session
+            self.metrics.sip_final(event.final_response, event.quality)
         session = self.sessions.get(getattr(event, "call_id", ""))
         if session is None:
             return
@@ -240,6 +266,7 @@ class Gateway:
     async def dial(self, parent: CallSession, uri: str, from_user: str) -> OutboundSession:
         child = OutboundSession(self, parent, uri, from_user)
         self.sessions[child.call_id] = child
+        self.outbound_active += 1
         self.remember(child)
         child.note("dial", parent_call_id=parent.call_id, uri=uri)
         child._webhook("call.initiated", child.sip_data())
@@ -259,10 +286,14 @@ def _log_failure(fut: asyncio.Future[Any]) -> None:
         log.warning("sip command failed", extra={"error": str(fut.exception())})
 
 
-async def serve(cfg: Config, drain_s: float | None = None) -> None:
+async def serve(cfg: Config, drain_s: float | None = None,
+                on_gateway: Callable[[Gateway], None] | None = None) -> None:
     """Run until a signal. SIGTERM drains (no new calls, calls in progress get `drain_s`);
-    SIGINT (Ctrl-C) or a second signal hangs up at once."""
+    SIGINT (Ctrl-C) or a second signal hangs up at once. `on_gateway` sees the gateway
+    before it starts (the edge hands its log events to the gateway's metrics)."""
     gw = Gateway(cfg)
+    if on_gateway is not None:
+        on_gateway(gw)
     await gw.start()
     dog = asyncio.create_task(watchdog.watch(gw.engine, cfg.sip.watchdog_s))
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()

@@ -92,6 +92,7 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
         self.last_rx_pkts = -1
         self.last_rx_change = 0.0
         self.quality = QualityTally()
+        self.confirmed = False
 
     # -- commands ------------------------------------------------------------------
     def answer_call(self, code: int) -> None:
@@ -114,6 +115,7 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
             if self.outbound and info.state == pj.PJSIP_INV_STATE_EARLY:
                 self.engine.post(ev.CallProgress(self.call_id, int(info.lastStatusCode)))
             if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
+                self.confirmed = True
                 self.engine.post(ev.CallAnswered(self.call_id))
             elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 self.audio = None
@@ -122,9 +124,11 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
                 quality = None
                 with contextlib.suppress(Exception):
                     quality = self.quality.freeze()
+                code = int(info.lastStatusCode)
+                final = None if self.outbound else (200 if self.confirmed else code)
                 self.engine.post(
-                    ev.CallEnded(self.call_id, int(info.lastStatusCode), info.lastReason,
-                                 self.by_gateway, self.cause, quality)
+                    ev.CallEnded(self.call_id, code, info.lastReason, self.by_gateway,
+                                 self.cause, quality, final)
                 )
                 self.engine.call_gone(self)
         except Exception:

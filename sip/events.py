@@ -45,6 +45,9 @@ class CallEnded:
     # pjmedia's statistics of the call's audio, taken as each stream was destroyed; None when
     # the call never had media (rejected, unanswered, abandoned)
     quality: CallQuality | None = None
+    # inbound legs: the final response the INVITE got (200 once answered, else the rejection
+    # or 487 after a CANCEL); None for outbound legs
+    final_response: int | None = None
 
 
 @dataclass(frozen=True)
