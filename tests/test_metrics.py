@@ -174,3 +174,28 @@ async def test_metrics_of_a_real_gateway_move_with_real_calls(
     assert value(s, "minivoice_webhooks_oldest_pending_seconds") > 0
     assert value(s, "minivoice_event_loop_lag_seconds_count") > 10
     app.events_status = 204  # let the outbox deliver what it holds before the gateway stops
+
+
+def test_edge_log_lines_move_the_edge_counters() -> None:
+    """The lines the edge's Kamailio script writes, through the reader that relogs them."""
+    from gateway import edge
+
+    m = Metrics()
+    lines = [
+        " 5(123) NOTICE: <script>: edge.auth_failed src=10.0.0.9 user=bob method=REGISTER "
+        "reason=credentials alg=MD5 failures=1",
+        " 5(123) NOTICE: <script>: edge.auth_failed src=10.0.0.9 user=bob method=REGISTER "
+        "reason=algorithm detail=x alg=MD5 counted=no",
+        " 5(123) WARNING: <script>: edge.ban src=10.0.0.9 reason=auth_failures ban_s=600",
+        " 5(123) WARNING: <script>: edge.ban src=10.0.0.7 reason=flood ban_s=600",
+        " 5(123) NOTICE: <script>: edge.registered src=10.0.0.8 user=alice proto=udp alg=MD5",
+        "not a kamailio line at all",
+    ]
+    for line in lines:
+        event = edge._relog(line)
+        if event is not None:
+            m.edge_event(*event)
+    s = parse(m.render().decode())
+    assert value(s, "minivoice_edge_auth_failures_total") == 1
+    assert value(s, "minivoice_edge_bans_total", reason="auth_failures") == 1
+    assert value(s, "minivoice_edge_bans_total", reason="flood") == 1
