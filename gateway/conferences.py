@@ -19,7 +19,15 @@ from typing import Any
 
 from gateway.actions.base import RoomFull
 from gateway.config import RoomsConfig
-from media.rooms import Departure, LinkChange, RoomBook, RoomKey, SpeakerState, choose_speakers
+from media.rooms import (
+    Departure,
+    LinkChange,
+    Room,
+    RoomBook,
+    RoomKey,
+    SpeakerState,
+    choose_speakers,
+)
 from sip.commands import ApplyLinks
 
 # Ask the bridge for the current level (0-255) of each call.
@@ -36,6 +44,13 @@ class Conferences:
         self._send = send
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._speaker_state: dict[RoomKey, SpeakerState] = {}
+
+    def live(self) -> list[Room]:
+        """Every live room."""
+        return list(self.book.rooms.values())
+
+    def room(self, key: RoomKey) -> Room | None:
+        return self.book.room(key)
 
     async def run_speaker_detection(self, levels: LevelQuery) -> None:
         """Forever: every poll, pick the speakers of each large room and relink it."""

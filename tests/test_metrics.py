@@ -178,7 +178,7 @@ async def test_metrics_of_a_real_gateway_move_with_real_calls(
 
 def test_edge_log_lines_move_the_edge_counters() -> None:
     """The lines the edge's Kamailio script writes, through the reader that relogs them."""
-    from gateway import edge
+    from gateway.edge import kamailio as edge
 
     m = Metrics()
     lines = [
@@ -199,3 +199,36 @@ def test_edge_log_lines_move_the_edge_counters() -> None:
     assert value(s, "minivoice_edge_auth_failures_total") == 1
     assert value(s, "minivoice_edge_bans_total", reason="auth_failures") == 1
     assert value(s, "minivoice_edge_bans_total", reason="flood") == 1
+
+
+@pytest.mark.sip
+async def test_edge_auth_failures_and_bans_in_a_real_stacks_metrics(
+    tmp_path: Path, app: AppServer
+) -> None:
+    """The whole stack as `make run` runs it: Kamailio's log lines reach the gateway's
+    metrics."""
+    from gateway.edge.users import UserStore
+    from tests.edge_stack import SipClient, start_stack
+
+    s = await start_stack(tmp_path, [app_config(app)], ban_after_failures=3, ban_s=30,
+                          failure_window_s=30)
+    try:
+        UserStore(s.users_db, "minivoice").add("alice", "correct-horse-42")
+        attacker = SipClient(("127.0.0.1", s.edge_port), "127.0.0.61")
+        for _ in range(3):
+            attacker.register("alice", "wrong-password-1")
+        attacker.close()
+        await s.edge_logged("edge.ban src=127.0.0.61 ")
+
+        async def moved() -> Samples | None:
+            got = parse((await scrape(s.gw, None))[2])  # no tokens: open on loopback
+            return got if value(got, "minivoice_edge_bans_total",
+                                reason="auth_failures") == 1 else None
+
+        got = await eventually(moved, timeout=10, interval=0.2)
+        assert value(got, "minivoice_edge_auth_failures_total") == 3
+    finally:
+        code = s.gw.stop()
+        log = s.gw.log()
+        assert "Traceback" not in log, log[-4000:]
+        assert code == 0, log[-3000:]
