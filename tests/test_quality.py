@@ -175,3 +175,15 @@ async def test_pcap_loss_shows_in_the_call_record(
     status, record = await gateway.get(f"/v1/calls/{bad['call']['id']}")
     assert status == 200, record
     assert record["quality"] == q
+
+
+def test_the_record_carries_quality_only_once_there_is_some() -> None:
+    from gateway.call.record import CallRecord
+
+    rec = CallRecord(call_id="call_q", customer_id="c", application_id="a",
+                     direction="inbound", from_user="1", to="2", sip={}, created_at=0.0)
+    rec.ended(1.0, sip_code=487, by_gateway=False, cause="normal")
+    assert rec.view()["quality"] is None and "quality" not in rec.completed_data()
+    rec.quality = CallQuality("PCMU", 50, 0, 1.0, 20.0).as_json()
+    assert rec.view()["quality"] == rec.completed_data()["quality"] == rec.quality
+    assert rec.quality["mos"] == mos("PCMU", 0.0, 20.0, 1.0)
