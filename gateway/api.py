@@ -92,6 +92,11 @@ def _authorize(request: web.Request) -> tuple[bool, str | None]:
     return (found.customer_id is None, found.customer_id)
 
 
+def scope(request: web.Request) -> tuple[bool, str | None]:
+    """(admin, customer_id) of an authenticated /v1 request (the console's stream uses it)."""
+    return request[SCOPE]
+
+
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import api, applications, demo, keys, watchdog
+from gateway import api, applications, console, demo, keys, watchdog
 from gateway.call import outbound
 from gateway.call.services import Services, log_failure
 from gateway.call.session import CallSession
@@ -78,6 +78,8 @@ class Gateway:
         api.setup(app)
         if self.cfg.demo:
             demo.setup(app, demo.secret_from(self.cfg.applications))
+        if self.cfg.http.console:
+            console.setup(app, api.scope)
         return app
 
     async def _store_ctx(self, app: web.Application) -> AsyncIterator[None]:

@@ -26,6 +26,9 @@ from sip.config import SipConfig
 class HttpConfig:
     host: str = "127.0.0.1"
     port: int = checked(between(0, 65535), default=8080)
+    # The live web console at / (gateway/console): rooms, talkers, mute/remove/end, recent
+    # calls. Its data comes from the API, with the API's tokens.
+    console: bool = False
 
 
 def _networks_or_hosts(entries: tuple[str, ...]) -> str | None:
