@@ -1,6 +1,6 @@
 """Requests to the application that return actions: answer_url (and action_url/redirect).
 
-CONTRACT sections 2-4: signed POST, connect/total timeouts, one retry on
+docs/api.md sections 2-3: signed POST, connect/total timeouts, one retry on
 connection error or 5xx, then `fallback_url`. Any failure becomes an
 `AnswerUrlError` whose message and details go into `call.completed`.
 

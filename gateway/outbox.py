@@ -1,4 +1,4 @@
-"""Durable, ordered, at-least-once webhook delivery (CONTRACT section 5).
+"""Durable, ordered, at-least-once webhook delivery (docs/api.md, section 5).
 
 Every event is written to SQLite before any attempt. Only the oldest pending event of each
 call (its head) is ever sent, so one call's events arrive in order while different calls

@@ -1,4 +1,4 @@
-"""`conference`: put the caller in a named room (the seed's action)."""
+"""`conference`: put the caller in a named room (docs/api.md, section 4)."""
 
 from __future__ import annotations
 
