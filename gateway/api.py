@@ -11,12 +11,15 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from gateway import __version__
 from gateway.config import ApiToken
+from gateway.recordings import AlreadyRecording, RecordingRefused, public_view
+from gateway.store import Recording
 from gateway.timestamps import iso
 from media.rooms import Room, RoomError, RoomKey
 
@@ -259,6 +262,72 @@ async def remove_participant(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+# -- recordings ---------------------------------------------------------------------------
+async def start_recording(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    body = await request.read()
+    if body.strip():
+        try:
+            parsed = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise ApiError(400, "invalid_body", "body must be empty or {}") from None
+        if parsed != {}:
+            raise ApiError(400, "invalid_body", "body must be empty or {}")
+    room = _room(request)
+    # Its events are signed for the application of the room's first participant.
+    first = next((gw.sessions[c] for c in room.members if c in gw.sessions), None)
+    if first is None:
+        raise ApiError(404, "not_found", f"no room {room.key.name}")
+    try:
+        row = await gw.recordings.start(room.key, first.app, by="api")
+    except AlreadyRecording as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    except RecordingRefused as exc:
+        if exc.reason == "disk_full":
+            raise ApiError(507, "disk_full", str(exc)) from None
+        if exc.reason == "limit":
+            raise ApiError(429, "too_many_recordings", str(exc)) from None
+        if exc.reason == "no_room":
+            raise ApiError(404, "not_found", str(exc)) from None
+        raise ApiError(500, "recording_failed", str(exc)) from None
+    return web.json_response(public_view(row), status=201)
+
+
+def _recording(request: web.Request) -> Recording:
+    gw = request.app[GATEWAY]
+    rec_id = request.match_info["recording_id"]
+    row = gw.store.recording_get(rec_id) if len(rec_id) <= 64 else None
+    if row is None or not _visible(request, row.customer_id):
+        raise ApiError(404, "not_found", f"no recording {rec_id}")
+    return row
+
+
+async def stop_recording(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    row = _recording(request)
+    name = request.match_info["room"]
+    if row.room != name or row.status != "recording" or \
+            row.rec_id not in gw.recordings.active:
+        raise ApiError(404, "not_found", f"no recording {row.rec_id} in progress in room {name}")
+    return web.json_response(public_view(await gw.recordings.stop(row.rec_id, "api")))
+
+
+async def get_recording(request: web.Request) -> web.Response:
+    return web.json_response(public_view(_recording(request)))
+
+
+async def recording_audio(request: web.Request) -> web.StreamResponse:
+    row = _recording(request)
+    if row.status != "completed":
+        raise ApiError(409, "not_ready" if row.status == "recording" else "conflict",
+                       f"recording {row.rec_id} is {row.status}")
+    path = Path(row.path)
+    if not path.is_file():
+        raise ApiError(404, "not_found", f"the audio of {row.rec_id} is gone")
+    # FileResponse answers Range requests (206, 416) and conditional ones itself.
+    return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
+
+
 ROUTES = (
     Route("GET", "/v1/calls", list_calls,
           "Live calls; ?state=ended&limit=N for the most recent finished ones"),
@@ -275,6 +344,14 @@ ROUTES = (
            "properties": {"muted": {"type": "boolean"}}}),
     Route("DELETE", "/v1/conferences/{room}/participants/{call_id}", remove_participant,
           "Remove a participant from the room: their next action runs"),
+    Route("POST", "/v1/conferences/{room}/recordings", start_recording,
+          "Start recording the room (201 with the recording)"),
+    Route("DELETE", "/v1/conferences/{room}/recordings/{recording_id}", stop_recording,
+          "Stop a recording of the room; the finished recording"),
+    Route("GET", "/v1/recordings/{recording_id}", get_recording,
+          "A recording's metadata: room, status, started_at, duration_s"),
+    Route("GET", "/v1/recordings/{recording_id}/audio", recording_audio,
+          "The recording as a WAV file (8 kHz mono 16-bit PCM); Range requests answered"),
 )
 
 
@@ -284,7 +361,7 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for r in ROUTES:
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for p in ("room", "call_id") if "{" + p + "}" in r.path]
+                  for p in ("room", "call_id", "recording_id") if "{" + p + "}" in r.path]
         if "{room}" in r.path:
             params.append({"name": "customer_id", "in": "query", "required": False,
                            "schema": {"type": "string"},

@@ -18,9 +18,12 @@ from gateway.edge_config import edge_registrar, from_edge
 from gateway.hooks import HookClient, HttpPools
 from gateway.media_cache import MediaCache
 from gateway.outbox import Outbox
+from gateway.recordings import Recordings, completed_data
 from gateway.session import CallSession, OutboundSession
-from gateway.store import Store
+from gateway.store import Recording, Store
+from gateway.timestamps import iso
 from media import tones
+from media.rooms import RoomKey
 from media.tones import write_wav
 from sip import commands as cmd
 from sip import events as ev
@@ -65,6 +68,11 @@ class Gateway:
                              self.cfg.applications,
                              dead_keep_s=self.cfg.records.retention_days * 86400)
         self.recover_lost_calls()
+        self.recordings = Recordings(self.cfg, self.store, self.conferences.book,
+                                     self.engine.send, self.recording_event)
+        self.conferences.on_room_ended = self.recordings.room_ended
+        for row in self.recordings.recover():
+            self.recording_event(row, completed_data(row))
         self._outbox_task = asyncio.create_task(self.outbox.run())
         self._housekeeping_task = asyncio.create_task(self._housekeeping())
         self._speakers_task = asyncio.create_task(
@@ -102,6 +110,7 @@ class Gateway:
             if not self.sessions:
                 break
             await asyncio.sleep(0.05)
+        await self.recordings.stop_all("shutdown")
         await self.engine.stop()
         await self.outbox.drain(timeout=3.0)
         await self.outbox.stop()
@@ -121,10 +130,17 @@ class Gateway:
         while True:
             now = time.time()
             if now >= next_prune:
-                kept = self.store.calls_prune(now - self.cfg.records.retention_days * 86400)
-                log.debug("housekeeping", extra={"calls_pruned": kept})
+                before = now - self.cfg.records.retention_days * 86400
+                kept = self.store.calls_prune(before)
+                recordings = self.recordings.prune(before)
+                log.debug("housekeeping", extra={"calls_pruned": kept,
+                                                 "recordings_pruned": recordings})
                 next_prune = now + 3600
             self.store.live_touch(now)
+            try:
+                await self.recordings.check_disk()
+            except Exception:
+                log.exception("recording disk check failed")
             await asyncio.sleep(LIVE_TOUCH_S)
 
     # -- live calls in SQLite: crash-only recovery ------------------------------------
@@ -158,6 +174,20 @@ class Gateway:
                 self.store.live_delete(live.call_id)
             log.warning("call.lost", extra={"call_id": live.call_id, "app": live.app_id,
                                             "webhook": app is not None and bool(app.event_url)})
+
+    def recording_event(self, row: Recording, data: dict[str, Any]) -> None:
+        """Queue recording.completed: to the room's status_url if it had one, else to the
+        recording application's event_url; ordered with the room's other events."""
+        app = next((a for a in self.cfg.applications if a.id == row.app_id), None)
+        url = row.status_url or (app.event_url if app else None)
+        if app is None or url is None:
+            return
+        room = self.conferences.book.room(RoomKey(row.customer_id, row.room))
+        payload = {"event": "recording.completed", "created_at": iso(), "call": None,
+                   "variables": {}, "data": data,
+                   "conference": {"room": row.room, "customer_id": row.customer_id,
+                                  "participants": len(room.members) if room else 0}}
+        self.outbox.add(room_stream(row.customer_id, row.room), url, app.id, payload)
 
     async def levels(self, call_ids: tuple[str, ...]) -> dict[str, int]:
         """Each call's current level (0-255) of what it sends into the bridge."""
@@ -252,6 +282,11 @@ class Gateway:
             self.sessions.pop(child.call_id, None)
             self.finish(child, ev.CallEnded(child.call_id, 500, str(exc), True, "dial_failed"))
         return child
+
+
+def room_stream(customer_id: str, room: str) -> str:
+    """The outbox's ordering key of a room's events (its MiniVoice-Call-Id header too)."""
+    return f"room:{customer_id}:{room}"
 
 
 def _log_failure(fut: asyncio.Future[Any]) -> None:

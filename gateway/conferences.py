@@ -36,6 +36,8 @@ class Conferences:
         self._send = send
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._speaker_state: dict[RoomKey, SpeakerState] = {}
+        # Called with the key of each room that ends (its recording stops).
+        self.on_room_ended: Callable[[RoomKey], None] = lambda key: None
 
     async def run_speaker_detection(self, levels: LevelQuery) -> None:
         """Forever: every poll, pick the speakers of each large room and relink it."""
@@ -91,6 +93,8 @@ class Conferences:
         log.info("conference.leave", extra={"call_id": call_id, "room": key.name,
                                             "room_ended": dep.room_ended})
         self._after_departure(dep, "room_ended")
+        if dep.room_ended:
+            self.on_room_ended(key)
 
     def set_muted(self, call_id: str, muted: bool) -> None:
         self._apply(self.book.set_muted(call_id, muted))
@@ -105,6 +109,7 @@ class Conferences:
     def end(self, key: RoomKey) -> None:
         log.info("conference.end", extra={"room": key.name, "customer_id": key.customer_id})
         self._after_departure(self.book.end(key), "room_ended")
+        self.on_room_ended(key)
 
     def _after_departure(self, dep: Departure, why: str) -> None:
         self._apply(dep.change)

@@ -125,8 +125,24 @@ class ShutdownConfig:
 
 @dataclass(frozen=True)
 class RecordsConfig:
-    # Finished calls are kept in SQLite this long (GET /v1/calls/{id} after the call).
+    # Finished calls are kept in SQLite this long (GET /v1/calls/{id} after the call), and
+    # finished recordings (their row and their file).
     retention_days: float = checked(between(0, 3650), default=7.0)
+
+
+@dataclass(frozen=True)
+class RecordingsConfig:
+    """Room recordings: where the WAV files go and what a recording may take."""
+
+    # Directory of the WAV files; none: `recordings/` next to the database.
+    dir: str | None = None
+    # Below this much free space on the directory's file system a recording does not start,
+    # and the ones running are stopped (reason disk_full).
+    min_free_mb: int = checked(between(0, 10 * 1024 * 1024), default=500)
+    # Recordings running at once, over all rooms; more are refused (reason limit).
+    max_concurrent: int = checked(between(1, 100000), default=100)
+    # A recording is stopped after this long (reason max_duration); 0 = none.
+    max_duration_s: float = checked(between(0, 30 * 86400), default=14400.0)
 
 
 @dataclass(frozen=True)
@@ -160,6 +176,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
+    recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
     database: str = "var/minivoice.db"
     # Serve the embedded demo application at /demo/* on the HTTP port.
     demo: bool = False

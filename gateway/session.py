@@ -24,6 +24,7 @@ from gateway.config import Application
 from gateway.hooks import AnswerUrlError
 from gateway.interpreter import run_actions
 from gateway.media_cache import MediaError
+from gateway.recordings import AlreadyRecording, RecordingRefused
 from gateway.timestamps import iso
 from gateway.webhook_events import ActionsEvent, EventName, LifecycleEvent
 from media.rooms import Link, RoomKey
@@ -77,6 +78,7 @@ class CallSession:
         self.room: RoomKey | None = None
         self.codec: str | None = None
         self._answer_sent = False
+        self._background: set[asyncio.Task[None]] = set()
         self._media_ready = asyncio.Event()
         self.ended = asyncio.Event()
         self.digits: asyncio.Queue[str] = asyncio.Queue(gw.cfg.limits.max_dtmf_queue)
@@ -227,6 +229,21 @@ class CallSession:
             self.note("conference.left", room=room, why=why)
         finally:
             self.room = None
+
+    def record_room(self, room: str) -> None:
+        # A task of its own: it runs once this one waits in the room, i.e. has joined.
+        task = asyncio.create_task(self._record_room(RoomKey(self.customer_id, room)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _record_room(self, key: RoomKey) -> None:
+        try:
+            row = await self.gw.recordings.start(key, self.app, by=self.call_id)
+            self.note("recording.started", room=key.name, recording_id=row.rec_id)
+        except AlreadyRecording:
+            pass
+        except RecordingRefused as exc:
+            self.note("recording.refused", room=key.name, reason=exc.reason, message=str(exc))
 
     async def prompt_file(self, url: str) -> Path:
         return await self.gw.media.fetch(url)

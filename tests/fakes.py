@@ -50,6 +50,9 @@ class FakeCall:
     async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
         self.rooms.append(room)
 
+    def record_room(self, room: str) -> None:
+        self.timeline.append(("record_room", {"room": room}))
+
     def note(self, event: str, **fields: Any) -> None:
         self.timeline.append((event, fields))
 

@@ -19,9 +19,12 @@ class Conference(Action):
     )
     mute: bool = False
     end_on_exit: bool = False
+    record: bool = False  # record the room from when this caller joins, unless it is already
 
     async def run(self, call: CallContext) -> Outcome:
         await call.answer()
+        if self.record:
+            call.record_room(self.room)
         # Returns only when the caller leaves the room alive (room ended, removed by
         # the API); a hang-up cancels us instead. The next action then runs.
         try:
