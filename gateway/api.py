@@ -373,6 +373,8 @@ def openapi_document() -> dict[str, Any]:
             "responses": {
                 "200": {"description": "OK", "content": {"application/json": {
                     "schema": {"type": "object"}}}},
+                "201": {"description": "Created", "content": {"application/json": {
+                    "schema": {"type": "object"}}}},
                 "202": {"description": "Accepted"}, "204": {"description": "Done"},
                 "400": {"description": "Bad request", "content": {
                     "application/json": {"schema": error}}},

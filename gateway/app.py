@@ -22,6 +22,7 @@ from gateway.recordings import Recordings, completed_data
 from gateway.session import CallSession, OutboundSession
 from gateway.store import Recording, Store
 from gateway.timestamps import iso
+from gateway.webhook_events import RoomEvent
 from media import tones
 from media.rooms import RoomKey
 from media.tones import write_wav
@@ -183,7 +184,8 @@ class Gateway:
         if app is None or url is None:
             return
         room = self.conferences.book.room(RoomKey(row.customer_id, row.room))
-        payload = {"event": "recording.completed", "created_at": iso(), "call": None,
+        event: RoomEvent = "recording.completed"
+        payload = {"event": event, "created_at": iso(), "call": None,
                    "variables": {}, "data": data,
                    "conference": {"room": row.room, "customer_id": row.customer_id,
                                   "participants": len(room.members) if room else 0}}

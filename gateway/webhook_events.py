@@ -11,8 +11,11 @@ from typing import Literal, get_args
 
 LifecycleEvent = Literal["call.initiated", "call.answered", "call.completed"]
 ActionsEvent = Literal["call.answer", "call.gather", "call.redirect"]
-EventName = LifecycleEvent | ActionsEvent
+# About a room rather than a call (`call` is null), through the outbox like lifecycle events.
+RoomEvent = Literal["recording.completed"]
+EventName = LifecycleEvent | ActionsEvent | RoomEvent
 
 LIFECYCLE_EVENTS: tuple[LifecycleEvent, ...] = get_args(LifecycleEvent)
 ACTIONS_EVENTS: tuple[ActionsEvent, ...] = get_args(ActionsEvent)
-EVENT_NAMES: tuple[EventName, ...] = (*LIFECYCLE_EVENTS, *ACTIONS_EVENTS)
+ROOM_EVENTS: tuple[RoomEvent, ...] = get_args(RoomEvent)
+EVENT_NAMES: tuple[EventName, ...] = (*LIFECYCLE_EVENTS, *ACTIONS_EVENTS, *ROOM_EVENTS)

@@ -22,6 +22,7 @@ from gateway.store import SCHEMA_VERSION, Recording, Store
 from media.rooms import MONITOR, Link, RoomBook, RoomError, RoomKey
 from media.tones import sine, to_pcm16
 from media.wavfix import HEADER_PEEK, WavHeaderError, plan_repair
+from tests.waiting import eventually
 
 R1 = RoomKey("cust", "r1")
 
@@ -265,3 +266,25 @@ def test_prune_deletes_old_files_and_rows(tmp_path: Path) -> None:
     assert not old.exists() and new.exists()
     assert store.recording_get("rec_new") and store.recording_get("rec_live")
     assert store.recording_get("rec_old") is None
+
+
+async def test_max_duration_stops_the_recording(tmp_path: Path) -> None:
+    recs, sent, events = _recordings(tmp_path, min_free_mb=0, max_duration_s=0.2)
+    started = await recs.start(R1, APP, by="api")
+    await eventually(lambda: events, timeout=5)
+    [(done, data)] = events
+    assert done.rec_id == started.rec_id and data["reason"] == "max_duration"
+    assert [type(c).__name__ for c in sent] == ["StartRecording", "ApplyLinks", "ApplyLinks",
+                                                "StopRecording"]
+    assert recs.active == {} and recs.by_room == {}
+
+
+async def test_falling_below_the_floor_stops_recordings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recs, _, events = _recordings(tmp_path, min_free_mb=1)
+    await recs.start(R1, APP, by="api")
+    await recs.check_disk()  # plenty of room: nothing happens
+    assert recs.active and not events
+    monkeypatch.setattr(recs, "free_mb", lambda: 0.5)
+    await recs.check_disk()
+    assert not recs.active and events[0][1]["reason"] == "disk_full"
