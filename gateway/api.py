@@ -279,7 +279,8 @@ async def start_recording(request: web.Request) -> web.Response:
     if first is None:
         raise ApiError(404, "not_found", f"no room {room.key.name}")
     try:
-        row = await gw.recordings.start(room.key, first.app, by="api")
+        row = await gw.recordings.start(room.key, first.app,
+                                        status=gw.conferences.status.get(room.key), by="api")
     except AlreadyRecording as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     except RecordingRefused as exc:

@@ -7,7 +7,7 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -41,6 +41,8 @@ class Gateway:
         self.engine = SipEngine(cfg.sip, self.on_sip_event)
         self.conferences = Conferences(self.send_quiet, cfg.rooms)
         self.sessions: dict[str, CallSession] = {}
+        # Participants of rooms with a status_url: their call, for events after it ended.
+        self._participants: dict[str, CallSession] = {}
         self.accepting = True
         self.drain_deadline = 0.0
         self.store: Store
@@ -67,11 +69,13 @@ class Gateway:
                       self.cfg.sip.clock_rate)
         self.outbox = Outbox(self.store, self._pools.webhook, self.cfg.hooks,
                              self.cfg.applications,
-                             dead_keep_s=self.cfg.records.retention_days * 86400)
+                             dead_keep_s=self.cfg.records.retention_days * 86400,
+                             guarded_http=self._pools.action)
         self.recover_lost_calls()
         self.recordings = Recordings(self.cfg, self.store, self.conferences.book,
                                      self.engine.send, self.recording_event)
         self.conferences.on_room_ended = self.recordings.room_ended
+        self.conferences.on_event = self.room_event
         for row in self.recordings.recover():
             self.recording_event(row, completed_data(row))
         self._outbox_task = asyncio.create_task(self.outbox.run())
@@ -184,12 +188,35 @@ class Gateway:
         if app is None or url is None:
             return
         room = self.conferences.book.room(RoomKey(row.customer_id, row.room))
-        event: RoomEvent = "recording.completed"
-        payload = {"event": event, "created_at": iso(), "call": None,
+        self._queue_room_event(RoomKey(row.customer_id, row.room), url, app.id,
+                               "recording.completed", None, len(room.members) if room else 0,
+                               data)
+
+    def room_event(self, key: RoomKey, event: str, call_id: str | None, participants: int,
+                   data: dict[str, Any]) -> None:
+        """A conference event of a room with a status_url (gateway.conferences)."""
+        hook = self.conferences.status.get(key)
+        if hook is None:
+            return
+        session = None
+        if call_id is not None:
+            session = self.sessions.get(call_id) or self._participants.get(call_id)
+            if event == "participant.joined" and session is not None:
+                self._participants[call_id] = session
+            elif event == "participant.left":
+                self._participants.pop(call_id, None)
+        self._queue_room_event(key, hook.url, hook.app_id, cast(RoomEvent, event), session,
+                               participants, data)
+
+    def _queue_room_event(self, key: RoomKey, url: str, app_id: str, event: RoomEvent,
+                          session: CallSession | None, participants: int,
+                          data: dict[str, Any]) -> None:
+        payload = {"event": event, "created_at": iso(),
+                   "call": session.call_view() if session is not None else None,
                    "variables": {}, "data": data,
-                   "conference": {"room": row.room, "customer_id": row.customer_id,
-                                  "participants": len(room.members) if room else 0}}
-        self.outbox.add(room_stream(row.customer_id, row.room), url, app.id, payload)
+                   "conference": {"room": key.name, "customer_id": key.customer_id,
+                                  "participants": participants}}
+        self.outbox.add(room_stream(key.customer_id, key.name), url, app_id, payload)
 
     async def levels(self, call_ids: tuple[str, ...]) -> dict[str, int]:
         """Each call's current level (0-255) of what it sends into the bridge."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.conferences import StatusHook
 from gateway.config import Application, Config
 from gateway.files import private_dir
 from gateway.store import Recording, Store
@@ -117,10 +118,11 @@ class Recordings:
         return shutil.disk_usage(self.directory).free / MIB
 
     # -- start ------------------------------------------------------------------------
-    async def start(self, key: RoomKey, app: Application, *, status_url: str | None = None,
+    async def start(self, key: RoomKey, app: Application, *, status: StatusHook | None = None,
                     by: str) -> Recording:
-        """Start recording the room `key` (it must have members). Raises AlreadyRecording,
-        RecordingRefused."""
+        """Start recording the room `key` (it must have members). Its recording.completed goes
+        to the room's status_url (`status`, signed for its application) if it has one, else
+        to `app`'s event_url. Raises AlreadyRecording, RecordingRefused."""
         if key in self.by_room:
             raise AlreadyRecording(self.by_room[key])
         if key not in self.book.rooms:
@@ -138,8 +140,9 @@ class Recordings:
                                                 f"recordings.min_free_mb ({limits.min_free_mb})")
         rec_id = new_recording_id()
         path = self.directory / f"{rec_id}.wav"
-        row = Recording(rec_id, key.customer_id, key.name, app.id, status_url, time.time(),
-                        None, None, "recording", str(path), None)
+        row = Recording(rec_id, key.customer_id, key.name, status.app_id if status else app.id,
+                        status.url if status else None, time.time(), None, None,
+                        "recording", str(path), None)
         self.store.recording_add(row)
         act = _Active(row, key)
         self.active[rec_id] = act

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import logs
 from gateway.actions.base import Action
 from gateway.actions.play import repeat
+from gateway.conferences import StatusHook
 from gateway.config import Application
 from gateway.hooks import AnswerUrlError
 from gateway.interpreter import run_actions
@@ -79,6 +80,7 @@ class CallSession:
         self.codec: str | None = None
         self._answer_sent = False
         self._background: set[asyncio.Task[None]] = set()
+        self._status_url: str | None = None  # for the next room joined
         self._media_ready = asyncio.Event()
         self.ended = asyncio.Event()
         self.digits: asyncio.Queue[str] = asyncio.Queue(gw.cfg.limits.max_dtmf_queue)
@@ -223,12 +225,17 @@ class CallSession:
 
     async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
         self.room = RoomKey(self.customer_id, room)
+        status = StatusHook(self._status_url, self.app.id) if self._status_url else None
+        self._status_url = None
         try:
             why = await self.gw.conferences.join(self.room, self.call_id, mute=mute,
-                                                 end_on_exit=end_on_exit)
+                                                 end_on_exit=end_on_exit, status=status)
             self.note("conference.left", room=room, why=why)
         finally:
             self.room = None
+
+    def room_status_url(self, url: str) -> None:
+        self._status_url = url
 
     def record_room(self, room: str) -> None:
         # A task of its own: it runs once this one waits in the room, i.e. has joined.
@@ -238,7 +245,8 @@ class CallSession:
 
     async def _record_room(self, key: RoomKey) -> None:
         try:
-            row = await self.gw.recordings.start(key, self.app, by=self.call_id)
+            row = await self.gw.recordings.start(
+                key, self.app, status=self.gw.conferences.status.get(key), by=self.call_id)
             self.note("recording.started", room=key.name, recording_id=row.rec_id)
         except AlreadyRecording:
             pass

@@ -50,6 +50,9 @@ class FakeCall:
     async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
         self.rooms.append(room)
 
+    def room_status_url(self, url: str) -> None:
+        self.timeline.append(("room_status_url", {"url": url}))
+
     def record_room(self, room: str) -> None:
         self.timeline.append(("record_room", {"room": room}))
 

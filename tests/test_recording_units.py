@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 import wave
 from pathlib import Path
@@ -288,3 +289,60 @@ async def test_falling_below_the_floor_stops_recordings(
     monkeypatch.setattr(recs, "free_mb", lambda: 0.5)
     await recs.check_disk()
     assert not recs.active and events[0][1]["reason"] == "disk_full"
+
+
+# -- speaking detection (conference events) ---------------------------------------------------
+def test_speaking_starts_at_the_threshold_and_stops_after_the_hold() -> None:
+    from media.speaking import SpeakingTracker
+    t = SpeakingTracker(threshold=10, hold_s=1.0, min_gap_s=1.0)
+    assert t.update({"a": 0, "b": 0}, 0.0) == []
+    assert t.update({"a": 50, "b": 5}, 0.1) == [("a", True)]
+    assert t.update({"a": 0, "b": 0}, 0.5) == []  # a pause between words
+    assert t.update({"a": 0, "b": 0}, 1.0) == []
+    assert t.update({"a": 0, "b": 0}, 1.2) == [("a", False)]
+    assert t.speaking() == set()
+
+
+def test_speaking_is_rate_limited_per_participant() -> None:
+    from media.speaking import SpeakingTracker
+    t = SpeakingTracker(threshold=10, hold_s=0.0, min_gap_s=1.0)
+    events = []
+    now = 0.0
+    for i in range(100):  # a level flapping every 50 ms for 5 s
+        now = i * 0.05
+        events += [(now, *e) for e in t.update({"a": 50 if i % 2 else 0, "b": 50}, now)]
+    a = [e for e in events if e[1] == "a"]
+    assert all(y[0] - x[0] >= 1.0 for x, y in itertools.pairwise(a)), a
+    assert len(a) <= 6 and [e[2] for e in a[:2]] == [True, False]
+    assert [e[1:] for e in events if e[1] == "b"] == [("b", True)]
+    # a change undone within the gap is never reported
+    t2 = SpeakingTracker(threshold=10, hold_s=0.0, min_gap_s=1.0)
+    assert t2.update({"a": 50}, 0.0) == [("a", True)]
+    assert t2.update({"a": 0}, 0.3) == [] and t2.update({"a": 50}, 0.6) == []
+    assert t2.update({"a": 50}, 1.5) == []
+
+
+def test_speaking_forgets_who_left() -> None:
+    from media.speaking import SpeakingTracker
+    t = SpeakingTracker(threshold=10)
+    t.update({"a": 50}, 0.0)
+    assert t.update({}, 0.1) == [] and t.speaking() == set()
+    assert t.update({"a": 50}, 0.2) == [("a", True)]  # back: a new participant
+
+
+def test_conference_record_and_status_url_fields() -> None:
+    from gateway.actions.conference import Conference
+    from gateway.actions.schema import parse_document
+    from gateway.strict import ValidationError
+
+    [c] = parse_document({"actions": [{"conference": {
+        "room": "r", "record": True, "status_url": "https://app.example/status"}}]})
+    assert isinstance(c, Conference) and c.record and c.status_url == "https://app.example/status"
+    for bad, reason in (({"status_url": "ftp://x"}, "must be an http:// or https:// URL"),
+                        ({"status_url": "https://x/" + "a" * 2048}, "length must be 1 to 2048"),
+                        ({"status_url": 5}, "must be a string"),
+                        ({"record": 1}, "must be a boolean")):
+        with pytest.raises(ValidationError) as err:
+            parse_document({"actions": [{"conference": {"room": "r", **bad}}]})
+        assert [(d.path, d.reason) for d in err.value.details] == [
+            (f"actions[0].conference.{next(iter(bad))}", reason)], err.value.details
