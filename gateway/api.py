@@ -12,23 +12,20 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from gateway import __version__
 from gateway.config import ApiToken
+from gateway.keys import CALLS, CONFIG, ENGINE, OUTBOX, RECORDINGS, ROOMS, STATUS, STORE
 from gateway.recordings import AlreadyRecording, RecordingRefused, public_view
 from gateway.store import Recording
 from gateway.timestamps import iso
 from media.rooms import Room, RoomError, RoomKey
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-
 log = logging.getLogger("minivoice.api")
 
-GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 # Who is asking: (admin, customer_id), set by the auth middleware for every /v1 request.
 SCOPE: web.RequestKey[tuple[bool, str | None]] = web.RequestKey("scope")
 
@@ -50,15 +47,15 @@ class Route:
     body: dict[str, Any] | None = None  # JSON schema of the request body
 
 
-def setup(app: web.Application, gw: Gateway) -> None:
-    app[GATEWAY] = gw
+def setup(app: web.Application) -> None:
+    cfg = app[CONFIG]
     app.middlewares.append(errors_and_auth)
     app.router.add_get("/healthz", healthz)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     app.router.add_get("/v1/openapi.json", openapi)
-    if not gw.cfg.api.tokens:  # loopback only: config.check_exposure refuses anything else
-        log.warning("api open: no tokens configured", extra={"http": gw.cfg.http.host})
+    if not cfg.api.tokens:  # loopback only: config.check_exposure refuses anything else
+        log.warning("api open: no tokens configured", extra={"http": cfg.http.host})
 
 
 # -- middleware ---------------------------------------------------------------------------
@@ -78,7 +75,7 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
 
 def _authorize(request: web.Request) -> tuple[bool, str | None]:
     """(is_admin, customer_id) of the caller; raises 401 for a missing or unknown token."""
-    tokens = request.app[GATEWAY].cfg.api.tokens
+    tokens = request.app[CONFIG].api.tokens
     if not tokens:
         return (True, None)
     header = request.headers.get("Authorization", "")
@@ -107,21 +104,20 @@ def _visible(request: web.Request, customer_id: str) -> bool:
 
 # -- health -------------------------------------------------------------------------------
 async def healthz(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    alive = gw.engine.alive
+    alive = request.app[ENGINE].alive
     body = {"status": "ok" if alive else "sip engine not running",
-            "accepting_calls": gw.accepting, "calls": len(gw.sessions),
-            "webhooks_pending": gw.outbox.pending_count()}
+            "accepting_calls": request.app[STATUS].accepting,
+            "calls": len(request.app[CALLS]),
+            "webhooks_pending": request.app[OUTBOX].pending_count()}
     return web.json_response(body, status=200 if alive else 503)
 
 
 # -- calls --------------------------------------------------------------------------------
 async def list_calls(request: web.Request) -> web.Response:
     """Live calls, or with ?state=ended the most recent finished ones (up to ?limit=)."""
-    gw = request.app[GATEWAY]
     state = request.query.get("state", "live")
     if state == "live":
-        calls = [s.record() for s in gw.sessions.values() if _visible(request, s.customer_id)]
+        calls = [s.record() for s in request.app[CALLS] if _visible(request, s.customer_id)]
     elif state == "ended":
         try:
             limit = int(request.query.get("limit", "50"))
@@ -130,30 +126,28 @@ async def list_calls(request: web.Request) -> web.Response:
         if not 1 <= limit <= 1000:
             raise ApiError(400, "invalid_query", "limit must be 1 to 1000")
         admin, customer = request[SCOPE]
-        calls = gw.store.calls_recent(limit, None if admin else customer)
+        calls = request.app[STORE].calls_recent(limit, None if admin else customer)
     else:
         raise ApiError(400, "invalid_query", "state must be live or ended")
     return web.json_response({"calls": calls})
 
 
 async def get_call(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
     cid = request.match_info["call_id"]
-    session = gw.sessions.get(cid)
-    record = session.record() if session else gw.store.call_get(cid)
+    session = request.app[CALLS].get(cid)
+    record = session.record() if session else request.app[STORE].call_get(cid)
     if record is None or not _visible(request, record["customer_id"]):
         raise ApiError(404, "not_found", f"no call {cid}")
     return web.json_response(record)
 
 
 async def hangup_call(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
     cid = request.match_info["call_id"]
-    session = gw.sessions.get(cid)
+    session = request.app[CALLS].get(cid)
     if session is None or not _visible(request, session.customer_id):
         raise ApiError(404, "not_found", f"no live call {cid}")
     session.note("api.hangup")
-    await session.end_call(487 if session.answered_at is None else 200, "api_hangup",
+    await session.end_call(487 if session.rec.answered_at is None else 200, "api_hangup",
                        "Hung up by API", by="api")
     return web.json_response({"call_id": cid, "status": "hanging_up"}, status=202)
 
@@ -161,15 +155,15 @@ async def hangup_call(request: web.Request) -> web.Response:
 # -- conferences --------------------------------------------------------------------------
 def _room(request: web.Request) -> Room:
     """The room named in the path, within the caller's customer scope."""
-    gw = request.app[GATEWAY]
+    rooms = request.app[ROOMS]
     name = request.match_info["room"]
     admin, customer = request[SCOPE]
     if not admin:
-        room = gw.conferences.book.room(RoomKey(str(customer), name))
+        room = rooms.room(RoomKey(str(customer), name))
     else:
         wanted = request.query.get("customer_id")
-        found = [r for k, r in gw.conferences.book.rooms.items()
-                 if k.name == name and (wanted is None or k.customer_id == wanted)]
+        found = [r for r in rooms.live()
+                 if r.key.name == name and (wanted is None or r.key.customer_id == wanted)]
         if len(found) > 1:
             raise ApiError(409, "ambiguous", f"room {name} exists for several customers: "
                                              "add ?customer_id=")
@@ -186,50 +180,45 @@ def _member(request: web.Request, room: Room) -> str:
     return cid
 
 
-async def _room_view(gw: Gateway, room: Room) -> dict[str, Any]:
+async def _room_view(app: web.Application, room: Room) -> dict[str, Any]:
     ids = tuple(room.members)
-    levels = await gw.levels(ids) if ids else {}
+    levels = await app[ENGINE].levels(ids) if ids else {}
     return {
         "room": room.key.name,
         "customer_id": room.key.customer_id,
         "created_at": iso(room.created_at),
         # members who left while the levels were being read are left out (was a KeyError)
-        "participants": [_participant(gw, room, cid, levels.get(cid, 0)) for cid in ids
+        "participants": [_participant(app, room, cid, levels.get(cid, 0)) for cid in ids
                          if cid in room.members],
     }
 
 
-def _participant(gw: Gateway, room: Room, cid: str, level: int) -> dict[str, Any]:
+def _participant(app: web.Application, room: Room, cid: str, level: int) -> dict[str, Any]:
     m = room.members[cid]
-    session = gw.sessions.get(cid)
-    return {"call_id": cid, "from": session.incoming.from_user if session else None,
+    session = app[CALLS].get(cid)
+    return {"call_id": cid, "from": session.rec.from_user if session else None,
             "muted": m.muted, "end_on_exit": m.end_on_exit, "joined_at": iso(m.joined_at),
-            "talking": level >= gw.cfg.rooms.speaker_level}
-
-
+            "talking": level >= app[CONFIG].rooms.speaker_level}
 
 
 async def list_conferences(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    rooms = [r for k, r in sorted(gw.conferences.book.rooms.items())
-             if _visible(request, k.customer_id)]
-    return web.json_response({"conferences": [await _room_view(gw, r) for r in rooms]})
+    rooms = [r for r in sorted(request.app[ROOMS].live(), key=lambda r: r.key)
+             if _visible(request, r.key.customer_id)]
+    return web.json_response(
+        {"conferences": [await _room_view(request.app, r) for r in rooms]})
 
 
 async def get_conference(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    return web.json_response(await _room_view(gw, _room(request)))
+    return web.json_response(await _room_view(request.app, _room(request)))
 
 
 async def end_conference(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
     room = _room(request)
-    gw.conferences.end(room.key)
+    request.app[ROOMS].end(room.key)
     return web.Response(status=204)
 
 
 async def patch_participant(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
     _member(request, _room(request))
     try:
         body = json.loads(await request.read())
@@ -242,21 +231,20 @@ async def patch_participant(request: web.Request) -> web.Response:
     room = _room(request)
     cid = _member(request, room)
     try:
-        gw.conferences.set_muted(cid, body["muted"])
+        request.app[ROOMS].set_muted(cid, body["muted"])
     except RoomError:
         raise ApiError(404, "not_found", f"{cid} is not in room {room.key.name}") from None
-    session = gw.sessions.get(cid)
+    session = request.app[CALLS].get(cid)
     if session:
         session.note("api.mute", muted=body["muted"])
-    return web.json_response(_participant(gw, room, cid, 0) | {"talking": None})
+    return web.json_response(_participant(request.app, room, cid, 0) | {"talking": None})
 
 
 async def remove_participant(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
     room = _room(request)
     cid = _member(request, room)
     try:
-        gw.conferences.remove(cid)
+        request.app[ROOMS].remove(cid)
     except RoomError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     return web.Response(status=204)
@@ -264,7 +252,6 @@ async def remove_participant(request: web.Request) -> web.Response:
 
 # -- recordings ---------------------------------------------------------------------------
 async def start_recording(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
     body = await request.read()
     if body.strip():
         try:
@@ -275,12 +262,12 @@ async def start_recording(request: web.Request) -> web.Response:
             raise ApiError(400, "invalid_body", "body must be empty or {}")
     room = _room(request)
     # Its events are signed for the application of the room's first participant.
-    first = next((gw.sessions[c] for c in room.members if c in gw.sessions), None)
+    calls = request.app[CALLS]
+    first = next((s for c in room.members if (s := calls.get(c)) is not None), None)
     if first is None:
         raise ApiError(404, "not_found", f"no room {room.key.name}")
     try:
-        row = await gw.recordings.start(room.key, first.app,
-                                        status=gw.conferences.status.get(room.key), by="api")
+        row = await request.app[RECORDINGS].start(room.key, first.app, by="api")
     except AlreadyRecording as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     except RecordingRefused as exc:
@@ -295,22 +282,20 @@ async def start_recording(request: web.Request) -> web.Response:
 
 
 def _recording(request: web.Request) -> Recording:
-    gw = request.app[GATEWAY]
     rec_id = request.match_info["recording_id"]
-    row = gw.store.recording_get(rec_id) if len(rec_id) <= 64 else None
+    row = request.app[STORE].recording_get(rec_id) if len(rec_id) <= 64 else None
     if row is None or not _visible(request, row.customer_id):
         raise ApiError(404, "not_found", f"no recording {rec_id}")
     return row
 
 
 async def stop_recording(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
+    recordings = request.app[RECORDINGS]
     row = _recording(request)
     name = request.match_info["room"]
-    if row.room != name or row.status != "recording" or \
-            row.rec_id not in gw.recordings.active:
+    if row.room != name or row.status != "recording" or row.rec_id not in recordings.active:
         raise ApiError(404, "not_found", f"no recording {row.rec_id} in progress in room {name}")
-    return web.json_response(public_view(await gw.recordings.stop(row.rec_id, "api")))
+    return web.json_response(public_view(await recordings.stop(row.rec_id, "api")))
 
 
 async def get_recording(request: web.Request) -> web.Response:

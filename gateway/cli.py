@@ -10,7 +10,7 @@ import secrets
 import sys
 from typing import Any
 
-from gateway import __version__, logs, users_cli
+from gateway import __version__, logs
 from gateway.config import (
     Config,
     ConfigError,
@@ -19,6 +19,7 @@ from gateway.config import (
     load,
     with_overrides,
 )
+from gateway.edge import users_cli
 from gateway.netguard import parse_allow
 
 
@@ -101,14 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "users":
         return users_cli.run(args)
     if args.command == "check-config":
-        from gateway import edge
+        from gateway.edge import kamailio
 
         try:
             cfg = load(args.path)
             check_exposure(cfg, args.path)
             if cfg.edge.enabled:  # the rules that span sip: and edge:, as serve applies them
-                edge.check(cfg)
-        except (ConfigError, edge.EdgeError) as exc:
+                kamailio.check(cfg)
+        except (ConfigError, kamailio.EdgeError) as exc:
             print(exc, file=sys.stderr)
             return 2
         print(f"{args.path}: ok")
@@ -123,18 +124,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if cfg.edge.enabled and cfg.edge.address is not None:
         # The edge runs on its own (`python -m gateway edge` elsewhere): only the gateway here.
-        from gateway import edge
+        from gateway.edge import kamailio
 
         try:
-            edge.check(cfg)
-        except edge.EdgeError as exc:
+            kamailio.check(cfg)
+        except kamailio.EdgeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    elif cfg.edge.enabled:  # the whole stack: Kamailio in front, the gateway on loopback
-        from gateway import edge
-
-        return edge.run_stack(cfg, args.drain)
     from gateway.app import serve  # imports pjsua2: after config errors are reported
+
+    if cfg.edge.enabled and cfg.edge.address is None:
+        # the whole stack: Kamailio in front, the gateway on loopback
+        from gateway.edge import kamailio
+
+        return kamailio.run_stack(cfg, serve, args.drain)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(cfg, args.drain))
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _edge_only(path: str) -> int:
-    from gateway import edge
+    from gateway.edge import kamailio
 
     try:
         cfg = load(path)
@@ -153,4 +156,4 @@ def _edge_only(path: str) -> int:
         print(f"error: {path}: `edge` runs the edge of a config with edge.enabled and "
               "edge.address set (otherwise `serve` runs it as its child)", file=sys.stderr)
         return 2
-    return edge.run_edge(cfg)
+    return kamailio.run_edge(cfg)

@@ -24,7 +24,15 @@ from typing import Any
 
 from gateway.actions.base import RoomFull
 from gateway.config import RoomsConfig
-from media.rooms import Departure, LinkChange, RoomBook, RoomKey, SpeakerState, choose_speakers
+from media.rooms import (
+    Departure,
+    LinkChange,
+    Room,
+    RoomBook,
+    RoomKey,
+    SpeakerState,
+    choose_speakers,
+)
 from media.speaking import SpeakingTracker
 from sip.commands import ApplyLinks
 
@@ -59,6 +67,13 @@ class Conferences:
         self.status: dict[RoomKey, StatusHook] = {}
         self.on_event: RoomEventSink = lambda *event: None
         self._speaking: dict[RoomKey, SpeakingTracker] = {}
+
+    def live(self) -> list[Room]:
+        """Every live room."""
+        return list(self.book.rooms.values())
+
+    def room(self, key: RoomKey) -> Room | None:
+        return self.book.room(key)
 
     async def run_speaker_detection(self, levels: LevelQuery) -> None:
         """Forever: every poll, pick the speakers of each large room and relink it."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from gateway.edge_config import EdgeConfig
+from gateway.edge.config import EdgeConfig
 from gateway.netguard import parse_allow
 from gateway.strict import URL, ValidationError, between, checked, length, parse
 from sip.config import SipConfig

@@ -104,6 +104,8 @@ class Recordings:
     send: Callable[[cmd.Command], asyncio.Future[Any]]
     # Queue recording.completed for a finished recording: (its row, the event's data).
     emit: Callable[[Recording, dict[str, Any]], None]
+    # The room's status_url and its application, if it has one.
+    status_of: Callable[[RoomKey], StatusHook | None] = lambda key: None
     active: dict[str, _Active] = field(default_factory=dict)  # recording ID -> live one
     by_room: dict[RoomKey, str] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Recording]] = field(default_factory=set)
@@ -118,10 +120,9 @@ class Recordings:
         return shutil.disk_usage(self.directory).free / MIB
 
     # -- start ------------------------------------------------------------------------
-    async def start(self, key: RoomKey, app: Application, *, status: StatusHook | None = None,
-                    by: str) -> Recording:
+    async def start(self, key: RoomKey, app: Application, *, by: str) -> Recording:
         """Start recording the room `key` (it must have members). Its recording.completed goes
-        to the room's status_url (`status`, signed for its application) if it has one, else
+        to the room's status_url (signed for that URL's application) if it has one now, else
         to `app`'s event_url. Raises AlreadyRecording, RecordingRefused."""
         if key in self.by_room:
             raise AlreadyRecording(self.by_room[key])
@@ -138,6 +139,7 @@ class Recordings:
             self._refused(key, "disk_full", by, free_mb=round(free))
             raise RecordingRefused("disk_full", f"{free:.0f} MB free, below "
                                                 f"recordings.min_free_mb ({limits.min_free_mb})")
+        status = self.status_of(key)
         rec_id = new_recording_id()
         path = self.directory / f"{rec_id}.wav"
         row = Recording(rec_id, key.customer_id, key.name, status.app_id if status else app.id,

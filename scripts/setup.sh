@@ -38,7 +38,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The Debian package may start its own kamailio (where services start): it would hold port
-# 5060. The project runs Kamailio itself (gateway/edge.py), so stop and disable that one.
+# 5060. The project runs Kamailio itself (gateway/edge/kamailio.py), so stop and disable that one.
 if [ -f /run/kamailio/kamailio.pid ] && kill -0 "$(cat /run/kamailio/kamailio.pid)" 2>/dev/null; then
     log "stopping the system kamailio service (the project runs its own)"
     kill "$(cat /run/kamailio/kamailio.pid)" || true

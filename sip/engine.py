@@ -91,6 +91,10 @@ class SipEngine:
         self._queue.put((req_id, command))
         return fut
 
+    async def levels(self, call_ids: tuple[str, ...]) -> dict[str, int]:
+        """Each call's current level (0-255) of what it sends into the bridge."""
+        return dict(await self.send(cmd.QueryLevels(call_ids)) or ())
+
     async def stop(self) -> None:
         if self._thread is None:
             return

@@ -1,5 +1,6 @@
-"""Fakes for fast control-plane tests, no pjsua2: a call context for actions, a gateway for
-sessions (engine that records commands, outbox that records events), scripted SIP events."""
+"""Fakes for fast control-plane tests, no pjsua2: a call context for actions, the services a
+session uses (engine that records commands, outbox that records events, a ledger of live
+calls), scripted SIP events."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from gateway.actions.base import Action
-from gateway.config import Application, Config
+from gateway.call.services import Services
+from gateway.call.session import CallSession
+from gateway.config import Application, LimitsConfig
 from sip import commands as cmd
 from sip import events as ev
+from sip.engine import SipCommandError
 
 
 @dataclass
@@ -30,6 +34,8 @@ class FakeCall:
     posts: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     timeline: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     digits: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    commands: list[cmd.Command] = field(default_factory=list)
+    scripted: list[ev.Event] = field(default_factory=list)  # what next_event returns
 
     def press(self, keys: str, after_s: float = 0.0) -> None:
         """Digits the caller presses, `after_s` from now (gather drops earlier ones)."""
@@ -87,6 +93,16 @@ class FakeCall:
     async def transfer(self, to: str, caller_id: str | None, timeout: float) -> str:
         return "busy"
 
+    async def command(self, command: cmd.Command) -> Any:
+        self.commands.append(command)
+        return None
+
+    async def next_event(self, kind: type[Any], timeout: float | None = None) -> Any:
+        for i, e in enumerate(self.scripted):
+            if isinstance(e, kind):
+                return self.scripted.pop(i)
+        return None
+
     def events(self) -> list[str]:
         return [e for e, _ in self.timeline]
 
@@ -100,13 +116,13 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.sent: list[cmd.Command] = []
-        self.fail: set[type] = set()
+        self.fail: set[type] = set()  # these command types fail with SipCommandError
 
     def send(self, command: cmd.Command) -> asyncio.Future[Any]:
         self.sent.append(command)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if type(command) in self.fail:
-            fut.set_exception(RuntimeError("refused"))
+            fut.set_exception(SipCommandError("refused"))
         else:
             fut.set_result(None)
         return fut
@@ -125,16 +141,72 @@ class FakeOutbox:
         return [p["event"] for c, _, p in self.events if c == call_id]
 
 
-class FakeGateway:
-    """What a CallSession reaches through `gw` for its life cycle and webhooks."""
+class FakeLedger:
+    """The live calls, in memory only; `finish` is the real end path of a session."""
 
     def __init__(self) -> None:
-        self.cfg = Config(applications=(APP,))
-        self.engine = FakeEngine()
-        self.outbox = FakeOutbox()
+        self.live: dict[str, CallSession] = {}
+        self.finished: list[CallSession] = []
 
-    def send_quiet(self, command: cmd.Command) -> None:
-        self.engine.send(command)
+    def admit(self, session: CallSession) -> None:
+        self.live[session.call_id] = session
+
+    def remember(self, session: CallSession) -> None:
+        pass
+
+    def finish(self, session: CallSession, sip_code: int, reason: str, by_gateway: bool,
+               cause: str) -> None:
+        self.live.pop(session.call_id, None)
+        session.on_ended(sip_code, by_gateway, cause)
+        self.finished.append(session)
+
+
+class NoRooms:
+    async def join(self, key: Any, call_id: str, *, mute: bool, end_on_exit: bool,
+                   status: Any = None) -> str:
+        raise AssertionError("no rooms in this test")
+
+
+class NoMedia:
+    async def fetch(self, url: str) -> Path:
+        return Path("/prompt/" + url.rsplit("/", 1)[-1])
+
+    async def speak(self, text: str, voice: str | None) -> Path:
+        return Path("/speech/" + text[:10])
+
+
+class NoHooks:
+    async def fetch_actions(self, urls: list[str], secret: str, payload: dict[str, Any],
+                            call_id: str, kind: str = "answer_url",
+                            error_code: str = "answer_url_error") -> tuple[Action, ...]:
+        return ()
+
+
+async def no_dialer(services: Services, app: Application, uri: str, from_user: str,
+                    parent: CallSession | None) -> CallSession:
+    raise AssertionError("no outbound legs in this test")
+
+
+@dataclass
+class Fakes:
+    """The services of a session, each a fake you can inspect."""
+
+    engine: FakeEngine = field(default_factory=FakeEngine)
+    outbox: FakeOutbox = field(default_factory=FakeOutbox)
+    calls: FakeLedger = field(default_factory=FakeLedger)
+    hooks: Any = field(default_factory=NoHooks)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    @property
+    def services(self) -> Services:
+        return Services(engine=self.engine, hooks=self.hooks, media=NoMedia(), rooms=NoRooms(),
+                        outbox=self.outbox, calls=self.calls, dialer=no_dialer,
+                        limits=self.limits, dial_target=lambda to: to,
+                        ringback=Path("/ringback.wav"))
+
+    def session(self, leg: ev.IncomingCall | None = None, app: Application = APP
+                ) -> CallSession:
+        return CallSession.inbound(self.services, leg or incoming(), app)
 
 
 def incoming(call_id: str = "call_1") -> ev.IncomingCall:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from gateway import api
+from gateway import api, keys
+from gateway.config import ApiConfig, ApiToken, Config
 from tests.audio import levels
 from tests.harness import AppServer, GatewayProc, Phonebank, app_config
 
@@ -33,9 +33,9 @@ async def secured(app: AppServer, gateway_factory: Any) -> GatewayProc:
 
 
 def test_openapi_document_matches_the_routes() -> None:
-    fake_gw = SimpleNamespace(cfg=SimpleNamespace(api=SimpleNamespace(tokens=("x",))))
     app = web.Application()
-    api.setup(app, fake_gw)  # type: ignore[arg-type]
+    app[keys.CONFIG] = Config(applications=(), api=ApiConfig(tokens=(ApiToken("x" * 20),)))
+    api.setup(app)
     served = {(r.method, r.resource.canonical) for r in app.router.routes()  # type: ignore[union-attr]
               if r.resource is not None and r.resource.canonical.startswith("/v1/")
               and r.method != "HEAD"}

@@ -19,10 +19,11 @@ import pytest
 import yaml
 
 from bench.gateway import free_port
-from gateway import cli, edge
+from gateway import cli
 from gateway.cli import _parser, build_config
 from gateway.config import Config, load
-from gateway.edge_config import from_edge
+from gateway.edge import kamailio
+from gateway.edge.config import from_edge
 from tests.harness import PYTHON, ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -131,7 +132,7 @@ def test_addresses_agree_with_the_config() -> None:
     bridge = COMPOSE["networks"]["minivoice"]["ipam"]["config"][0]["gateway"]
     assert not any(ipaddress.ip_address(bridge) in ipaddress.ip_network(t)
                    for t in CFG.edge.trusted)
-    edge.check(CFG)  # the rules serve and edge apply before starting
+    kamailio.check(CFG)  # the rules serve and edge apply before starting
 
 
 def test_ports() -> None:
@@ -191,13 +192,13 @@ def _with_sip_host(host: str, address: str | None) -> Config:
 
 
 def test_a_separate_edge_allows_one_specific_gateway_address() -> None:
-    edge.check(_with_sip_host("172.29.60.20", "172.29.60.10"))
-    with pytest.raises(edge.EdgeError, match="one specific address"):
-        edge.check(_with_sip_host("0.0.0.0", "172.29.60.10"))
+    kamailio.check(_with_sip_host("172.29.60.20", "172.29.60.10"))
+    with pytest.raises(kamailio.EdgeError, match="one specific address"):
+        kamailio.check(_with_sip_host("0.0.0.0", "172.29.60.10"))
     # without edge.address, the gateway behind a child edge stays on loopback as before
-    with pytest.raises(edge.EdgeError, match="loopback"):
-        edge.check(_with_sip_host("172.29.60.20", None))
-    edge.check(_with_sip_host("127.0.0.1", None))
+    with pytest.raises(kamailio.EdgeError, match="loopback"):
+        kamailio.check(_with_sip_host("172.29.60.20", None))
+    kamailio.check(_with_sip_host("127.0.0.1", None))
 
 
 def test_edge_command_needs_a_config_with_a_separate_edge(tmp_path: Path,

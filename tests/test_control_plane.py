@@ -4,7 +4,7 @@ how a call's end is classified, and the webhooks a session queues. Milliseconds 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -13,10 +13,13 @@ from gateway.actions.gather import Gather
 from gateway.actions.hangup import Hangup
 from gateway.actions.pause import Pause
 from gateway.actions.say import Say
+from gateway.call.outbound import dial
+from gateway.call.record import CallRecord
+from gateway.call.session import CallSession
 from gateway.interpreter import run_actions
-from gateway.session import CallSession
+from sip import commands as cmd
 from sip import events as ev
-from tests.fakes import APP, FakeCall, FakeGateway, incoming
+from tests.fakes import APP, FakeCall, Fakes
 
 HOOK = "http://app.test/hook"
 
@@ -92,12 +95,12 @@ async def test_digits_pressed_before_gather_are_dropped() -> None:
 
 
 # -- end of call: classification and webhooks ----------------------------------------------
-def session() -> tuple[CallSession, FakeGateway]:
-    gw = FakeGateway()
-    return CallSession(cast(Any, gw), incoming(), APP), gw
+def session() -> tuple[CallSession, Fakes]:
+    gw = Fakes()
+    return gw.session(), gw
 
 
-def completed(gw: FakeGateway) -> dict[str, Any]:
+def completed(gw: Fakes) -> dict[str, Any]:
     [payload] = [p for _, _, p in gw.outbox.events if p["event"] == "call.completed"]
     return payload
 
@@ -118,10 +121,10 @@ def test_end_classification(answered: bool, by_gateway: bool, cause: str,
                             hangup_cause: str) -> None:
     s, gw = session()
     if answered:
-        s.on_answered()
+        s.handle(ev.CallAnswered(s.call_id))
     if preset:
-        s.hangup_cause, s.hangup_by = preset
-    s.on_ended(ev.CallEnded(s.call_id, 200 if answered else 487, "", by_gateway, cause))
+        s.rec.hangup_cause, s.rec.hangup_by = preset
+    gw.calls.finish(s, 200 if answered else 487, "", by_gateway, cause)
     data = completed(gw)
     assert (data["call"]["status"], data["data"]["hangup_by"], data["data"]["hangup_cause"]) \
         == (status, hangup_by, hangup_cause)
@@ -130,9 +133,9 @@ def test_end_classification(answered: bool, by_gateway: bool, cause: str,
 
 def test_an_error_makes_the_call_failed_and_is_reported() -> None:
     s, gw = session()
-    s.error = {"code": "answer_url_error", "message": "invalid action payload"}
-    s.hangup_cause, s.hangup_by = "answer_url_error", "gateway"
-    s.on_ended(ev.CallEnded(s.call_id, 500, "", True, "normal"))
+    s.rec.error = {"code": "answer_url_error", "message": "invalid action payload"}
+    s.rec.hangup_cause, s.rec.hangup_by = "answer_url_error", "gateway"
+    gw.calls.finish(s, 500, "", True, "normal")
     data = completed(gw)
     assert data["call"]["status"] == "failed"
     assert data["data"]["error"]["code"] == "answer_url_error"
@@ -140,9 +143,9 @@ def test_an_error_makes_the_call_failed_and_is_reported() -> None:
 
 def test_webhooks_of_a_call_in_order() -> None:
     s, gw = session()
-    s._webhook("call.initiated", s.sip_data())
-    s.on_answered()
-    s.on_ended(ev.CallEnded(s.call_id, 200, "", False, "normal"))
+    s.webhook("call.initiated", s.rec.sip)
+    s.handle(ev.CallAnswered(s.call_id))
+    gw.calls.finish(s, 200, "", False, "normal")
     assert gw.outbox.names(s.call_id) == ["call.initiated", "call.answered", "call.completed"]
     first = gw.outbox.events[0][2]
     assert first["call"]["from"] == "+1555" and first["call"]["to"] == "1001"
@@ -150,9 +153,62 @@ def test_webhooks_of_a_call_in_order() -> None:
 
 
 def test_digits_queue_is_bounded() -> None:
-    s, _ = session()
+    s, gw = session()
     for _ in range(10_000):
-        s.on_dtmf(ev.DtmfDigit(s.call_id, "1", "rfc4733"))
-    assert s.digits.qsize() <= s.gw.cfg.limits.max_dtmf_queue
+        s.handle(ev.DtmfDigit(s.call_id, "1", "rfc4733"))
+    assert s.digits.qsize() <= gw.limits.max_dtmf_queue
 
 
+
+
+async def test_an_action_waits_for_an_engine_event_of_its_call() -> None:
+    """The path a new engine capability takes (command out, event back) without a change
+    to the session: next_event resolves on the call's own event of that type only."""
+    s, gw = session()
+    waiting = asyncio.create_task(s.next_event(ev.PlayDone, timeout=5))
+    await asyncio.sleep(0)
+    s.handle(ev.DtmfDigit(s.call_id, "1", "rfc4733"))  # another type: not it
+    assert not waiting.done()
+    await s.command(ev_command := cmd.StopPlay(s.call_id, 7))
+    assert gw.engine.sent[-1] is ev_command
+    s.handle(ev.PlayDone(s.call_id, 7))
+    assert await waiting == ev.PlayDone(s.call_id, 7)
+    assert await s.next_event(ev.PlayDone, timeout=0.01) is None  # nothing pending: times out
+    assert not s._waiters, "a timed-out wait leaves nothing behind"
+
+
+# -- outbound legs: the same record, the same finish path ---------------------------------
+def leg_record(**kw: Any) -> CallRecord:
+    return CallRecord(call_id="call_leg", customer_id="cust", application_id="app1",
+                      direction="outbound", from_user="+1555", to="bob",
+                      sip={"to_uri": "sip:bob@h"}, created_at=0.0, **kw)
+
+
+@pytest.mark.parametrize("answered,sip_code,by_gateway,status,outcome,hangup_by,cause", [
+    (False, 486, False, "busy", "busy", "callee", "busy"),
+    (False, 480, False, "no-answer", "no-answer", "callee", "no-answer"),
+    (False, 503, False, "failed", "failed", "callee", "failed"),
+    (True, 200, False, "completed", "answered", "callee", "normal_clearing"),
+    (True, 200, True, "completed", "answered", "gateway", "parent_hangup"),
+])
+def test_outbound_leg_end_classification(answered: bool, sip_code: int, by_gateway: bool,
+                                         status: str, outcome: str, hangup_by: str,
+                                         cause: str) -> None:
+    rec = leg_record(parent_call_id="call_parent")
+    if answered:
+        rec.answered(1.0)
+    rec.ended(2.0, sip_code=sip_code, by_gateway=by_gateway, cause="normal")
+    assert (rec.status, rec.outcome, rec.hangup_by, rec.hangup_cause) == (
+        status, outcome, hangup_by, cause)
+    data = rec.completed_data()
+    assert data["outcome"] == outcome and data["parent_call_id"] == "call_parent"
+
+
+async def test_a_leg_the_engine_refuses_ends_through_the_ledger() -> None:
+    gw = Fakes()
+    gw.engine.fail.add(cmd.Dial)
+    leg = await dial(gw.services, APP, "sip:bob@192.0.2.1", "+1555", None)
+    assert leg.rec.status == "failed" and leg.rec.outcome == "failed"
+    assert gw.calls.finished == [leg] and not gw.calls.live
+    assert gw.outbox.names(leg.call_id) == ["call.initiated", "call.completed"]
+    assert leg.ended.is_set()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import sipp
-from gateway.users import UserStore
+from gateway.edge.users import UserStore
 from tests.edge_stack import SipClient, Stack, authorization, start_stack
 from tests.harness import PYTHON, ROOT, AppServer, app_config, rtp_block
 

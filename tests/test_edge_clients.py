@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from bench import sipp
-from gateway.users import UserStore
+from gateway.edge.users import UserStore
 from media.analysis import tone_level_dbfs
 from media.tones import sine, write_wav
 from tests.audio import read_final

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError, from_dict
-from gateway.edge import EdgePlan, render
-from gateway.edge_config import EdgeConfig
+from gateway.edge.config import EdgeConfig
+from gateway.edge.kamailio import EdgePlan, render
 
 BASE: dict[str, Any] = {
     "applications": [{"id": "a", "customer_id": "c", "answer_url": "http://127.0.0.1:1/",

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from bench.gateway import free_port
-from gateway import edge as edge_module
-from gateway.edge_config import EdgeConfig
-from gateway.users import UserStore
+from gateway.edge import kamailio as edge_module
+from gateway.edge.config import EdgeConfig
+from gateway.edge.users import UserStore
 from tests.edge_stack import SipClient, Stack, authorization, start_stack
 from tests.harness import AppServer, Phonebank, app_config
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.users import UserStore
+from gateway.edge.users import UserStore
 from tests.clients import Linphonec, tool
 from tests.edge_stack import SipClient, Stack, start_stack
 from tests.harness import AppServer, app_config

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway import edge, files
-from gateway.users import UserStore
+from gateway import files
+from gateway.edge import kamailio as edge
+from gateway.edge.users import UserStore
 
 
 def mode(p: Path) -> int:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -21,11 +21,13 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import make_mocked_request
 
-from gateway import api, cli, signing
+from gateway import api, cli, keys, signing
 from gateway.actions.base import RoomFull
 from gateway.actions.conference import Conference
 from gateway.actions.redirect import Redirect
 from gateway.actions.schema import MAX_BODY_BYTES, parse_body, parse_document
+from gateway.call.session import CallSession
+from gateway.call.table import CallTable
 from gateway.conferences import Conferences
 from gateway.config import (
     ApiConfig,
@@ -41,10 +43,10 @@ from gateway.config import (
 from gateway.hooks import AnswerUrlError, HookClient, HttpPools
 from gateway.media_cache import MediaCache, MediaError
 from gateway.netguard import AddressPolicy, GuardedResolver, guarded_socket_factory, redact
-from gateway.session import CallSession
 from gateway.strict import ValidationError
 from media.rooms import RoomKey
 from sip.events import DtmfDigit, IncomingCall
+from tests.fakes import Fakes
 from tests.httpkit import Server, in_pieces, serve, wav_bytes, wav_seconds
 
 LOOPBACK = AddressPolicy.from_config(["127.0.0.0/8"])
@@ -135,29 +137,14 @@ async def test_logged_urls_carry_no_query_or_credentials(
     assert redact("https://a:b@h.example/p?x=1#f") == "https://h.example/p?REDACTED"
 
 
-class FakeEngine:
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-        self.alive = True
-
-    def send(self, command: Any) -> asyncio.Future[Any]:
-        self.sent.append(command)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
-
-
 async def test_internal_error_does_not_leak_exception_text() -> None:
     class Hooks:
         async def fetch_actions(self, *a: Any, **k: Any) -> Any:
             raise RuntimeError("/srv/minivoice/secret-path db=10.1.2.3")
-    gw = SimpleNamespace(engine=FakeEngine(), hooks=Hooks(), cfg=Config(applications=(APP,)),
-                         outbox=SimpleNamespace(enqueue=lambda *a: None))
-    leg = IncomingCall("call_x", "sip-id", "sip:a@h", "sip:b@h", "a", "b", "127.0.0.1:5")
-    session = CallSession(gw, leg, APP)  # type: ignore[arg-type]
+    session = new_session(fake_gateway(Hooks()))
     await session.run()
-    assert session.error == {"code": "internal_error", "message": "internal error"}
-    assert session.hangup_cause == "internal_error"
+    assert session.rec.error == {"code": "internal_error", "message": "internal error"}
+    assert session.rec.hangup_cause == "internal_error"
 
 
 async def test_patch_on_a_participant_who_left_meanwhile_is_404() -> None:
@@ -165,10 +152,11 @@ async def test_patch_on_a_participant_who_left_meanwhile_is_404() -> None:
     key = RoomKey("c1", "r1")
     joined = asyncio.create_task(conferences.join(key, "call_a", mute=False, end_on_exit=False))
     await asyncio.sleep(0)
-    fake_gw = SimpleNamespace(cfg=Config(applications=(APP,)), conferences=conferences,
-                              sessions={})
     app = web.Application()
-    api.setup(app, fake_gw)  # type: ignore[arg-type]
+    app[keys.CONFIG] = Config(applications=(APP,))
+    app[keys.ROOMS] = conferences
+    app[keys.CALLS] = CallTable(cast(Any, None))
+    api.setup(app)
     runner, port = await serve(app)
 
     async def slow_body() -> AsyncIterator[bytes]:
@@ -385,7 +373,7 @@ def test_every_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatc
               ApiToken("other-token-0123456789", "c2"))
     cfg = Config(applications=(APP,), api=ApiConfig(tokens=tokens))
     app = web.Application()
-    app[api.GATEWAY] = SimpleNamespace(cfg=cfg)  # type: ignore[assignment]
+    app[keys.CONFIG] = cfg
 
     def authorize(header: str) -> tuple[bool, str | None]:
         request = make_mocked_request("GET", "/v1/calls", headers={"Authorization": header},
@@ -400,15 +388,13 @@ def test_every_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatc
 
 
 # -- finding 8: limits --------------------------------------------------------------------
-def fake_gateway(hooks: Any, **limits: Any) -> Any:
-    cfg = Config(applications=(APP,), limits=LimitsConfig(**limits))
-    return SimpleNamespace(engine=FakeEngine(), hooks=hooks, cfg=cfg,
-                           outbox=SimpleNamespace(enqueue=lambda *a: None))
+def fake_gateway(hooks: Any, **limits: Any) -> Fakes:
+    return Fakes(hooks=hooks, limits=LimitsConfig(**limits))
 
 
-def new_session(gw: Any) -> CallSession:
+def new_session(gw: Fakes) -> CallSession:
     leg = IncomingCall("call_x", "sip-id", "sip:a@h", "sip:b@h", "a", "b", "127.0.0.1:5")
-    return CallSession(gw, leg, APP)
+    return gw.session(leg, APP)
 
 
 async def test_a_redirect_loop_stops_at_the_document_limit() -> None:
@@ -422,9 +408,9 @@ async def test_a_redirect_loop_stops_at_the_document_limit() -> None:
     session = new_session(fake_gateway(hooks, max_documents_per_call=7))
     await asyncio.wait_for(session.run(), 5)
     assert hooks.posts == 7
-    assert session.error is not None and session.error["code"] == "action_url_error"
-    assert "more than 7 action documents" in session.error["message"]
-    assert session.hangup_cause == "action_url_error"
+    assert session.rec.error is not None and session.rec.error["code"] == "action_url_error"
+    assert "more than 7 action documents" in session.rec.error["message"]
+    assert session.rec.hangup_cause == "action_url_error"
 
 
 async def test_dtmf_queue_and_timeline_are_bounded() -> None:
@@ -432,10 +418,10 @@ async def test_dtmf_queue_and_timeline_are_bounded() -> None:
     for _ in range(5000):
         session.on_dtmf(DtmfDigit("call_x", "5", "rfc4733"))
     assert session.digits.qsize() == 16 and session.dtmf_dropped == 5000 - 16
-    assert [e["event"] for e in session.timeline].count("dtmf.dropped") == 1
+    assert [e["event"] for e in session.rec.timeline].count("dtmf.dropped") == 1
     for i in range(500):
         session.note("progress", n=i)
-    assert len(session.timeline) == 100
+    assert len(session.rec.timeline) == 100
     record = session.record()
     assert record["timeline_dropped"] == 16 + 1 + 500 - 100 and len(record["timeline"]) == 100
 
@@ -494,10 +480,12 @@ async def test_get_room_while_a_participant_leaves_is_not_a_500() -> None:
     async def levels(ids: tuple[str, ...]) -> dict[str, int]:
         conferences.remove("call_a")  # leaves while the bridge is being asked
         return dict.fromkeys(ids, 0)
-    fake_gw = SimpleNamespace(cfg=Config(applications=(APP,)), conferences=conferences,
-                              sessions={}, levels=levels)
     app = web.Application()
-    api.setup(app, fake_gw)  # type: ignore[arg-type]
+    app[keys.CONFIG] = Config(applications=(APP,))
+    app[keys.ROOMS] = conferences
+    app[keys.CALLS] = CallTable(cast(Any, None))
+    app[keys.ENGINE] = cast(Any, SimpleNamespace(levels=levels))
+    api.setup(app)
     runner, port = await serve(app)
     try:
         async with aiohttp.ClientSession() as s, s.get(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, from_dict
-from gateway.users import UserError, UserStore
+from gateway.edge.users import UserError, UserStore
 from tests.harness import PYTHON, ROOT
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from gateway.webhook_events import ActionsEvent
+from sip import commands as cmd
+
+E = TypeVar("E")
 
 
 class CallContext(Protocol):
@@ -65,6 +68,17 @@ class CallContext(Protocol):
     async def transfer(self, to: str, caller_id: str | None, timeout: float) -> str:
         """Dial `to` and bridge; return the outcome: answered | busy | no-answer | failed
         (or canceled, when the ringing leg is hung up through the API or at shutdown)."""
+        ...
+
+    async def command(self, command: cmd.Command) -> Any:
+        """Send a command to the SIP engine; its result. For an action that needs an engine
+        capability the session has no method for (sip/commands.py, a handler in the engine's
+        table); raises sip.engine.SipCommandError when the engine refuses."""
+        ...
+
+    async def next_event(self, kind: type[E], timeout: float | None = None) -> E | None:
+        """The next event of type `kind` (sip/events.py) the engine sends for this call, or
+        None after `timeout` seconds."""
         ...
 
 

@@ -24,18 +24,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway import logs
 from gateway.config import Config
-from gateway.edge_config import EdgeConfig
+from gateway.edge.config import EdgeConfig
+from gateway.edge.users import UserStore
 from gateway.files import write_private
-from gateway.users import UserStore
 
 log = logging.getLogger("edge")
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "edge" / "kamailio.cfg.tmpl"
+TEMPLATE = Path(__file__).resolve().parents[2] / "edge" / "kamailio.cfg.tmpl"
 MODULE_DIRS = ("/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/aarch64-linux-gnu/"
                "kamailio/modules", "/usr/lib/kamailio/modules", "/usr/local/lib64/kamailio/modules")
 
@@ -349,14 +351,16 @@ class Edge:
         log.info("edge.stopped", extra={"code": self.proc.returncode})
 
 
-async def serve_stack(cfg: Config, drain_s: float | None = None) -> int:
+# The gateway's own serve (gateway.app.serve), passed in: the edge does not import the app.
+Serve = Callable[[Config, float | None], Coroutine[Any, Any, None]]
+
+
+async def serve_stack(cfg: Config, serve: Serve, drain_s: float | None = None) -> int:
     """Kamailio, then the gateway; a dead Kamailio takes the gateway down (exit 1), since
     nobody could reach it any more."""
     plan = prepare(cfg)
     edge = Edge(plan)
     await edge.start()
-    from gateway.app import serve  # imports pjsua2
-
     code = 0
     gateway = asyncio.create_task(serve(cfg, drain_s), name="gateway")
     watcher = asyncio.create_task(edge.wait(), name="edge")
@@ -403,10 +407,10 @@ def run_edge(cfg: Config) -> int:
         return 2
 
 
-def run_stack(cfg: Config, drain_s: float | None = None) -> int:
+def run_stack(cfg: Config, serve: Serve, drain_s: float | None = None) -> int:
     """`python -m gateway serve` with `edge.enabled`: the whole stack in the foreground."""
     try:
-        return asyncio.run(serve_stack(cfg, drain_s))
+        return asyncio.run(serve_stack(cfg, serve, drain_s))
     except EdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

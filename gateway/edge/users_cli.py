@@ -1,4 +1,4 @@
-"""`python -m gateway users add|list|remove`: SIP users of the edge (see gateway/users.py)."""
+"""`python -m gateway users add|list|remove`: SIP users of the edge (see gateway/edge/users.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import getpass
 import sys
 
 from gateway.config import ConfigError, load
-from gateway.edge_config import EdgeConfig
-from gateway.users import UserError, UserStore
+from gateway.edge.config import EdgeConfig
+from gateway.edge.users import UserError, UserStore
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
