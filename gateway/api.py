@@ -6,6 +6,7 @@ built from the same route table, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -17,10 +18,24 @@ from typing import Any
 from aiohttp import web
 
 from gateway import __version__
+from gateway.call.outbound import place
+from gateway.call.request import caller_id_allowed, choose_application, parse_call_request
 from gateway.config import ApiToken
-from gateway.keys import CALLS, CONFIG, ENGINE, OUTBOX, RECORDINGS, ROOMS, STATUS, STORE
+from gateway.edge.users import UserStore
+from gateway.keys import (
+    CALLS,
+    CONFIG,
+    ENGINE,
+    OUTBOX,
+    RECORDINGS,
+    ROOMS,
+    SERVICES,
+    STATUS,
+    STORE,
+)
 from gateway.recordings import AlreadyRecording, RecordingRefused, public_view
 from gateway.store import Recording
+from gateway.strict import ValidationError
 from gateway.timestamps import iso
 from media.rooms import Room, RoomError, RoomKey
 
@@ -33,9 +48,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 details: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.details = details
 
 
 @dataclass(frozen=True)
@@ -66,7 +83,7 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
             request[SCOPE] = _authorize(request)
         return await handler(request)
     except ApiError as exc:
-        return _error(exc.status, exc.code, exc.message)
+        return _error(exc.status, exc.code, exc.message, exc.details)
     except web.HTTPException as exc:  # aiohttp's own 404/405: same JSON shape
         if exc.status >= 400:
             return _error(exc.status, "http_error", exc.reason)
@@ -93,8 +110,12 @@ def _authorize(request: web.Request) -> tuple[bool, str | None]:
     return (found.customer_id is None, found.customer_id)
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def _error(status: int, code: str, message: str,
+           details: list[dict[str, str]] | None = None) -> web.Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return web.json_response({"error": error}, status=status)
 
 
 def _visible(request: web.Request, customer_id: str) -> bool:
@@ -250,6 +271,48 @@ async def remove_participant(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def place_call(request: web.Request) -> web.Response:
+    """POST /v1/calls: dial `to`; once answered the call runs inline actions or answer_url's."""
+    cfg = request.app[CONFIG]
+    try:
+        body = json.loads(await request.read())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "invalid_body", "body must be JSON") from None
+    try:
+        req = parse_call_request(body)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_body", "invalid request",
+                       [d.as_dict() for d in exc.details]) from None
+    admin, customer = request[SCOPE]
+    app = choose_application(cfg.applications, req.application_id, None if admin else customer)
+    if app is None:
+        if admin and req.application_id is None:
+            raise ApiError(400, "invalid_body", "invalid request", [
+                {"path": "application_id", "reason": "is required with an admin token"}])
+        raise ApiError(404, "not_found", f"no application {req.application_id}")
+    if not caller_id_allowed(app, req.from_user):
+        raise ApiError(403, "caller_id_not_allowed",
+                       f"{app.id} may not call from {req.from_user!r} (its caller_ids)")
+    if req.registered_user:
+        if not cfg.edge.enabled:
+            raise ApiError(400, "invalid_body", "invalid request", [
+                {"path": "to", "reason": "a registered user needs the SIP edge (edge:)"}])
+        users = UserStore(cfg.edge.users_db, cfg.edge.realm)
+        if not await asyncio.to_thread(users.exists, req.to):
+            raise ApiError(404, "not_found", f"no registered user {req.to}")
+    if not request.app[STATUS].accepting:
+        raise ApiError(503, "shutting_down", "the gateway is shutting down")
+    calls = request.app[CALLS]
+    cap = cfg.limits.max_calls_per_customer
+    if cap is not None and calls.count(app.customer_id) >= cap:
+        raise ApiError(429, "too_many_calls",
+                       f"{cap} live calls (limits.max_calls_per_customer)")
+    services = request.app[SERVICES]
+    leg = await place(services, app, services.dial_target(req.to), req.from_user,
+                      answer_url=req.answer_url, actions=req.actions, timeout=req.timeout)
+    return web.json_response(leg.record(), status=201)
+
+
 # -- recordings ---------------------------------------------------------------------------
 async def start_recording(request: web.Request) -> web.Response:
     body = await request.read()
@@ -315,6 +378,14 @@ async def recording_audio(request: web.Request) -> web.StreamResponse:
 
 
 ROUTES = (
+    Route("POST", "/v1/calls", place_call,
+          "Place a call: to, from, answer_url or actions, timeout (201 with the call)",
+          {"type": "object", "required": ["to", "from"], "additionalProperties": False,
+           "properties": {"to": {"type": "string"}, "from": {"type": "string"},
+                          "application_id": {"type": "string"},
+                          "answer_url": {"type": "string"},
+                          "actions": {"type": "array", "items": {"type": "object"}},
+                          "timeout": {"type": "number", "minimum": 1, "maximum": 600}}}),
     Route("GET", "/v1/calls", list_calls,
           "Live calls; ?state=ended&limit=N for the most recent finished ones"),
     Route("GET", "/v1/calls/{call_id}", get_call,

@@ -110,7 +110,7 @@ class Gateway:
             self.recording_event, self.conferences.status.get)
         self.conferences.on_room_ended = self.recordings.room_ended
         self.conferences.on_event = self.room_event
-        self.services = Services(
+        self.services = app[keys.SERVICES] = Services(
             engine=self.engine,
             hooks=HookClient(pools.answer, self.cfg.hooks, pools.action, pools.policy),
             media=media,

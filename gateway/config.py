@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,13 @@ class RecordingsConfig:
     max_duration_s: float = checked(between(0, 30 * 86400), default=14400.0)
 
 
+def _caller_ids(entries: tuple[str, ...]) -> str | None:
+    for e in entries:
+        if not re.fullmatch(r"[A-Za-z0-9.+_-]{1,64}\*?|\*", e):
+            return f"{e!r}: must be a number or user name, or a prefix ending in '*'"
+    return None
+
+
 @dataclass(frozen=True)
 class Application:
     id: str = checked(length(1, 64))
@@ -156,6 +164,9 @@ class Application:
     secret: str = checked(length(8, 256), default="")
     # Dialed users/numbers (Request-URI user) this application answers; "*" matches all.
     numbers: tuple[str, ...] = ("*",)
+    # Caller IDs (`from`) its calls placed through POST /v1/calls may use: exact values, or
+    # prefixes ending in "*" ("+1555*"; "*" = any). None: it may not place calls.
+    caller_ids: tuple[str, ...] = checked(_caller_ids, default=())
 
     def cross_check(self) -> Iterator[tuple[str, str]]:
         if not self.secret:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.call.services import Services
 from gateway.call.table import CallTable
 from gateway.conferences import Conferences
 from gateway.config import Config
@@ -31,3 +32,4 @@ STORE: web.AppKey[Store] = web.AppKey("store", Store)
 CALLS: web.AppKey[CallTable] = web.AppKey("calls", CallTable)
 OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox", Outbox)
 RECORDINGS: web.AppKey[Recordings] = web.AppKey("recordings", Recordings)
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

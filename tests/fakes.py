@@ -178,7 +178,8 @@ class NoMedia:
 class NoHooks:
     async def fetch_actions(self, urls: list[str], secret: str, payload: dict[str, Any],
                             call_id: str, kind: str = "answer_url",
-                            error_code: str = "answer_url_error") -> tuple[Action, ...]:
+                            error_code: str = "answer_url_error",
+                            guarded: bool | None = None) -> tuple[Action, ...]:
         return ()
 
 

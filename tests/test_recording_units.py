@@ -346,3 +346,52 @@ def test_conference_record_and_status_url_fields() -> None:
             parse_document({"actions": [{"conference": {"room": "r", **bad}}]})
         assert [(d.path, d.reason) for d in err.value.details] == [
             (f"actions[0].conference.{next(iter(bad))}", reason)], err.value.details
+
+
+# -- POST /v1/calls: the request, caller IDs, the application ----------------------------------
+def test_call_request_parsing() -> None:
+    from gateway.call.request import parse_call_request
+    from gateway.strict import ValidationError
+
+    req = parse_call_request({"to": "bob", "from": "+1555", "actions": [{"hangup": {}}]})
+    assert req.registered_user and req.timeout == 30 and req.actions and not req.answer_url
+    req = parse_call_request({"to": "sip:bob@example.com:5070;transport=tcp", "from": "x",
+                              "answer_url": "https://a.example/x", "timeout": 5.5,
+                              "application_id": "app"})
+    assert not req.registered_user and req.actions is None and req.timeout == 5.5
+
+    def reasons(body: Any) -> dict[str, str]:
+        with pytest.raises(ValidationError) as err:
+            parse_call_request(body)
+        return {d.path: d.reason for d in err.value.details}
+
+    assert reasons("x") == {"": "must be a JSON object"}
+    assert set(reasons({})) == {"to", "from", ""}
+    got = reasons({"to": "sip:" + "a" * 300 + "@h", "from": "a b", "timeout": True,
+                   "answer_url": "ftp://x", "application_id": "", "actions": [{"x": {}}]})
+    assert set(got) == {"to", "from", "timeout", "answer_url", "application_id", "actions[0].x",
+                        ""}
+    assert reasons({"to": "b", "from": "a", "actions": [], "timeout": 601}) == {
+        "actions": "must hold 1 to 50 actions", "timeout": "must be 1 to 600"}
+
+
+def test_caller_ids_and_application_choice() -> None:
+    from gateway.call.request import caller_id_allowed, choose_application
+
+    def app(id_: str, cust: str, ids: tuple[str, ...] = ()) -> Application:
+        return Application(id=id_, customer_id=cust, answer_url="http://x/a", secret="12345678",
+                           caller_ids=ids)
+    a = app("a", "c1", ("+1555*", "support"))
+    assert caller_id_allowed(a, "+15551234") and caller_id_allowed(a, "support")
+    assert not caller_id_allowed(a, "+1666") and not caller_id_allowed(a, "supporter")
+    assert not caller_id_allowed(app("b", "c1"), "+1555")  # none configured: none allowed
+    assert caller_id_allowed(app("b", "c1", ("*",)), "anything")
+    apps = [a, app("b", "c2"), app("c", "c2")]
+    assert choose_application(apps, None, "c2") is apps[1]
+    assert choose_application(apps, "c", "c2") is apps[2]
+    assert choose_application(apps, "a", "c2") is None  # another customer's
+    assert choose_application(apps, None, None) is None  # an admin must name one
+    assert choose_application(apps, "b", None) is apps[1]
+    with pytest.raises(ConfigError, match="caller_ids"):
+        from_dict({"applications": [{"id": "a", "customer_id": "c", "answer_url": "http://x/a",
+                                     "secret": "12345678", "caller_ids": ["+1 555"]}]})

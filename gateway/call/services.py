@@ -32,7 +32,7 @@ class Hooks(Protocol):
 
     async def fetch_actions(
         self, urls: list[str], secret: str, payload: dict[str, Any], call_id: str,
-        kind: str = ..., error_code: str = ...,
+        kind: str = ..., error_code: str = ..., guarded: bool | None = ...,
     ) -> tuple[Action, ...]: ...
 
 

@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -97,13 +97,14 @@ class CallSession:
         log.info(event, extra=logs.fields(call_id=self.call_id, **fields))
 
     # -- the flow ----------------------------------------------------------------------
-    async def run(self) -> None:
-        """The call's flow. Whatever goes wrong in it, the call is ended, never left hanging."""
+    async def run(self, flow: Callable[[], Awaitable[None]] | None = None) -> None:
+        """The call's flow (an inbound call's by default). Whatever goes wrong in it, the call
+        is ended, never left hanging."""
         limit = self.services.limits.max_call_duration_s
         timer = asyncio.get_running_loop().call_later(
             limit, self._too_long) if limit else None
         try:
-            await self._flow()
+            await (flow or self._flow)()
         except asyncio.CancelledError:
             raise
         except AnswerUrlError as exc:  # from gather's action_url or redirect's url
@@ -144,6 +145,38 @@ class CallSession:
             self._failed(exc)
             await self.end_call(500, "answer_url_error", "Answer URL Error")
             return
+        self.note("actions", actions=[a.name for a in actions])
+        await run_actions(actions, self)
+        if not self.rec.ending:
+            await self.end_call(603, "actions_exhausted", "")
+
+    async def placed_flow(self, answer_url: str | None, actions: tuple[Action, ...] | None,
+                          timeout: float) -> None:
+        """The flow of a call placed through the API (call.initiated is sent by the dialer):
+        ring for up to `timeout`, then run `actions`, or those `answer_url` returns."""
+        try:
+            await asyncio.wait_for(self.answered_or_ended(), timeout)
+        except TimeoutError:
+            self.rec.outcome = "no-answer"
+            await self.end_call(487, "no-answer", "Request Terminated")
+            return
+        if self.ended.is_set():
+            return
+        self._answer_sent = True  # the far end answered: actions must not answer again
+        if actions is None:
+            assert answer_url is not None
+            self.documents += 1
+            try:
+                # The URL came with the API request, not from the config: it follows the
+                # network rules of response URLs.
+                actions = await self.services.hooks.fetch_actions(
+                    [answer_url], self.app.secret,
+                    self.rec.envelope("call.answer", time.time(), self.rec.sip), self.call_id,
+                    guarded=True)
+            except AnswerUrlError as exc:
+                self._failed(exc)
+                await self.end_call(500, "answer_url_error", "Answer URL Error")
+                return
         self.note("actions", actions=[a.name for a in actions])
         await run_actions(actions, self)
         if not self.rec.ending:
