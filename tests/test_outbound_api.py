@@ -172,3 +172,52 @@ async def test_refusals(
     phones.hangup("a")
     await phones.wait("ended", "a")
     assert "Traceback" not in gw.log()
+
+
+async def test_through_the_real_edge_to_a_registered_phone(
+    app: AppServer, tmp_path: Path
+) -> None:
+    """Kamailio in front: bob registers at the edge, alice calls into room r through it, and
+    POST /v1/calls dials bob (a registered user) through the edge into r."""
+    from tests.edge_stack import start_stack
+
+    stack = await start_stack(tmp_path, [app_config(app, caller_ids=["*"])])
+    UserStore(stack.users_db, "minivoice").add("bob", "bobs-password-7")
+    UserStore(stack.users_db, "minivoice").add("alice", "alices-password-7")
+    domain = f"127.0.0.1:{stack.edge_port}"
+    bob = await Phonebank.start(tmp_path)
+    alice = await Phonebank.start(tmp_path)
+    try:
+        bob.send(op="listen", mode="answer", tone_hz=700, record=str(tmp_path / "bob"))
+        for bank, user, pw in ((bob, "bob", "bobs-password-7"),
+                               (alice, "alice", "alices-password-7")):
+            bank.send(op="register", user=user, password=pw, domain=domain,
+                      registrar=f"sip:{domain}")
+            assert (await bank.wait("registered", None, user=user))["code"] == 200
+        app.answer = lambda p: {"actions": [{"conference": {"room": "r"}}]}
+        rec = tmp_path / "alice.wav"
+        alice.call("a", stack.uri("1001"), account="alice", tone_hz=440, record=str(rec))
+        await alice.wait("media", "a", timeout=15)
+        status, call = await stack.gw.request("POST", "/v1/calls", {
+            "to": "bob", "from": "alice", "application_id": "app_test",
+            "actions": [{"conference": {"room": "r"}}]}, token=None)
+        assert status == 201, call
+        await bob.wait("media", "in1", timeout=15)
+        await asyncio.sleep(3.0)
+        bob.hangup("in1")
+        await bob.wait("ended", "in1")
+        alice.hangup("a")
+        await alice.wait("ended", "a")
+        heard_by_alice = levels(rec, 440, 700)
+        heard_by_bob = levels(tmp_path / "bob-in1.wav", 440, 700)
+        print(f"through the edge: alice hears {heard_by_alice}, bob hears {heard_by_bob}")
+        assert heard_by_alice[700] > HEARD_DB and heard_by_bob[440] > HEARD_DB
+        done = {w["call"]["direction"]: w for w in await app.completed(count=2)}
+        assert done["outbound"]["call"]["id"] == call["id"]
+        assert done["outbound"]["data"]["outcome"] == "answered"
+    finally:
+        await alice.close()
+        await bob.close()
+        code = stack.gw.stop()
+        assert "Traceback" not in stack.gw.log()
+        assert code == 0
