@@ -134,8 +134,9 @@ async def test_record_on_join_serves_the_mix_and_sends_recording_completed(
     for path in (f"/v1/recordings/{data['recording_id']}", data["url"]):
         status, body, _ = await fetch(gw, path, token=OTHER)
         assert status == 404, body
-    status, _, _ = await fetch(gw, "/v1/recordings/rec_nope")
-    assert status == 404
+    for bad in ("rec_nope", "rec_" + "x" * 5000, "..%2F..%2Fetc%2Fpasswd"):
+        status, _, _ = await fetch(gw, f"/v1/recordings/{bad}/audio")
+        assert status == 404, bad
 
 
 async def test_start_and_stop_by_rest(
@@ -158,7 +159,16 @@ async def test_start_and_stop_by_rest(
     assert status == 409 and rec_id in body["error"]["message"]
     status, body, _ = await fetch(gw, f"/v1/recordings/{rec_id}/audio")
     assert status == 409  # not finished yet
-    await asyncio.sleep(3.0)
+    await asyncio.sleep(1.0)
+    # a second with everyone muted: nobody is heard, and the file's clock runs on (silence)
+    _, room = await gw.get("/v1/conferences/rec")
+    for muted in (True, False):
+        for p in room["participants"]:
+            status, _ = await gw.request(
+                "PATCH", f"/v1/conferences/rec/participants/{p['call_id']}", {"muted": muted})
+            assert status == 200
+        await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)
     status, body = await gw.request("DELETE", f"/v1/conferences/rec/recordings/{rec_id}",
                                     token=OTHER)
     assert status == 404
@@ -177,6 +187,10 @@ async def test_start_and_stop_by_rest(
     assert status == 200
     _, heard = analyse(wav)
     assert heard[440] > HEARD_DB and heard[700] > HEARD_DB, heard
+    x = np.frombuffer(wav[44:], dtype="<i2") / 32768.0
+    rms = [float(np.sqrt(np.mean(x[i:i + 4000] ** 2))) for i in range(0, len(x) - 4000, 4000)]
+    quiet = [r for r in rms if r < 0.003]  # the muted second, as silence in the file
+    assert 1 <= len(quiet) <= 3, rms
     # the callers are still in the room, and a new recording may start
     status, again = await gw.request("POST", "/v1/conferences/rec/recordings")
     assert status == 201 and again["id"] != rec_id
