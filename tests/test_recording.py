@@ -268,3 +268,27 @@ async def test_kill_9_during_a_recording_leaves_a_playable_file(
     [event] = recording_events(app)
     assert event["data"]["reason"] == "gateway_restart"
     assert event["data"]["recording_id"] == started["id"]
+
+
+async def test_sigterm_completes_the_recording(
+    app: AppServer, gateway_factory: GatewayFactory, phones: Phonebank, tmp_path: Path
+) -> None:
+    """A gateway stopped during a recording closes the file and sends the event itself: the
+    next start finds nothing to repair."""
+    app.answer = lambda p: {"actions": [{"conference": {"room": "rec", "record": True}}]}
+    gw = await gateway_factory([app_config(app)], api=TOKENS)
+    gw.token = TOKEN
+    await callers_in_room(phones, gw)
+    await asyncio.sleep(1.5)
+    assert gw.stop() == 0
+    await app.wait_for(lambda: recording_events(app), timeout=15)
+    [event] = recording_events(app)
+    assert event["data"]["reason"] in ("shutdown", "room_ended")
+    assert event["data"]["status"] == "completed" and event["data"]["duration_s"] > 1
+    for cid in ("a", "b"):
+        await phones.wait("ended", cid)
+    again = await gateway_factory([app_config(app)], api=TOKENS)
+    again.token = TOKEN
+    status, meta = await again.get(f"/v1/recordings/{event['data']['recording_id']}")
+    assert status == 200 and meta["reason"] == event["data"]["reason"]
+    assert "recording.recovered" not in again.log()
