@@ -133,8 +133,13 @@ class Recordings:
             self._refused(key, "limit", by)
             raise RecordingRefused("limit", f"{limits.max_concurrent} recordings are running "
                                             "(recordings.max_concurrent)")
-        private_dir(self.directory)
-        free = self.free_mb()
+        try:
+            private_dir(self.directory)
+            free = self.free_mb()
+        except OSError as exc:
+            log.warning("recording.failed", extra={"room": key.name, "error": str(exc),
+                                                   "dir": str(self.directory)})
+            raise RecordingRefused("error", "the recordings directory is not usable") from exc
         if free < limits.min_free_mb:
             self._refused(key, "disk_full", by, free_mb=round(free))
             raise RecordingRefused("disk_full", f"{free:.0f} MB free, below "

@@ -395,3 +395,12 @@ def test_caller_ids_and_application_choice() -> None:
     with pytest.raises(ConfigError, match="caller_ids"):
         from_dict({"applications": [{"id": "a", "customer_id": "c", "answer_url": "http://x/a",
                                      "secret": "12345678", "caller_ids": ["+1 555"]}]})
+
+
+async def test_an_unusable_directory_refuses_cleanly(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    recs, sent, _ = _recordings(tmp_path, min_free_mb=0, dir=str(blocker / "recordings"))
+    with pytest.raises(RecordingRefused) as info:
+        await recs.start(R1, APP, by="api")
+    assert info.value.reason == "error" and not sent and not recs.active
