@@ -279,3 +279,14 @@ async def test_the_page_shows_the_room_and_its_mute_button_silences_the_talker(
                           and d.find_element(By.CSS_SELECTOR, "#recent tr.detail pre").text,
                           what="a call's timeline")
     assert "call.completed" in detail and "quality:" in detail
+
+
+def test_participant_view_shows_hold_only_where_rooms_have_it() -> None:
+    from types import SimpleNamespace
+
+    member = SimpleNamespace(muted=True, end_on_exit=False, joined_at=0.0)
+    room = SimpleNamespace(members={"call_a": member})
+    view = console.participant_view(room, "call_a", 40, "alice", 10)  # type: ignore[arg-type]
+    assert view["talking"] and view["muted"] and "hold" not in view
+    member.held = True  # type: ignore[attr-defined]
+    assert console.participant_view(room, "call_a", 3, None, 10)["hold"] is True  # type: ignore[arg-type]

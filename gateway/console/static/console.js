@@ -148,15 +148,15 @@ function renderParticipants(card, room) {
     row.querySelector(".meter > div").style.width = Math.round(100 * Math.min(255, p.level || 0) / 255) + "%";
     row.classList.toggle("talking", !!p.talking);
     row.classList.toggle("muted", !!p.muted);
-    row.classList.toggle("held", !!p.held);
+    row.classList.toggle("held", !!p.hold);
     row.dataset.muted = p.muted ? "true" : "false";
     row.dataset.talking = p.talking ? "true" : "false";
     row.querySelector("button.mute").textContent = p.muted ? "Unmute" : "Mute";
     // Hold appears only where the server reports a hold state for participants.
     const hold = row.querySelector("button.hold");
-    hold.hidden = !("held" in p);
-    hold.textContent = p.held ? "Resume" : "Hold";
-    row.dataset.held = p.held ? "true" : "false";
+    hold.hidden = !("hold" in p);
+    hold.textContent = p.hold ? "Resume" : "Hold";
+    row.dataset.held = p.hold ? "true" : "false";
   }
   for (const row of people.querySelectorAll(".participant")) {
     if (!seen.has(row.dataset.callId)) row.remove();
@@ -247,7 +247,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (button.classList.contains("mute")) {
       await api("PATCH", part, { muted: row.dataset.muted !== "true" });
     } else if (button.classList.contains("hold")) {
-      await api("PATCH", part, { held: row.dataset.held !== "true" });
+      await api("PATCH", part, { hold: row.dataset.held !== "true" });
     } else if (button.classList.contains("remove")) {
       await api("DELETE", part);
     }
