@@ -117,7 +117,7 @@ async def test_metrics_of_a_real_gateway_move_with_real_calls(
     phones: Phonebank, tmp_path: Path,
 ) -> None:
     gw = await gateway_factory(
-        [app_config(app)],
+        [app_config(app, numbers=["1001"])],
         api={"tokens": [{"token": ADMIN}, {"token": CUSTOMER, "customer_id": "cust_test"}]})
     # who may scrape: the admin token only
     assert (await scrape(gw, None))[0] == 401
@@ -166,6 +166,16 @@ async def test_metrics_of_a_real_gateway_move_with_real_calls(
     assert value(s, "minivoice_calls_active", direction="inbound") == 0
     assert value(s, "minivoice_room_participants") == 0
     assert value(s, "minivoice_sip_responses_sent_total", code="200") == 2
+
+    # a number no application answers: 404, counted though no call session ever existed
+    phones.call("nobody", gw.uri("9999"))
+    assert (await phones.wait("ended", "nobody"))["code"] == 404
+
+    async def rejected() -> Samples | None:
+        got = parse((await scrape(gw))[2])
+        return got if value(got, "minivoice_sip_responses_sent_total", code="404") == 1 else None
+
+    await eventually(rejected, timeout=10, interval=0.2)
     # two callers' RTP for about 2.5 s: 20 ms packets, about 125 each
     assert value(s, "minivoice_rtp_packets_received_total") > 150, s
     assert value(s, "minivoice_rtp_packets_lost_total") <= 5

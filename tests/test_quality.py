@@ -20,7 +20,7 @@ from media.quality import (
     r_factor,
 )
 from tests import pcap
-from tests.harness import AppServer, GatewayProc, rtp_block
+from tests.harness import AppServer, GatewayProc, Phonebank, rtp_block
 
 SCENARIO = Path(__file__).resolve().parent / "scenarios" / "uac_pcap.xml"
 
@@ -187,3 +187,19 @@ def test_the_record_carries_quality_only_once_there_is_some() -> None:
     rec.quality = CallQuality("PCMU", 50, 0, 1.0, 20.0).as_json()
     assert rec.view()["quality"] == rec.completed_data()["quality"] == rec.quality
     assert rec.quality["mos"] == mos("PCMU", 0.0, 20.0, 1.0)
+
+
+@pytest.mark.sip
+async def test_quality_when_the_gateway_hangs_up(
+    app: AppServer, gateway: GatewayProc, phones: Phonebank
+) -> None:
+    """The gateway's own hang-up (its action list ran out) takes the statistics too: pjsua
+    destroys the stream inside hangup(), before it reports DISCONNECTED."""
+    app.answer = lambda p: {"actions": [{"pause": {"length": 2}}]}
+    phones.call("a", gateway.uri("1001"), tone_hz=440)
+    await phones.wait("ended", "a", timeout=15)
+    (done,) = await app.completed()
+    assert done["data"]["hangup_by"] == "gateway"
+    q = done["data"]["quality"]
+    assert q["codec"] and q["packets_received"] > 40, q  # about 2 s of 20 ms packets
+    assert q["packets_sent"] > 0 and q["loss_pct"] < 2 and q["mos"] > 4.0, q
