@@ -290,3 +290,61 @@ def test_participant_view_shows_hold_only_where_rooms_have_it() -> None:
     assert view["talking"] and view["muted"] and "hold" not in view
     member.held = True  # type: ignore[attr-defined]
     assert console.participant_view(room, "call_a", 3, None, 10)["hold"] is True  # type: ignore[arg-type]
+
+
+async def test_snapshot_is_bounded_however_many_rooms_and_calls() -> None:
+    """A busy gateway's snapshot shows the first rooms and calls with their totals, and asks
+    the SIP thread for the levels of the participants it shows only."""
+    from types import SimpleNamespace
+
+    from aiohttp import web
+
+    from gateway import keys
+    from gateway.call.record import CallRecord
+    from gateway.config import Config
+    from media.rooms import RoomKey
+
+    def room(i: int, size: int) -> Any:
+        members = {f"call_{i}_{j}": SimpleNamespace(muted=False, end_on_exit=False,
+                                                     joined_at=0.0) for j in range(size)}
+        return SimpleNamespace(key=RoomKey("cust", f"r{i:04d}"), created_at=0.0,
+                               members=members)
+
+    asked: list[int] = []
+
+    async def levels(ids: tuple[str, ...]) -> dict[str, int]:
+        asked.append(len(ids))
+        return {cid: 50 for cid in ids}
+
+    def session(i: int) -> Any:
+        rec = CallRecord(call_id=f"call_{i}", customer_id="cust", application_id="a",
+                         direction="inbound", from_user=f"+1{i}", to="1", sip={},
+                         created_at=0.0, timeline=[{"event": "x"}] * 500)
+        return SimpleNamespace(rec=rec, customer_id="cust")
+
+    sessions = [session(i) for i in range(1000)]
+
+    class Calls:
+        def __iter__(self) -> Any:
+            return iter(sessions)
+
+        def get(self, cid: str) -> Any:
+            return None
+
+    app = web.Application()
+    for key, value in ((keys.ROOMS, SimpleNamespace(live=lambda: rooms)),
+                       (keys.CALLS, Calls()), (keys.ENGINE, SimpleNamespace(levels=levels)),
+                       (keys.CONFIG, Config(applications=()))):
+        app[key] = value  # type: ignore[index]
+    rooms = [room(i, 5) for i in range(120)]
+    snap = await console.snapshot(app, (True, None))
+    assert len(snap["rooms"]) == console.MAX_ROOMS and snap["rooms_total"] == 120
+    assert len(snap["calls"]) == console.MAX_CALLS and snap["calls_total"] == 1000
+    assert "timeline" not in snap["calls"][0]  # summaries, not full records
+    assert asked[-1] == console.MAX_ROOMS * 5
+    rooms = [room(0, 3000), room(1, 2)]
+    snap = await console.snapshot(app, (True, None))
+    (big,) = snap["rooms"]  # the first room is shown even alone over the cap, then no more
+    assert big["size"] == 3000 and len(big["participants"]) == console.MAX_PARTICIPANTS
+    assert asked[-1] == console.MAX_PARTICIPANTS
+    assert (await console.snapshot(app, (False, "someone-else")))["rooms"] == []

@@ -89,17 +89,22 @@ function handleFrame(frame) {
   if (event !== "snapshot" || !data.length) return;
   let snap;
   try { snap = JSON.parse(data.join("\n")); } catch { return; }
-  renderRooms(snap.rooms || []);
-  renderCalls(snap.calls || []);
+  renderRooms(snap.rooms || [], snap.rooms_total);
+  renderCalls(snap.calls || [], snap.calls_total);
   if (snap.recent) { state.recent = snap.recent; renderRecent(); }
 }
 
 // -- rooms -------------------------------------------------------------------------------
 function roomKey(r) { return r.customer_id + "/" + r.room; }
 
-function renderRooms(rooms) {
+function total(shown, all) {
+  if (!all) return "";
+  return all > shown ? "(" + shown + " of " + all + " shown)" : "(" + all + ")";
+}
+
+function renderRooms(rooms, all) {
   const box = $("#rooms");
-  $("#room-count").textContent = rooms.length ? "(" + rooms.length + ")" : "";
+  $("#room-count").textContent = total(rooms.length, all ?? rooms.length);
   const seen = new Set();
   for (const r of rooms) {
     const key = roomKey(r);
@@ -164,9 +169,9 @@ function renderParticipants(card, room) {
 }
 
 // -- live calls --------------------------------------------------------------------------
-function renderCalls(calls) {
+function renderCalls(calls, all) {
   const body = $("#calls tbody");
-  $("#call-count").textContent = calls.length ? "(" + calls.length + ")" : "";
+  $("#call-count").textContent = total(calls.length, all ?? calls.length);
   body.replaceChildren(...calls.map((c) => el("tr", { "data-call-id": c.id },
     el("td", { class: "mono", title: c.id }, short(c.id)), el("td", {}, c.from), el("td", {}, c.to),
     el("td", {}, c.direction), el("td", {}, c.status), el("td", {}, c.room || ""), el("td", {}, c.codec || ""),
