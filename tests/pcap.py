@@ -12,6 +12,7 @@ repository; `drop_every` works on any such file, e.g. SIPp's own
 
 from __future__ import annotations
 
+import random
 import struct
 import sys
 from collections.abc import Iterator
@@ -130,10 +131,18 @@ def _frame(payload: bytes, sport: int, dport: int) -> bytes:
 
 
 def write_alaw_tone(path: Path, seconds: float, freq_hz: float = 1000.0,
-                    dbfs: float = -20.0, ptime_ms: int = 20) -> int:
+                    dbfs: float = -20.0, ptime_ms: int = 20, jitter_ms: float = 0.0,
+                    seed: int = 1) -> int:
     """A pcap of PCMA RTP (payload type 8) carrying a sine, one packet per `ptime_ms`, paced
     by its timestamps; returns the number of packets. SIPp takes the ports from the file
-    only to tell streams apart (it sends from its media port to the callee's)."""
+    only to tell streams apart (it sends from its media port to the callee's).
+
+    `jitter_ms` delays each packet's capture time by a random 0..jitter_ms (below ptime, so
+    the order stays): SIPp replays at those times, an RTP receiver measures the jitter
+    (RFC 3550's estimate of uniform delays is about jitter_ms / 3)."""
+    if not 0 <= jitter_ms < ptime_ms:
+        raise ValueError("jitter_ms must be 0 to ptime_ms")
+    rng = random.Random(seed)
     samples = 8 * ptime_ms
     count = int(seconds * 1000 / ptime_ms)
     ssrc = 0x4D56_5143
@@ -143,7 +152,7 @@ def write_alaw_tone(path: Path, seconds: float, freq_hz: float = 1000.0,
         rtp = struct.pack("!BBHII", 0x80, 8 | (0x80 if i == 0 else 0), i & 0xFFFF,
                           (i * samples) & 0xFFFFFFFF, ssrc) + g711.encode(pcm)
         frame = _frame(rtp, 6000, 6002)
-        usec = i * ptime_ms * 1000
+        usec = i * ptime_ms * 1000 + int(rng.uniform(0, jitter_ms) * 1000)
         out.append(struct.pack("<IIII", 1_700_000_000 + usec // 1_000_000, usec % 1_000_000,
                                len(frame), len(frame)) + frame)
     path.write_bytes(b"".join(out))

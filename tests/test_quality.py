@@ -203,3 +203,17 @@ async def test_quality_when_the_gateway_hangs_up(
     q = done["data"]["quality"]
     assert q["codec"] and q["packets_received"] > 40, q  # about 2 s of 20 ms packets
     assert q["packets_sent"] > 0 and q["loss_pct"] < 2 and q["mos"] > 4.0, q
+
+
+@pytest.mark.sip
+async def test_pcap_jitter_shows_in_the_call_record(
+    app: AppServer, gateway: GatewayProc, tmp_path: Path
+) -> None:
+    app.answer = lambda p: {"actions": [{"conference": {"room": "jitter"}}]}
+    jittery = tmp_path / "jittery.pcap"
+    pcap.write_alaw_tone(jittery, 4.0, jitter_ms=15.0)
+    q = (await _pcap_call(gateway, app, tmp_path, jittery, 5000))["data"]["quality"]
+    # uniform 0-15 ms delays: RFC 3550's running estimate is about 5 ms; SIPp's own
+    # scheduling and a loaded machine add to it
+    assert 2.0 <= q["jitter_ms"] <= 15.0, q
+    assert q["packets_lost"] <= 2, q
