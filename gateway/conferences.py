@@ -8,8 +8,11 @@ everyone if they joined with end_on_exit).
 Large rooms mix only their current speakers: `run_speaker_detection` polls the
 members' levels from the bridge and moves the links as people start and stop talking.
 
-Every room event (join, leave, mute, hold, coach, announcement) goes through `_event`:
-one log line each, and the one place a room-event consumer (webhooks) hooks in.
+Every room event (join, leave, mute, hold, coach, announcement) is logged through `_event`
+(and noted in the participant's timeline). Rooms with a status_url (set by the first
+participant that gives one) also get room events (conference.started/ended,
+participant.joined/left/muted/unmuted/held/unheld/speaking.*): each is handed to `on_event`
+in the order it happened; `notify` is the one place they go through.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +39,7 @@ from media.rooms import (
     SpeakerState,
     choose_speakers,
 )
+from media.speaking import SpeakingTracker
 from sip.commands import ApplyLinks
 
 # Ask the bridge for the current level (0-255) of each call.
@@ -59,6 +64,18 @@ class TooManyAnnouncements(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class StatusHook:
+    """Where a room's events go, and the application whose secret signs them."""
+
+    url: str
+    app_id: str
+
+
+# (room, event name, the participant's call ID or None, participants after the event, data)
+RoomEventSink = Callable[[RoomKey, str, str | None, int, dict[str, Any]], None]
+
+
 class Conferences:
     def __init__(self, send: Callable[[ApplyLinks], Any],
                  cfg: RoomsConfig | None = None) -> None:
@@ -74,6 +91,11 @@ class Conferences:
         self._announcing: dict[RoomKey, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._oneshot_done: dict[str, asyncio.Future[None]] = {}
+        # Called with the key of each room that ends (its recording stops).
+        self.on_room_ended: Callable[[RoomKey], None] = lambda key: None
+        self.status: dict[RoomKey, StatusHook] = {}
+        self.on_event: RoomEventSink = lambda *event: None
+        self._speaking: dict[RoomKey, SpeakingTracker] = {}
 
     def live(self) -> list[Room]:
         """Every live room."""
@@ -87,22 +109,63 @@ class Conferences:
         period = self.cfg.speaker_poll_ms / 1000
         while True:
             await asyncio.sleep(period)
-            for room in self.book.large_rooms():
+            # Large rooms choose their speakers; rooms with a status_url report who speaks.
+            polled = {r.key: r for r in self.book.large_rooms()}
+            polled.update((k, r) for k, r in self.book.rooms.items() if k in self.status)
+            for room in list(polled.values()):
                 try:
-                    heard = await levels(tuple(room.mixed()))
+                    heard = await levels(tuple(room.members))
                 except Exception as exc:  # a failed poll must not stop detection
                     log.warning("speaker poll failed", extra={"room": room.key.name,
                                                               "error": str(exc)})
                     continue
+                if room.key in self.status:
+                    self._report_speaking(room.key, heard)
+                if not room.large or self.book.rooms.get(room.key) is not room:
+                    continue
+                mixed = set(room.mixed())  # held and waiting members are heard by nobody
                 state = self._speaker_state.setdefault(room.key, SpeakerState())
                 speakers = choose_speakers(
-                    heard, room.speakers, state, now=time.monotonic(),
+                    {c: v for c, v in heard.items() if c in mixed}, room.speakers, state,
+                    now=time.monotonic(),
                     max_speakers=self.cfg.max_speakers, threshold=self.cfg.speaker_level,
                     hold_s=self.cfg.speaker_hold_s)
                 if speakers != room.speakers:
                     self._apply(self.book.set_speakers(room.key, speakers))
             for key in [k for k in self._speaker_state if k not in self.book.rooms]:
                 del self._speaker_state[key]
+
+    def _report_speaking(self, key: RoomKey, heard: dict[str, int]) -> None:
+        room = self.book.rooms.get(key)
+        if room is None:
+            return
+        tracker = self._speaking.setdefault(key, SpeakingTracker(
+            self.cfg.speaker_level, self.cfg.speaker_hold_s, min_gap_s=1.0))
+        # A participant nobody hears (muted, held, waiting) is not speaking, whatever they say.
+        mixed = set(room.mixed())
+        levels = {cid: 0 if m.muted or cid not in mixed else heard.get(cid, 0)
+                  for cid, m in room.members.items()}
+        for cid, started in tracker.update(levels, time.monotonic()):
+            self.notify(key, "participant.speaking." + ("started" if started else "stopped"),
+                        cid)
+
+    def notify(self, key: RoomKey, event: str, call_id: str | None = None,
+               data: dict[str, Any] | None = None, participants: int | None = None) -> None:
+        """Send a room event, if the room has a status_url. `participants` defaults to the
+        room's size now."""
+        if key not in self.status:
+            return
+        room = self.book.rooms.get(key)
+        count = participants if participants is not None else len(room.members) if room else 0
+        self.on_event(key, event, call_id, count, data or {})
+
+    def _departed(self, key: RoomKey, before: int, gone: list[str], ended: bool) -> None:
+        for i, cid in enumerate(gone):
+            self.notify(key, "participant.left", cid, participants=before - i - 1)
+        if ended:
+            self.notify(key, "conference.ended", participants=0)
+            self.status.pop(key, None)
+            self._speaking.pop(key, None)
 
     def limit(self, opts: MemberOptions) -> int:
         """The room size a joining caller accepts: its own max_participants, within the
@@ -111,21 +174,28 @@ class Conferences:
         return min(own, self.cfg.max_participants)
 
     async def join(self, key: RoomKey, call_id: str, opts: MemberOptions,
-                   caller: RoomCaller | None = None) -> str:
+                   caller: RoomCaller | None = None, status: StatusHook | None = None) -> str:
         """Put `call_id` in the room; return why it left ("room_ended" | "removed" |
-        "dtmf"). Raises RoomFull when the room already has its limit of members."""
+        "dtmf"). Raises RoomFull when the room already has its limit of members.
+        `status`: the room's status_url, if it has none yet."""
         existing = self.book.rooms.get(key)
         limit = self.limit(opts)
         if existing is not None and len(existing.members) >= limit:
             self._event("conference.full", key, call_id, limit=limit,
                         members=len(existing.members), level=logging.WARNING)
             raise RoomFull(key.name)
+        created = key not in self.book.rooms
         self._apply(self.book.join(key, call_id, muted=opts.muted, end_on_exit=opts.end_on_exit,
                                    now=time.time(), start_on_enter=opts.start_on_enter,
                                    wait=opts.wait))
         self._options[call_id] = opts
         if caller is not None:
             self._callers[call_id] = caller
+        if status is not None:
+            self.status.setdefault(key, status)
+        if created:
+            self.notify(key, "conference.started")
+        self.notify(key, "participant.joined", call_id, {"muted": opts.muted})
         room = self.book.rooms[key]
         self._event("conference.join", key, call_id, mute=opts.muted,
                     end_on_exit=opts.end_on_exit, start_on_enter=opts.start_on_enter,
@@ -168,22 +238,34 @@ class Conferences:
 
     def leave(self, call_id: str) -> None:
         key = self.book.room_of[call_id]
+        before = len(self.book.rooms[key].members)
         dep = self.book.leave(call_id)
         self._event("conference.leave", key, call_id, room_ended=dep.room_ended)
         self._after_departure(dep, "room_ended")
+        self._departed(key, before, [call_id, *dep.evicted], dep.room_ended)
+        if dep.room_ended:
+            self.on_room_ended(key)
         opts = self._options.get(call_id)
         if opts is not None and opts.beep in ("exit", "both") and not dep.room_ended:
             self._beep(key, "exit", call_id)
 
     def set_muted(self, call_id: str, muted: bool, by: str = "api") -> None:
+        key = self.book.room_of.get(call_id)
+        was = self.book.rooms[key].members[call_id].muted if key else None
         self._apply(self.book.set_muted(call_id, muted))
-        self._event("participant.muted" if muted else "participant.unmuted",
-                    self.book.room_of[call_id], call_id, by=by)
+        event = "participant.muted" if muted else "participant.unmuted"
+        self._event(event, self.book.room_of[call_id], call_id, by=by)
+        if key is not None and was != muted:
+            self.notify(key, event, call_id)
 
     def set_held(self, call_id: str, held: bool) -> None:
+        key = self.book.room_of.get(call_id)
+        was = self.book.rooms[key].members[call_id].held if key else None
         self._apply(self.book.set_held(call_id, held))
-        self._event("participant.held" if held else "participant.unheld",
-                    self.book.room_of[call_id], call_id)
+        event = "participant.held" if held else "participant.unheld"
+        self._event(event, self.book.room_of[call_id], call_id)
+        if key is not None and was != held:
+            self.notify(key, event, call_id)
 
     def set_speak_to(self, call_id: str, targets: tuple[str, ...] | None) -> None:
         self._apply(self.book.set_speak_to(call_id, targets))
@@ -199,7 +281,11 @@ class Conferences:
 
     def end(self, key: RoomKey) -> None:
         self._event("conference.end", key, None)
+        room = self.book.rooms.get(key)
+        members = list(room.members) if room else []
         self._after_departure(self.book.end(key), "room_ended")
+        self._departed(key, len(members), members, True)
+        self.on_room_ended(key)
 
     # -- one-shot players: beeps and announcements ------------------------------------------
     def _beep(self, key: RoomKey, kind: str, subject: str) -> None:

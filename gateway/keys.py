@@ -7,11 +7,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.call.services import Services
 from gateway.call.table import CallTable
 from gateway.conferences import Conferences
 from gateway.config import Config
-from gateway.media_cache import MediaCache
+from gateway.metrics import Metrics
 from gateway.outbox import Outbox
+from gateway.recordings import Recordings
 from gateway.store import Store
 from sip.engine import SipEngine
 
@@ -30,4 +32,6 @@ ROOMS: web.AppKey[Conferences] = web.AppKey("rooms", Conferences)
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 CALLS: web.AppKey[CallTable] = web.AppKey("calls", CallTable)
 OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox", Outbox)
-MEDIA: web.AppKey[MediaCache] = web.AppKey("media", MediaCache)  # announcements' prompts
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+RECORDINGS: web.AppKey[Recordings] = web.AppKey("recordings", Recordings)
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

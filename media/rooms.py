@@ -14,6 +14,11 @@ Two topologies:
   measure) each member's audio, so a silent member who starts talking is noticed.
   That is about K*N links instead of N*(N-1): a room of 500 costs what ~50 cost.
 
+A room may also have *listeners*: receive-only endpoints that are not members (a
+recorder). A listener hears whatever a member who says nothing would hear: every
+source of the conversation (the speakers, in a large room, and the beeps and
+announcements); it transmits to nobody and does not keep a room alive.
+
 On top of either topology, per member (contract section 8):
 - *held* members hear only their wait music (or nothing) and nobody hears them;
 - *waiting* members (the room has no `start_on_enter` member yet) hear only their wait
@@ -121,6 +126,7 @@ class Room:
     speakers: set[str] = field(default_factory=set)  # used when the room is large
     serial: int = 0  # makes player names unique across rooms (and a room's later namesake)
     oneshots: dict[str, OneShot] = field(default_factory=dict)
+    listeners: set[str] = field(default_factory=set)  # receive-only endpoints (recorders)
 
     @property
     def started(self) -> bool:
@@ -179,6 +185,8 @@ class Room:
         for name, shot in self.oneshots.items():
             out.update(Link(name, dst) for dst in shot.listeners
                        if dst in self.members and not self.members[dst].held)
+        if self.listeners:
+            out.update(Link(src, lst) for src in self.mix_sources() for lst in self.listeners)
         return out
 
     def players(self) -> set[Player]:
@@ -332,6 +340,26 @@ class RoomBook:
             return LinkChange()
         snap = _Snapshot(room)
         room.speakers = speakers & set(room.mixed())
+        return snap.change()
+
+    def add_listener(self, key: RoomKey, listener: str) -> LinkChange:
+        """`listener` starts hearing the room. Its name must not be a member's."""
+        room = self.rooms.get(key)
+        if room is None:
+            raise RoomError(f"no room {key.name}")
+        if listener in room.members or listener.startswith("@"):
+            raise RoomError(f"{listener} is a member or a player, not a listener")
+        snap = _Snapshot(room)
+        room.listeners.add(listener)
+        return snap.change()
+
+    def remove_listener(self, key: RoomKey, listener: str) -> LinkChange:
+        """`listener` stops hearing the room (nothing to do if the room or it is gone)."""
+        room = self.rooms.get(key)
+        if room is None or listener not in room.listeners:
+            return LinkChange()
+        snap = _Snapshot(room)
+        room.listeners.discard(listener)
         return snap.change()
 
     def large_rooms(self) -> list[Room]:

@@ -235,12 +235,13 @@ _LEVELS = {"CRITICAL": logging.CRITICAL, "ALERT": logging.CRITICAL, "ERROR": log
            "DEBUG": logging.DEBUG}
 
 
-def _relog(line: str) -> None:
-    """Kamailio's stderr as our key=value log. Script lines are already `edge.event k=v ...`."""
+def _relog(line: str) -> tuple[str, dict[str, str]] | None:
+    """Kamailio's stderr as our key=value log. Script lines are already `edge.event k=v ...`:
+    those are returned as (event, fields)."""
     m = _KAM_LINE.match(line)
     if not m:
         log.debug("edge.kamailio", extra={"line": line})
-        return
+        return None
     pid, level, text = m.groups()
     lvl = _LEVELS.get(level, logging.INFO)
     if text.startswith("edge."):
@@ -254,8 +255,9 @@ def _relog(line: str) -> None:
             if eq and key not in fields:
                 fields[key] = value
         log.log(lvl, event, extra=logs.fields(**fields))
-    else:
-        log.log(lvl, "edge.kamailio", extra={"pid": pid, "line": text})
+        return event, fields
+    log.log(lvl, "edge.kamailio", extra={"pid": pid, "line": text})
+    return None
 
 
 class Edge:
@@ -268,6 +270,8 @@ class Edge:
         self._reader: asyncio.Task[None] | None = None
         self.stopping = False
         self._tail: list[str] = []
+        # told of every script event (edge.auth_failed, edge.ban, ...): the gateway's metrics
+        self.on_event: Callable[[str, dict[str, str]], None] | None = None
 
     def command(self) -> list[str]:
         # -DD: stay in the foreground but fork the workers (-D alone would run one process
@@ -326,7 +330,9 @@ class Edge:
                 continue
             self._tail = [*self._tail[-50:], line]
             with contextlib.suppress(Exception):  # a log line must never stop the reader
-                _relog(line)
+                event = _relog(line)
+                if event is not None and self.on_event is not None:
+                    self.on_event(*event)
 
     async def wait(self) -> int:
         assert self.proc is not None
@@ -352,7 +358,9 @@ class Edge:
 
 
 # The gateway's own serve (gateway.app.serve), passed in: the edge does not import the app.
-Serve = Callable[[Config, float | None], Coroutine[Any, Any, None]]
+# Its third argument sees the gateway before it starts: the edge hands it its log events
+# (Any: naming the Gateway type would make the edge import the app).
+Serve = Callable[[Config, float | None, Callable[[Any], None]], Coroutine[Any, Any, None]]
 
 
 async def serve_stack(cfg: Config, serve: Serve, drain_s: float | None = None) -> int:
@@ -362,7 +370,11 @@ async def serve_stack(cfg: Config, serve: Serve, drain_s: float | None = None) -
     edge = Edge(plan)
     await edge.start()
     code = 0
-    gateway = asyncio.create_task(serve(cfg, drain_s), name="gateway")
+
+    def attach(gw: Any) -> None:  # the gateway's metrics count the edge's auth failures, bans
+        edge.on_event = gw.metrics.edge_event
+
+    gateway = asyncio.create_task(serve(cfg, drain_s, attach), name="gateway")
     watcher = asyncio.create_task(edge.wait(), name="edge")
     try:
         done, _ = await asyncio.wait({gateway, watcher}, return_when=asyncio.FIRST_COMPLETED)
