@@ -168,6 +168,25 @@ def test_large_room_keeps_hold_coach_and_oneshots() -> None:
     assert book.rooms[R1].speakers == {"a"}  # a held member is no speaker
 
 
+def test_a_listener_hears_the_conversation_and_the_announcements_only() -> None:
+    book = RoomBook()
+    join(book, "a", wait=MUSIC)
+    book.add_listener(R1, "rec_1")
+    # a alone: recorded, hearing wait music that is not recorded
+    assert links(book) == {(book.rooms[R1].wait_player(MUSIC), "a"), ("a", "rec_1")}
+    join(book, "b")
+    join(book, "c")
+    book.set_held("c", True)
+    book.set_muted("b", True)
+    name, _ = book.add_oneshot(R1, "/ann.wav", ["a", "b"])
+    heard = {src for src, dst in links(book) if dst == "rec_1"}
+    assert heard == {"a", name}  # not muted b, not held c, no wait music
+    with pytest.raises(RoomError):
+        book.add_listener(R1, MONITOR)
+    book.remove_listener(R1, "rec_1")
+    assert not any(dst == "rec_1" for _, dst in links(book))
+
+
 def test_room_keys() -> None:
     keys = RoomKeys(window_s=3.0)
     assert keys.press("*", 0.0) is None
@@ -185,11 +204,15 @@ def check_rules(book: RoomBook, applied: set[Link], running: set[str]) -> None:
         members = room.members
         want = room.links()
         mine = {lk for lk in applied if lk.dst in members or lk.src in members
+                or lk.dst in room.listeners
                 or lk.src.startswith((f"{WAIT_PREFIX}{room.serial}:",
                                       f"{ONESHOT_PREFIX}{room.serial}:"))}
         assert mine == want, "applying the changes must give the room's links"
         mixed = set(room.mixed())
         for lk in want:
+            if lk.dst in room.listeners:
+                assert lk.src in room.mix_sources(), f"a listener hears {lk}"
+                continue
             if lk.src in members:
                 assert not members[lk.src].held, f"a held member is heard: {lk}"
                 assert lk.src in mixed and (lk.dst in mixed or lk.dst == MONITOR), lk
@@ -222,7 +245,7 @@ def test_random_walk_keeps_the_rules(seed: int) -> None:
     running: set[str] = set()
     calls = [f"call{i}" for i in range(8)]
     for _ in range(300):
-        op = rnd.randrange(9)
+        op = rnd.randrange(10)
         inside = list(book.room_of)
         outside = [c for c in calls if c not in book.room_of]
         change = LinkChange()
@@ -254,6 +277,11 @@ def test_random_walk_keeps_the_rules(seed: int) -> None:
                 key = rnd.choice(list(book.rooms))
                 mates = list(book.rooms[key].members)
                 change = book.set_speakers(key, set(rnd.sample(mates, min(2, len(mates)))))
+            elif op == 9 and book.rooms:
+                key = rnd.choice(list(book.rooms))
+                name = f"rec_{key.name}"  # a recorder belongs to one room
+                change = (book.add_listener(key, name) if rnd.random() < 0.5
+                          else book.remove_listener(key, name))
             elif op == 8 and book.rooms and rnd.random() < 0.2:
                 change = book.end(rnd.choice(list(book.rooms))).change
         except RoomError:
