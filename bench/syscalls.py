@@ -10,9 +10,11 @@ two servers one after the other, each with the same pjproject build:
   --clock-rate=8000` (RTP looped back per call, no mixing): the floor.
 While every call is up, `perf stat` counts the server's system calls (all its threads)
 from the kernel's syscall tracepoints, and the successful `recvfrom`s (`ret > 0`), which
-are the packets it received. The result is system calls per received packet: a count,
-not a time, so it does not depend on how loaded the machine is (CPU per leg-second is
-printed too, for reference only). A build is a directory made by
+are the packets it received; /proc gives its threads' voluntary context switches
+("wakeups": each time a thread slept and had to be woken). The results are per received
+packet: counts, not times, so they hardly depend on how loaded the machine is (only
+epoll_wait and wakeups do a little: a busier box batches more packets per wake-up).
+CPU per leg-second is printed too, for reference only. A build is a directory made by
 sip/build/build_pjsua2.sh (pjsua2.py, _pjsua2*.so and the `pjsua` app of the same
 source and patches); by default the one installed in this venv.
 Prints a table and writes bench/results/syscalls-<stamp>.json.
@@ -119,6 +121,23 @@ def perf_stat(pid: int, seconds: float) -> dict[str, int]:
     return counts
 
 
+def voluntary_switches(pid: int) -> int:
+    """Voluntary context switches of all the process's threads: how often they slept.
+
+    Each is a wake-up later; the kernel counts them, so like the syscall counts this does
+    not depend on how loaded the machine is (involuntary switches, preemption, would).
+    """
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue  # the thread ended between listdir and read
+        m = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", text, re.M)
+        total += int(m.group(1)) if m else 0
+    return total
+
+
 @dataclass(frozen=True)
 class Build:
     """A pjproject build: the gateway's pjsua2 module and the pjsua app of the same build."""
@@ -174,8 +193,9 @@ async def _measure(target: str, build: Build, pid: int, inst: sipp.Instance, leg
                    args: argparse.Namespace) -> Measured:
     answered = await _wait_answered(inst, legs, legs / args.rate + 20)
     await asyncio.sleep(args.settle)
-    before = Sample.take(pid)
+    before, switches = Sample.take(pid), voluntary_switches(pid)
     counts = await asyncio.to_thread(perf_stat, pid, args.seconds)
+    counts["wakeups"] = voluntary_switches(pid) - switches
     win = Window(before, Sample.take(pid))
     m = Measured(target=target, build=build.name, legs=legs, answered=answered,
                  failed=inst.counter("FailedCall(C)"), window_s=round(win.seconds, 2),
@@ -234,7 +254,7 @@ async def measure_pjsua(build: Build, work: Path, tone: Path,
 
 
 def table(rows: list[Measured]) -> str:
-    cols = ("all", "recvfrom", "sendto", "epoll_wait", "epoll_ctl", "futex")
+    cols = ("all", "recvfrom", "sendto", "epoll_wait", "epoll_ctl", "wakeups")
     head = ("| server | build | legs | answered | packets received | "
             + " | ".join(f"{c}/pkt" for c in cols) + " | CPU ms/leg-s (load-dependent) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
