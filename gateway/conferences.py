@@ -75,7 +75,8 @@ class Conferences:
                 del self._speaker_state[key]
 
     async def join(
-        self, key: RoomKey, call_id: str, *, mute: bool, end_on_exit: bool
+        self, key: RoomKey, call_id: str, *, mute: bool, end_on_exit: bool,
+        always_source: bool = False,
     ) -> str:
         """Put `call_id` in the room; return why it left ("room_ended" | "removed").
         Raises RoomFull when the room already has rooms.max_participants members."""
@@ -86,7 +87,7 @@ class Conferences:
                 "limit": self.cfg.max_participants})
             raise RoomFull(key.name)
         self._apply(self.book.join(key, call_id, muted=mute, end_on_exit=end_on_exit,
-                                   now=time.time()))
+                                   now=time.time(), always_source=always_source))
         room = self.book.rooms[key]
         log.info("conference.join", extra={
             "call_id": call_id, "room": key.name, "customer_id": key.customer_id,

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -29,3 +31,9 @@ ROOMS: web.AppKey[Conferences] = web.AppKey("rooms", Conferences)
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 CALLS: web.AppKey[CallTable] = web.AppKey("calls", CallTable)
 OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox", Outbox)
+
+# With a cluster (gateway.cluster.http): a room and a call as seen across every node.
+CLUSTER_ROOM: web.AppKey[Callable[[web.Request], Awaitable[dict[str, Any]]]] = web.AppKey(
+    "cluster_room")
+CLUSTER_CALL: web.AppKey[Callable[[web.Request, str], Awaitable[dict[str, Any] | None]]] = (
+    web.AppKey("cluster_call"))

@@ -164,3 +164,32 @@ def test_cluster_config_needs_a_secret_with_a_node_id() -> None:
     cfg = from_dict({"applications": [APP], "cluster": {"node_id": "n1", "secret": "s" * 16}})
     assert cfg.cluster.enabled and cfg.cluster.lease_s == 4.0
     assert not from_dict({"applications": [APP]}).cluster.enabled
+
+
+# -- X- headers out of an INVITE (sip.sipmsg.x_headers) -----------------------------------
+def test_x_headers_are_read_with_limits() -> None:
+    from sip.sipmsg import MAX_X_HEADERS, x_headers
+
+    msg = ("INVITE sip:cascade@h SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nX-Room-Epoch: 3\r\n"
+           "x-minivoice-node:  b \r\n X-Folded: no\r\nX-Long: " + "a" * 600 + "\r\n"
+           "Subject: X-Not: a header\r\n\r\nX-In-Body: 1\r\n")
+    assert x_headers(msg) == (("X-Room-Epoch", "3"), ("x-minivoice-node", "b"))
+    flood = "INVITE sip:x@h SIP/2.0\r\n" + "".join(f"X-H{i}: {i}\r\n" for i in range(500))
+    assert len(x_headers(flood + "\r\n")) == MAX_X_HEADERS
+    assert x_headers("") == ()
+    assert x_headers("garbage\n\nX-A: 1") == ()
+
+
+# -- rooms: a cascade leg is always mixed (media.rooms) ------------------------------------
+def test_large_room_always_mixes_the_cascade_leg() -> None:
+    from media.rooms import Link, RoomBook
+
+    book = RoomBook(full_mesh_max=2)
+    key = RoomKey("c", "r")
+    for cid in ("a", "b", "c"):
+        book.join(key, cid, muted=False, end_on_exit=False, now=0)
+    book.join(key, "leg", muted=False, end_on_exit=False, now=0, always_source=True)
+    links = book.rooms[key].links()
+    # no speakers chosen: only the leg is heard, by everyone else
+    assert {lk for lk in links if lk.dst != "@monitor"} == {
+        Link("leg", "a"), Link("leg", "b"), Link("leg", "c")}
