@@ -30,6 +30,7 @@ class Cluster:
     app: AppServer
     nodes: dict[str, GatewayProc] = field(default_factory=dict)
     killed: set[str] = field(default_factory=set)
+    old: list[GatewayProc] = field(default_factory=list)
 
     async def start_node(self, name: str, **cluster: Any) -> GatewayProc:
         d = self.tmp / name
@@ -37,7 +38,10 @@ class Cluster:
         gw = await start_gateway(d, [app_config(self.app)], cluster={
             "node_id": name, "redis_url": self.redis.url, "secret": CLUSTER_SECRET,
             **TIMING, **cluster}, sip={"media_timeout_s": 5})
+        if name in self.nodes:  # restarted: the old process's log is checked too
+            self.old.append(self.nodes[name])
         self.nodes[name] = gw
+        self.killed.discard(name)
         return gw
 
     def kill(self, name: str) -> None:
@@ -56,6 +60,9 @@ class Cluster:
                 problems.append(f"{name}: {log[-4000:]}")
             if name not in self.killed and code != 0:
                 problems.append(f"{name}: exit code {code}\n{log[-3000:]}")
+        for gw in self.old:
+            if "Traceback" in gw.log():
+                problems.append(gw.log()[-4000:])
         assert not problems, "\n".join(problems)
 
 

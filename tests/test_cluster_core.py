@@ -193,3 +193,10 @@ def test_large_room_always_mixes_the_cascade_leg() -> None:
     # no speakers chosen: only the leg is heard, by everyone else
     assert {lk for lk in links if lk.dst != "@monitor"} == {
         Link("leg", "a"), Link("leg", "b"), Link("leg", "c")}
+
+
+def test_after_a_redis_restart_a_bridged_node_lets_the_owner_reclaim_first() -> None:
+    assert plan("b", Local(callers=1, bridge=A, max_epoch_seen=3, hold_off=True), None) == ()
+    # not bridged (nobody to wait for), or the hold-off is over: claim
+    assert plan("b", Local(callers=1, max_epoch_seen=3, hold_off=True), None) == (TryClaim(3),)
+    assert plan("b", Local(callers=1, bridge=A, max_epoch_seen=3), None) == (TryClaim(3),)

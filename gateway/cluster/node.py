@@ -65,10 +65,10 @@ class RoomState:
     bridge_leg: CallSession | None = None
     max_epoch: int = 0
 
-    def local(self) -> Local:
+    def local(self, hold_off: bool = False) -> Local:
         return Local(callers=len(self.callers), inbound_legs=len(self.inbound),
                      owned_epoch=self.owned_epoch, bridge=self.bridge,
-                     max_epoch_seen=self.max_epoch)
+                     max_epoch_seen=self.max_epoch, hold_off=hold_off)
 
 
 def internal_app(key: RoomKey) -> Application:
@@ -89,6 +89,7 @@ class ClusterNode:
         self.sip_address = ""
         self.http_url = ""
         self.redis_ok = True
+        self._redis_back_at = -1e9  # loop time Redis last came back (see Local.hold_off)
         self._dirty: set[RoomKey] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -198,6 +199,7 @@ class ClusterNode:
                     await self._redis_quiet(self.store.add_member(key, cid, self.me))
             if not self.redis_ok:
                 log.info("cluster.redis_back", extra={"node": self.me})
+                self._redis_back_at = asyncio.get_running_loop().time()
             self.redis_ok = True
 
     async def _reconcile(self, key: RoomKey) -> None:
@@ -205,11 +207,12 @@ class ClusterNode:
         if st is None:
             return
         claim = await self.store.get_claim(key)
+        hold_off = asyncio.get_running_loop().time() - self._redis_back_at < self.cfg.lease_s
         for _ in range(3):  # a claim or a failed renewal means one more plan
             if claim is not None:
                 st.max_epoch = max(st.max_epoch, claim.epoch)
             again: Claim | None = None
-            for step in plan(self.me, st.local(), claim):
+            for step in plan(self.me, st.local(hold_off), claim):
                 if isinstance(step, TryClaim):
                     again = await self.store.claim(key, self.me, self.sip_address,
                                                    self.cfg.lease_s, step.min_epoch)
@@ -224,6 +227,8 @@ class ClusterNode:
                     log.info("conference.owner", extra={
                         "room": key.name, "customer_id": key.customer_id, "node": self.me,
                         "epoch": step.claim.epoch})
+                    # Members of nodes that died with the previous owner are gone.
+                    self._spawn(self._redis_quiet(self._prune(key)))
                 elif isinstance(step, StepDown):
                     self._step_down(key, st, step.epoch)
                 elif isinstance(step, Bridge):
@@ -239,6 +244,12 @@ class ClusterNode:
             if again is None:
                 return
             claim = again
+
+    async def _prune(self, key: RoomKey) -> None:
+        live = set(await self.store.nodes())
+        for cid, node in (await self.store.members(key)).items():
+            if node not in live:
+                await self.store.remove_member(key, cid)
 
     def _step_down(self, key: RoomKey, st: RoomState, epoch: int) -> None:
         log.warning("conference.owner_lost", extra={"room": key.name, "node": self.me,

@@ -35,6 +35,9 @@ class Local:
     owned_epoch: int | None = None  # we own the room at this epoch
     bridge: Claim | None = None  # the owner our cascade leg goes to
     max_epoch_seen: int = 0  # the highest epoch this node has seen for the room
+    # Redis has just come back empty: the owner we are bridged to gets one lease to put
+    # its claim back before anyone else claims (else every Redis restart moves rooms).
+    hold_off: bool = False
 
 
 # -- steps --------------------------------------------------------------------------------
@@ -103,6 +106,8 @@ def plan(me: str, local: Local, claim: Claim | None) -> tuple[Step, ...]:
             # Ours, and the record is gone (Redis restarted, or our lease lapsed unseen):
             # renewing puts it back unless someone claimed a newer epoch meanwhile.
             return (Renew(local.owned_epoch),)
+        if local.hold_off and local.bridge is not None:
+            return ()
         return (TryClaim(local.max_epoch_seen),)
     if claim.owner == me:
         if local.owned_epoch == claim.epoch:
