@@ -168,7 +168,8 @@ modparam("dispatcher", "ds_ping_from", "sip:edge@minivoice.invalid")"""
 # one number, one room with the demo, land on one node while it is up: fewer cascade legs);
 # a node that does not answer within 3 s, or answers 500/503, is marked down and the next
 # one is tried (flags 2: failover). A node is also marked down when it does not answer the
-# OPTIONS probe sent every 2 s (that takes tm's fr_timer), and up again when it does. In-dialog requests from phones may only go to a node of the list.
+# OPTIONS probe sent every 2 s (that takes tm's fr_timer), and up again when it does.
+# In-dialog requests from phones may only go to a node of the list.
 _DISPATCH_ROUTES = """
 route[DISPATCH] {
 	if (!ds_select_dst("1", "3")) {
