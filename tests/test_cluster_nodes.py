@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.audio import mixer_delay
 from gateway.cluster import cascade
 from media.rooms import RoomKey
 from tests.cluster import (  # noqa: F401 (cluster: a fixture)
@@ -130,3 +131,20 @@ async def test_forged_or_stale_cascade_legs_are_refused(
     assert "cluster.leg_refused" in a.log()
     phones.hangup("x")
     await phones.wait("ended", "x")
+
+
+async def test_cascade_delay(cluster: Cluster) -> None:  # noqa: F811
+    """The mouth-to-ear delay a cascade leg adds: tone bursts timed from a leg on node a to
+    a leg on the same node, then to a leg on node b (bench/audio.py's probe, RTP timestamps
+    on one clock). The target is +20 ms; asserted with room for a loaded 2-core box."""
+    a = await cluster.start_node("a")
+    b = await cluster.start_node("b")
+    same = await mixer_delay(("127.0.0.1", a.sip_port), "7001", bursts=8)
+    await eventually(lambda: _gone(a), timeout=10)
+    cross = await mixer_delay(("127.0.0.1", a.sip_port), "7001", bursts=8,
+                              sip_b=("127.0.0.1", b.sip_port))
+    extra = cross.median_ms - same.median_ms
+    print(f"mixer delay: one node {same.median_ms} ms (max {same.max_ms}), across a cascade "
+          f"{cross.median_ms} ms (max {cross.max_ms}): +{extra:.1f} ms")
+    assert same.bursts >= 6 and cross.bursts >= 6, (same, cross)
+    assert extra < 100, (same, cross)
