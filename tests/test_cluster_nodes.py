@@ -148,3 +148,20 @@ async def test_cascade_delay(cluster: Cluster) -> None:  # noqa: F811
           f"{cross.median_ms} ms (max {cross.max_ms}): +{extra:.1f} ms")
     assert same.bursts >= 6 and cross.bursts >= 6, (same, cross)
     assert extra < 100, (same, cross)
+
+
+async def test_node_to_node_http_needs_the_cluster_mac(cluster: Cluster) -> None:  # noqa: F811
+    a = await cluster.start_node("a")
+    import aiohttp
+
+    from gateway.cluster.http import HEADER, _mac
+    async with aiohttp.ClientSession() as s:
+        for headers in ({}, {HEADER: "0" * 64}, {HEADER: "x" * 5000},
+                        {HEADER: _mac("another-secret-entirely", "/cluster/v1/calls/call_x")}):
+            async with s.get(a.http + "/cluster/v1/calls/call_x", headers=headers) as r:
+                assert r.status == 403, (headers, r.status)
+        good = {HEADER: _mac(CLUSTER_SECRET, "/cluster/v1/calls/call_x")}
+        async with s.get(a.http + "/cluster/v1/calls/call_x", headers=good) as r:
+            assert r.status == 404  # authenticated, and no such call
+        async with s.get(a.http + "/cluster/v1/rooms/cust_test/r1", headers=good) as r:
+            assert r.status == 403  # a MAC is for one path only

@@ -286,7 +286,12 @@ class ClusterNode:
         finally:
             if st.bridge_leg is leg:
                 st.bridge, st.bridge_leg = None, None
-                self.kick(key)
+                # A leg that worked and ended (the owner stepped down) is re-made at once; one
+                # that was refused waits for the next tick, so a refusing owner (a node that
+                # restarted and forgot the room, a stale claim) gets one INVITE a tick, not a
+                # storm.
+                if leg.rec.answered_at is not None:
+                    self.kick(key)
 
     def _unbridge(self, st: RoomState) -> None:
         leg = st.bridge_leg
