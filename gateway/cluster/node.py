@@ -128,14 +128,14 @@ class ClusterNode:
         self._wake.set()
 
     # -- the rooms service (gateway.call.services.Rooms) -----------------------------------
-    async def join(self, key: RoomKey, call_id: str, *, mute: bool, end_on_exit: bool) -> str:
+    async def join(self, key: RoomKey, call_id: str, **options: Any) -> str:
+        """Conferences.join, with the room made cluster-wide; its options pass through."""
         st = self.rooms.setdefault(key, RoomState())
         st.callers.add(call_id)
         self._spawn(self._redis_quiet(self.store.add_member(key, call_id, self.me)))
         self.kick(key)
         try:
-            return await self.conferences.join(key, call_id, mute=mute,
-                                               end_on_exit=end_on_exit)
+            return await self.conferences.join(key, call_id, **options)
         finally:
             st.callers.discard(call_id)
             self._spawn(self._redis_quiet(self.store.remove_member(key, call_id)))
