@@ -199,7 +199,9 @@ class ClusterNode:
                     await self._redis_quiet(self.store.add_member(key, cid, self.me))
             if not self.redis_ok:
                 log.info("cluster.redis_back", extra={"node": self.me})
-                self._redis_back_at = asyncio.get_running_loop().time()
+            # Even a restart quicker than a tick (no failed command seen) shows here, as our
+            # record missing: the owners get their lease's time to put their claims back.
+            self._redis_back_at = asyncio.get_running_loop().time()
             self.redis_ok = True
 
     async def _reconcile(self, key: RoomKey) -> None:
