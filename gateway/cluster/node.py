@@ -103,6 +103,8 @@ class ClusterNode:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._tasks:  # members' removals, legs being hung up
+            await asyncio.wait(set(self._tasks), timeout=2.0)
         # Leaving cleanly: free our rooms now rather than when their leases lapse.
         for key, st in list(self.rooms.items()):
             if st.owned_epoch is not None:
@@ -118,10 +120,11 @@ class ClusterNode:
         log.info("cluster.node", extra={"node": self.me, "sip": self.sip_address,
                                         "http": self.http_url})
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def kick(self, key: RoomKey) -> None:
         self._dirty.add(key)
@@ -132,14 +135,20 @@ class ClusterNode:
         """Conferences.join, with the room made cluster-wide; its options pass through."""
         st = self.rooms.setdefault(key, RoomState())
         st.callers.add(call_id)
-        self._spawn(self._redis_quiet(self.store.add_member(key, call_id, self.me)))
+        added = self._spawn(self._redis_quiet(self.store.add_member(key, call_id, self.me)))
         self.kick(key)
         try:
             return await self.conferences.join(key, call_id, **options)
         finally:
             st.callers.discard(call_id)
-            self._spawn(self._redis_quiet(self.store.remove_member(key, call_id)))
+            self._spawn(self._remove_member(added, key, call_id))
             self.kick(key)
+
+    async def _remove_member(self, added: asyncio.Task[Any], key: RoomKey, call_id: str
+                             ) -> None:
+        with contextlib.suppress(Exception):  # after the add: a quick leave cannot overtake it
+            await added
+        await self._redis_quiet(self.store.remove_member(key, call_id))
 
     def is_cascade_leg(self, call_id: str) -> bool:
         return any(call_id in st.inbound or (st.bridge_leg is not None
