@@ -1,6 +1,6 @@
 """Requests to the application that return actions: answer_url (and action_url/redirect).
 
-CONTRACT sections 2-4: signed POST, connect/total timeouts, one retry on
+docs/api.md sections 2-3: signed POST, connect/total timeouts, one retry on
 connection error or 5xx, then `fallback_url`. Any failure becomes an
 `AnswerUrlError` whose message and details go into `call.completed`.
 
@@ -96,14 +96,19 @@ class HookClient:
     async def fetch_actions(
         self, urls: list[str], secret: str, payload: dict[str, Any], call_id: str,
         kind: str = "answer_url", error_code: str = "answer_url_error",
+        guarded: bool | None = None,
     ) -> tuple[Action, ...]:
-        """POST `payload` to urls[0] (retried once), then to each fallback in turn."""
+        """POST `payload` to urls[0] (retried once), then to each fallback in turn. URLs other
+        than the configured answer_url are `guarded` (the address rules) unless told."""
+        if guarded is None:
+            guarded = kind != "answer_url"
         body = json.dumps(payload, separators=(",", ":")).encode()
         last: AnswerUrlError | None = None
         for url in urls:
             for attempt in (1, 2):
                 try:
-                    return await self._once(url, secret, body, call_id, kind, attempt)
+                    return await self._once(url, secret, body, call_id, kind, attempt,
+                                            guarded)
                 except AnswerUrlError as exc:
                     exc.code = error_code
                     last = exc
@@ -116,13 +121,14 @@ class HookClient:
         raise last
 
     async def _once(
-        self, url: str, secret: str, body: bytes, call_id: str, kind: str, attempt: int
+        self, url: str, secret: str, body: bytes, call_id: str, kind: str, attempt: int,
+        guarded: bool = False,
     ) -> tuple[Action, ...]:
         timeout = aiohttp.ClientTimeout(
             total=self.cfg.total_timeout_s, sock_connect=self.cfg.connect_timeout_s)
         log.info(f"{kind}.request", extra={"call_id": call_id, "url": redact(url),
                                              "attempt": attempt})
-        trusted = kind == "answer_url"
+        trusted = not guarded
         http = self.http if trusted else self.customer_http
         try:
             if not trusted:

@@ -9,10 +9,12 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.call.services import Services
 from gateway.call.table import CallTable
 from gateway.conferences import Conferences
 from gateway.config import Config
 from gateway.outbox import Outbox
+from gateway.recordings import Recordings
 from gateway.store import Store
 from sip.engine import SipEngine
 
@@ -31,6 +33,8 @@ ROOMS: web.AppKey[Conferences] = web.AppKey("rooms", Conferences)
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 CALLS: web.AppKey[CallTable] = web.AppKey("calls", CallTable)
 OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox", Outbox)
+RECORDINGS: web.AppKey[Recordings] = web.AppKey("recordings", Recordings)
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 
 # With a cluster (gateway.cluster.http): a room and a call as seen across every node.
 CLUSTER_ROOM: web.AppKey[Callable[[web.Request], Awaitable[dict[str, Any]]]] = web.AppKey(

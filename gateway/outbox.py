@@ -1,4 +1,4 @@
-"""Durable, ordered, at-least-once webhook delivery (CONTRACT section 5).
+"""Durable, ordered, at-least-once webhook delivery (docs/api.md, section 5).
 
 Every event is written to SQLite before any attempt. Only the oldest pending event of each
 call (its head) is ever sent, so one call's events arrive in order while different calls
@@ -83,9 +83,14 @@ class Outbox:
         applications: Iterable[Application] = (), *, dead_keep_s: float = 7 * 86400.0,
         per_host: int = PER_HOST, max_in_flight: int = MAX_IN_FLIGHT,
         max_pending: int = MAX_PENDING, max_unsaved: int = MAX_UNSAVED,
-        synchronous: Synchronous = "FULL",
+        synchronous: Synchronous = "FULL", guarded_http: aiohttp.ClientSession | None = None,
     ) -> None:
         self.http = http
+        applications = tuple(applications)
+        # A room's status_url comes from an application's response, not from the config: it
+        # goes through the address guard (hooks.allow_private), as action_url does.
+        self.guarded_http = guarded_http
+        self.trusted_urls = {a.event_url for a in applications if a.event_url}
         self.cfg = cfg
         self.secrets = {a.id: a.secret for a in applications}
         self.dead_keep_s = dead_keep_s
@@ -320,8 +325,10 @@ class Outbox:
         timeout = aiohttp.ClientTimeout(
             total=self.cfg.total_timeout_s, connect=self.cfg.connect_timeout_s)
         # Not following redirects: a 3xx is a failed attempt, retried like a 5xx.
+        http = self.http if self.guarded_http is None or row.url in self.trusted_urls \
+            else self.guarded_http
         reply = await signed_post(
-            self.http, row.url, row.body, secret, timeout=timeout,
+            http, row.url, row.body, secret, timeout=timeout,
             headers={"MiniVoice-Event-Id": row.event_id, "MiniVoice-Call-Id": row.call_id})
         return reply.status
 

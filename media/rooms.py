@@ -13,6 +13,11 @@ Two topologies:
   also transmits to MONITOR, a sink whose only job is to make the bridge read (and
   measure) each member's audio, so a silent member who starts talking is noticed.
   That is about K*N links instead of N*(N-1): a room of 500 costs what ~50 cost.
+
+A room may also have *listeners*: receive-only endpoints that are not members (a
+recorder). A listener hears whatever a member who says nothing would hear: every
+source of the room (the speakers, in a large room); it transmits to nobody and does
+not keep a room alive.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class Room:
     full_mesh_max: int = 20
     members: dict[str, Member] = field(default_factory=dict)
     speakers: set[str] = field(default_factory=set)  # used when the room is large
+    listeners: set[str] = field(default_factory=set)  # receive-only endpoints (recorders)
 
     @property
     def large(self) -> bool:
@@ -80,6 +86,7 @@ class Room:
                        if m in self.speakers or self.members[m].always_source]
             out = {Link(m, MONITOR) for m in ids}
         out.update(Link(src, dst) for src in sources for dst in ids if dst != src)
+        out.update(Link(src, lst) for src in sources for lst in self.listeners)
         return out
 
 
@@ -161,6 +168,26 @@ class RoomBook:
             return LinkChange()
         before = room.links()
         room.speakers = speakers & set(room.members)
+        return _diff(before, room.links())
+
+    def add_listener(self, key: RoomKey, listener: str) -> LinkChange:
+        """`listener` starts hearing the room. Its name must not be a member's."""
+        room = self.rooms.get(key)
+        if room is None:
+            raise RoomError(f"no room {key.name}")
+        if listener in room.members or listener == MONITOR:
+            raise RoomError(f"{listener} is a member, not a listener")
+        before = room.links()
+        room.listeners.add(listener)
+        return _diff(before, room.links())
+
+    def remove_listener(self, key: RoomKey, listener: str) -> LinkChange:
+        """`listener` stops hearing the room (nothing to do if the room or it is gone)."""
+        room = self.rooms.get(key)
+        if room is None or listener not in room.listeners:
+            return LinkChange()
+        before = room.links()
+        room.listeners.discard(listener)
         return _diff(before, room.links())
 
     def large_rooms(self) -> list[Room]:

@@ -177,6 +177,7 @@ class _SipThread:
         self.handle = handle
         self.calls: dict[str, Any] = {}  # MiniVoice call ID -> calls.GatewayCall
         self.players: dict[tuple[str, int], Any] = {}  # (call ID, play ID) -> PromptPlayer
+        self.recorders: dict[str, Any] = {}  # recording ID -> pj.AudioMediaRecorder
         # Every bridge link asked for and not yet undone: re-applied when a call's media
         # port is (re)created, e.g. after a re-INVITE, or when media comes up after the ask.
         self.links: set[Link] = set()
@@ -193,6 +194,8 @@ class _SipThread:
             cmd.StopPlay: self._stop_play,
             cmd.Dial: self._dial,
             cmd.QueryLevels: self._query_levels,
+            cmd.StartRecording: self._start_recording,
+            cmd.StopRecording: self._stop_recording,
             cmd.Shutdown: self._shutdown_command,
         }
         self.running = True
@@ -328,8 +331,8 @@ class _SipThread:
     def _ports(self, link: Link) -> tuple[Any, Any]:
         """The bridge ports of a link's ends (None where a call is gone or has no media)."""
         src = self.calls.get(link.src)
-        dst = self.monitor if link.dst == MONITOR else getattr(
-            self.calls.get(link.dst), "audio", None)
+        dst = self.monitor if link.dst == MONITOR else self.recorders[link.dst] \
+            if link.dst in self.recorders else getattr(self.calls.get(link.dst), "audio", None)
         return (src.audio if src is not None else None), dst
 
     def _transmit(self, link: Link) -> None:
@@ -346,6 +349,28 @@ class _SipThread:
         for (cid, _), player in self.players.items():
             if cid == call_id and call is not None and call.audio is not None:
                 player.startTransmit(call.audio)
+
+    def _start_recording(self, c: cmd.StartRecording) -> None:
+        import pjsua2 as pj
+
+        if c.rec_id in self.recorders:
+            raise ValueError(f"recording {c.rec_id} exists")
+        recorder = pj.AudioMediaRecorder()
+        recorder.createRecorder(c.path)  # pjmedia buffers 4000 bytes, then stdio 4 KiB
+        # The bridge writes nothing to a port that nobody transmits to, which would drop
+        # the stretches when the room is silent (everyone muted) from the file. The null
+        # sound device's capture side, a source of silence, keeps its clock running.
+        self.monitor.startTransmit(recorder)
+        self.recorders[c.rec_id] = recorder
+        for link in [lk for lk in self.links if lk.dst == c.rec_id]:
+            self._transmit(link)
+        log.info("recording.open", extra={"recording_id": c.rec_id, "path": c.path})
+
+    def _stop_recording(self, c: cmd.StopRecording) -> None:
+        recorder = self.recorders.pop(c.rec_id, None)
+        self.links = {lk for lk in self.links if lk.dst != c.rec_id}
+        if recorder is not None:
+            self.graveyard.append(recorder)  # destroyed next turn, which closes the file
 
     def _play(self, c: cmd.Play) -> None:
         import pjsua2 as pj
@@ -469,6 +494,7 @@ class _SipThread:
         self.calls.clear()
         self.monitor = None
         self.players.clear()
+        self.recorders.clear()
         self.abandoned.clear()
         self.graveyard.clear()
         with contextlib.suppress(Exception):

@@ -1,10 +1,13 @@
-"""Outbound legs: a call the gateway places (a `transfer` today). The leg is an ordinary
-`CallSession` with `direction: outbound`; it ends through the same path as any call."""
+"""Outbound legs: a call the gateway places (a `transfer`, or `POST /v1/calls`). The leg is
+an ordinary `CallSession` with `direction: outbound`; it ends through the same path as any
+call."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+from gateway.actions.base import Action
 from gateway.call.record import CallRecord
 from gateway.call.services import Services
 from gateway.call.session import CallSession
@@ -38,4 +41,16 @@ async def dial(services: Services, app: Application, uri: str, from_user: str,
         rec.error = {"code": "dial_failed", "message": str(exc)}
         rec.outcome = "failed"
         services.calls.finish(leg, 500, str(exc), True, "dial_failed")
+    return leg
+
+
+async def place(services: Services, app: Application, uri: str, from_user: str, *,
+                answer_url: str | None, actions: tuple[Action, ...] | None,
+                timeout: float) -> CallSession:
+    """A call placed through the API: dialled now; once answered it runs `actions`, or what
+    `answer_url` returns."""
+    leg = await dial(services, app, uri, from_user, None)
+    if not leg.ended.is_set():
+        leg.task = asyncio.create_task(
+            leg.run(lambda: leg.placed_flow(answer_url, actions, timeout)), name=leg.call_id)
     return leg

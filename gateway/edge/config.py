@@ -1,4 +1,4 @@
-"""Configuration of the SIP edge (Kamailio) in front of the gateway. See issue 3 and docs/edge.md.
+"""Configuration of the SIP edge (Kamailio) in front of the gateway. See docs/edge.md.
 
     edge:
       enabled: true
