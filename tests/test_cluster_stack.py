@@ -126,3 +126,30 @@ async def _completed(app_port: int) -> list[dict[str, Any]] | None:
     return done or None
 
 
+
+
+def test_stack_files_that_cannot_work_are_refused(tmp_path: Path) -> None:
+    from gateway.cluster.stack import run
+
+    base = yaml.safe_load((ROOT / "configs" / "cluster.yaml").read_text())
+    bad: list[tuple[Any, str]] = []
+    twins = {**base, "nodes": [base["nodes"][0], base["nodes"][0]]}
+    bad.append((twins, "differ"))
+    same_port = {**base, "nodes": [base["nodes"][0], {**base["nodes"][1],
+                                                       "http_port": base["nodes"][0]["sip_port"]}]}
+    bad.append((same_port, "its own"))
+    no_edge = {**base, "gateway": {**base["gateway"], "edge": {"enabled": False}}}
+    bad.append((no_edge, "edge"))
+    bad.append(({**base, "nodes": []}, "1 to 16 nodes"))
+    bad.append(({**base, "nodes": [{"node_id": "a b", "sip_port": 1, "http_port": 2,
+                                    "rtp_port_start": 10000}]}, "node_id"))
+    bad.append(({**base, "surprise": 1}, "surprise"))
+    bad.append(({**base, "gateway": {**base["gateway"], "cluster": {"secret": "short"}}},
+                "cluster.secret"))
+    for i, (data, why) in enumerate(bad):
+        path = tmp_path / f"bad-{i}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        proc = subprocess.run([PYTHON, "-m", "gateway.cluster", str(path)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and why in proc.stderr, (why, proc.stderr)
+    assert run  # the same entry point, imported

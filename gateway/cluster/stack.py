@@ -81,6 +81,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def node_configs(stack: Stack, source: str) -> dict[str, dict[str, Any]]:
     """Each node's full gateway config, checked (ConfigError with what to fix)."""
+    ports = [p for n in stack.nodes for p in (n.sip_port, n.http_port)]
+    if len({n.node_id for n in stack.nodes}) != len(stack.nodes):
+        raise ConfigError(f"{source}: node ids must differ")
+    if len(set(ports)) != len(ports):
+        raise ConfigError(f"{source}: every node needs its own sip_port and http_port")
     run = Path(stack.runtime_dir)
     host = str(stack.gateway.get("sip", {}).get("host", "127.0.0.1"))
     dispatch = [f"{host}:{n.sip_port}" for n in stack.nodes]
@@ -99,8 +104,6 @@ def node_configs(stack: Stack, source: str) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"{source}: gateway.edge needs enabled: true and address: (the "
                               "edge runs on its own in front of the nodes)")
         out[n.node_id] = data
-    if len({n.node_id for n in stack.nodes}) != len(stack.nodes):
-        raise ConfigError(f"{source}: node ids must differ")
     return out
 
 
