@@ -6,18 +6,39 @@ built from the same route table, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from gateway import __version__
+from gateway.call.outbound import place
+from gateway.call.request import caller_id_allowed, choose_application, parse_call_request
 from gateway.config import ApiToken
-from gateway.keys import CALLS, CONFIG, ENGINE, OUTBOX, ROOMS, STATUS, STORE
+from gateway.edge.users import UserStore
+from gateway.keys import (
+    CALLS,
+    CLUSTER_CALL,
+    CLUSTER_ROOM,
+    CONFIG,
+    ENGINE,
+    METRICS,
+    OUTBOX,
+    RECORDINGS,
+    ROOMS,
+    SERVICES,
+    STATUS,
+    STORE,
+)
+from gateway.recordings import AlreadyRecording, RecordingRefused, public_view
+from gateway.store import Recording
+from gateway.strict import ValidationError
 from gateway.timestamps import iso
 from media.rooms import Room, RoomError, RoomKey
 
@@ -30,9 +51,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 details: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.details = details
 
 
 @dataclass(frozen=True)
@@ -48,6 +71,7 @@ def setup(app: web.Application) -> None:
     cfg = app[CONFIG]
     app.middlewares.append(errors_and_auth)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     app.router.add_get("/v1/openapi.json", openapi)
@@ -59,11 +83,12 @@ def setup(app: web.Application) -> None:
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        if request.path.startswith("/v1/") and request.path != "/v1/openapi.json":
+        if (request.path.startswith("/v1/") and request.path != "/v1/openapi.json") \
+                or request.path == "/metrics":
             request[SCOPE] = _authorize(request)
         return await handler(request)
     except ApiError as exc:
-        return _error(exc.status, exc.code, exc.message)
+        return _error(exc.status, exc.code, exc.message, exc.details)
     except web.HTTPException as exc:  # aiohttp's own 404/405: same JSON shape
         if exc.status >= 400:
             return _error(exc.status, "http_error", exc.reason)
@@ -90,8 +115,17 @@ def _authorize(request: web.Request) -> tuple[bool, str | None]:
     return (found.customer_id is None, found.customer_id)
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def scope(request: web.Request) -> tuple[bool, str | None]:
+    """(admin, customer_id) of an authenticated /v1 request (the console's stream uses it)."""
+    return request[SCOPE]
+
+
+def _error(status: int, code: str, message: str,
+           details: list[dict[str, str]] | None = None) -> web.Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return web.json_response({"error": error}, status=status)
 
 
 def _visible(request: web.Request, customer_id: str) -> bool:
@@ -107,6 +141,17 @@ async def healthz(request: web.Request) -> web.Response:
             "calls": len(request.app[CALLS]),
             "webhooks_pending": request.app[OUTBOX].pending_count()}
     return web.json_response(body, status=200 if alive else 503)
+
+
+# -- metrics ------------------------------------------------------------------------------
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format. Gateway-wide numbers: an admin token only (a customer's token
+    would see other customers' traffic in them)."""
+    admin, _ = request[SCOPE]
+    if not admin:
+        raise ApiError(403, "forbidden", "metrics need an admin token")
+    return web.Response(body=request.app[METRICS].render(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 # -- calls --------------------------------------------------------------------------------
@@ -133,6 +178,8 @@ async def get_call(request: web.Request) -> web.Response:
     cid = request.match_info["call_id"]
     session = request.app[CALLS].get(cid)
     record = session.record() if session else request.app[STORE].call_get(cid)
+    if record is None and CLUSTER_CALL in request.app:  # on another node?
+        record = await request.app[CLUSTER_CALL](request, cid)
     if record is None or not _visible(request, record["customer_id"]):
         raise ApiError(404, "not_found", f"no call {cid}")
     return web.json_response(record)
@@ -206,6 +253,8 @@ async def list_conferences(request: web.Request) -> web.Response:
 
 
 async def get_conference(request: web.Request) -> web.Response:
+    if CLUSTER_ROOM in request.app:  # every node's participants
+        return web.json_response(await request.app[CLUSTER_ROOM](request))
     return web.json_response(await _room_view(request.app, _room(request)))
 
 
@@ -247,7 +296,121 @@ async def remove_participant(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def place_call(request: web.Request) -> web.Response:
+    """POST /v1/calls: dial `to`; once answered the call runs inline actions or answer_url's."""
+    cfg = request.app[CONFIG]
+    try:
+        body = json.loads(await request.read())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "invalid_body", "body must be JSON") from None
+    try:
+        req = parse_call_request(body)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_body", "invalid request",
+                       [d.as_dict() for d in exc.details]) from None
+    admin, customer = request[SCOPE]
+    app = choose_application(cfg.applications, req.application_id, None if admin else customer)
+    if app is None:
+        if admin and req.application_id is None:
+            raise ApiError(400, "invalid_body", "invalid request", [
+                {"path": "application_id", "reason": "is required with an admin token"}])
+        raise ApiError(404, "not_found", f"no application {req.application_id}")
+    if not caller_id_allowed(app, req.from_user):
+        raise ApiError(403, "caller_id_not_allowed",
+                       f"{app.id} may not call from {req.from_user!r} (its caller_ids)")
+    if req.registered_user:
+        if not cfg.edge.enabled:
+            raise ApiError(400, "invalid_body", "invalid request", [
+                {"path": "to", "reason": "a registered user needs the SIP edge (edge:)"}])
+        users = UserStore(cfg.edge.users_db, cfg.edge.realm)
+        if not await asyncio.to_thread(users.exists, req.to):
+            raise ApiError(404, "not_found", f"no registered user {req.to}")
+    if not request.app[STATUS].accepting:
+        raise ApiError(503, "shutting_down", "the gateway is shutting down")
+    calls = request.app[CALLS]
+    cap = cfg.limits.max_calls_per_customer
+    if cap is not None and calls.count(app.customer_id) >= cap:
+        raise ApiError(429, "too_many_calls",
+                       f"{cap} live calls (limits.max_calls_per_customer)")
+    services = request.app[SERVICES]
+    leg = await place(services, app, services.dial_target(req.to), req.from_user,
+                      answer_url=req.answer_url, actions=req.actions, timeout=req.timeout)
+    return web.json_response(leg.record(), status=201)
+
+
+# -- recordings ---------------------------------------------------------------------------
+async def start_recording(request: web.Request) -> web.Response:
+    body = await request.read()
+    if body.strip():
+        try:
+            parsed = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise ApiError(400, "invalid_body", "body must be empty or {}") from None
+        if parsed != {}:
+            raise ApiError(400, "invalid_body", "body must be empty or {}")
+    room = _room(request)
+    # Its events are signed for the application of the room's first participant.
+    calls = request.app[CALLS]
+    first = next((s for c in room.members if (s := calls.get(c)) is not None), None)
+    if first is None:
+        raise ApiError(404, "not_found", f"no room {room.key.name}")
+    try:
+        row = await request.app[RECORDINGS].start(room.key, first.app, by="api")
+    except AlreadyRecording as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    except RecordingRefused as exc:
+        if exc.reason == "disk_full":
+            raise ApiError(507, "disk_full", str(exc)) from None
+        if exc.reason == "limit":
+            raise ApiError(429, "too_many_recordings", str(exc)) from None
+        if exc.reason == "no_room":
+            raise ApiError(404, "not_found", str(exc)) from None
+        raise ApiError(500, "recording_failed", str(exc)) from None
+    return web.json_response(public_view(row), status=201)
+
+
+def _recording(request: web.Request) -> Recording:
+    rec_id = request.match_info["recording_id"]
+    row = request.app[STORE].recording_get(rec_id) if len(rec_id) <= 64 else None
+    if row is None or not _visible(request, row.customer_id):
+        raise ApiError(404, "not_found", f"no recording {rec_id}")
+    return row
+
+
+async def stop_recording(request: web.Request) -> web.Response:
+    recordings = request.app[RECORDINGS]
+    row = _recording(request)
+    name = request.match_info["room"]
+    if row.room != name or row.status != "recording" or row.rec_id not in recordings.active:
+        raise ApiError(404, "not_found", f"no recording {row.rec_id} in progress in room {name}")
+    return web.json_response(public_view(await recordings.stop(row.rec_id, "api")))
+
+
+async def get_recording(request: web.Request) -> web.Response:
+    return web.json_response(public_view(_recording(request)))
+
+
+async def recording_audio(request: web.Request) -> web.StreamResponse:
+    row = _recording(request)
+    if row.status != "completed":
+        raise ApiError(409, "not_ready" if row.status == "recording" else "conflict",
+                       f"recording {row.rec_id} is {row.status}")
+    path = Path(row.path)
+    if not path.is_file():
+        raise ApiError(404, "not_found", f"the audio of {row.rec_id} is gone")
+    # FileResponse answers Range requests (206, 416) and conditional ones itself.
+    return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
+
+
 ROUTES = (
+    Route("POST", "/v1/calls", place_call,
+          "Place a call: to, from, answer_url or actions, timeout (201 with the call)",
+          {"type": "object", "required": ["to", "from"], "additionalProperties": False,
+           "properties": {"to": {"type": "string"}, "from": {"type": "string"},
+                          "application_id": {"type": "string"},
+                          "answer_url": {"type": "string"},
+                          "actions": {"type": "array", "items": {"type": "object"}},
+                          "timeout": {"type": "number", "minimum": 1, "maximum": 600}}}),
     Route("GET", "/v1/calls", list_calls,
           "Live calls; ?state=ended&limit=N for the most recent finished ones"),
     Route("GET", "/v1/calls/{call_id}", get_call,
@@ -263,6 +426,14 @@ ROUTES = (
            "properties": {"muted": {"type": "boolean"}}}),
     Route("DELETE", "/v1/conferences/{room}/participants/{call_id}", remove_participant,
           "Remove a participant from the room: their next action runs"),
+    Route("POST", "/v1/conferences/{room}/recordings", start_recording,
+          "Start recording the room (201 with the recording)"),
+    Route("DELETE", "/v1/conferences/{room}/recordings/{recording_id}", stop_recording,
+          "Stop a recording of the room; the finished recording"),
+    Route("GET", "/v1/recordings/{recording_id}", get_recording,
+          "A recording's metadata: room, status, started_at, duration_s"),
+    Route("GET", "/v1/recordings/{recording_id}/audio", recording_audio,
+          "The recording as a WAV file (8 kHz mono 16-bit PCM); Range requests answered"),
 )
 
 
@@ -272,7 +443,7 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for r in ROUTES:
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for p in ("room", "call_id") if "{" + p + "}" in r.path]
+                  for p in ("room", "call_id", "recording_id") if "{" + p + "}" in r.path]
         if "{room}" in r.path:
             params.append({"name": "customer_id", "in": "query", "required": False,
                            "schema": {"type": "string"},
@@ -283,6 +454,8 @@ def openapi_document() -> dict[str, Any]:
             "security": [{"bearer": []}],
             "responses": {
                 "200": {"description": "OK", "content": {"application/json": {
+                    "schema": {"type": "object"}}}},
+                "201": {"description": "Created", "content": {"application/json": {
                     "schema": {"type": "object"}}}},
                 "202": {"description": "Accepted"}, "204": {"description": "Done"},
                 "400": {"description": "Bad request", "content": {

@@ -12,24 +12,33 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any, cast
 
 from aiohttp import web
 
-from gateway import api, applications, demo, keys, watchdog
+from gateway import api, applications, console, demo, keys, watchdog
 from gateway.call import outbound
 from gateway.call.services import Services, log_failure
 from gateway.call.session import CallSession
 from gateway.call.table import CallTable
+from gateway.cluster import cascade
+from gateway.cluster import http as cluster_http
+from gateway.cluster.node import ClusterNode
 from gateway.conferences import Conferences
 from gateway.config import Config
 from gateway.edge.config import EdgeConfig, edge_registrar, from_edge
 from gateway.hooks import HookClient, HttpPools
 from gateway.media_cache import MediaCache
+from gateway.metrics import Live, Metrics
 from gateway.outbox import Outbox
-from gateway.store import Store
+from gateway.recordings import Recordings, completed_data
+from gateway.store import Recording, Store
+from gateway.timestamps import iso
+from gateway.webhook_events import RoomEvent
 from media import tones
+from media.rooms import RoomKey
 from sip import commands as cmd
 from sip import events as ev
 from sip.engine import SipEngine
@@ -54,7 +63,14 @@ class Gateway:
         self.cfg = cfg
         self.engine = SipEngine(cfg.sip, self.on_sip_event)
         self.conferences = Conferences(self.send_quiet, cfg.rooms)
+        # Several nodes sharing rooms (docs/cluster.md): calls join rooms through the node.
+        self.cluster = ClusterNode(cfg.cluster, self.conferences) \
+            if cfg.cluster.enabled else None
         self.status = keys.Status()
+        self.metrics = Metrics()
+        # Participants of rooms with a status_url: their call, for events after it ended.
+        self._participants: dict[str, CallSession] = {}
+        self.recordings: Recordings
         self.drain_deadline = 0.0
         self.store: Store
         self.calls: CallTable
@@ -70,16 +86,24 @@ class Gateway:
         app[keys.STATUS] = self.status
         app[keys.ENGINE] = self.engine
         app[keys.ROOMS] = self.conferences
+        app[keys.METRICS] = self.metrics
         app.cleanup_ctx.extend([self._store_ctx, self._services_ctx, self._outbox_ctx,
-                                self._housekeeping_ctx, self._speakers_ctx])
+                                self._housekeeping_ctx, self._speakers_ctx, self._metrics_ctx])
         api.setup(app)
+        if self.cluster is not None:
+            app.cleanup_ctx.append(self.cluster.ctx)
+            cluster_http.setup(app, self.cluster)
         if self.cfg.demo:
             demo.setup(app, demo.secret_from(self.cfg.applications))
+        if self.cfg.http.console:
+            console.setup(app, api.scope)
         return app
 
     async def _store_ctx(self, app: web.Application) -> AsyncIterator[None]:
         self.store = app[keys.STORE] = Store(self.cfg.database)
         self.calls = app[keys.CALLS] = CallTable(self.store)
+        self.calls.on_finished = lambda s: self.metrics.call_ended(s.rec.direction,
+                                                                   s.rec.status)
         yield
         self.store.close()
 
@@ -96,19 +120,30 @@ class Gateway:
                             self.cfg.sip.clock_rate)
         self.outbox = app[keys.OUTBOX] = Outbox(
             self.store, pools.webhook, self.cfg.hooks, self.cfg.applications,
-            dead_keep_s=self.cfg.records.retention_days * 86400)
-        self.services = Services(
+            dead_keep_s=self.cfg.records.retention_days * 86400, guarded_http=pools.action)
+        self.recordings = app[keys.RECORDINGS] = Recordings(
+            self.cfg, self.store, self.conferences.book, self.engine.send,
+            self.recording_event, self.conferences.status.get)
+        self.conferences.on_room_ended = self.recordings.room_ended
+        self.conferences.on_event = self.room_event
+        self.outbox.observer = self.metrics.webhook_result
+        hooks = HookClient(pools.answer, self.cfg.hooks, pools.action, pools.policy)
+        hooks.observer = self.metrics.hook_done
+        self.services = app[keys.SERVICES] = Services(
             engine=self.engine,
-            hooks=HookClient(pools.answer, self.cfg.hooks, pools.action, pools.policy),
+            hooks=hooks,
             media=media,
-            rooms=self.conferences, outbox=self.outbox, calls=self.calls,
+            rooms=self.cluster or self.conferences, outbox=self.outbox, calls=self.calls,
             dialer=outbound.dial, limits=self.cfg.limits,
-            dial_target=lambda to: dial_target(self.cfg.edge, to), ringback=ringback)
+            dial_target=lambda to: dial_target(self.cfg.edge, to), ringback=ringback,
+            recorder=self.recordings)
         yield
         await pools.close()
 
     async def _outbox_ctx(self, app: web.Application) -> AsyncIterator[None]:
         self.calls.recover_lost(self.cfg.applications, self.outbox)
+        for row in self.recordings.recover():  # left running by a process that died
+            self.recording_event(row, completed_data(row))
         task = asyncio.create_task(self.outbox.run())
         yield
         await self.outbox.stop()
@@ -124,6 +159,21 @@ class Gateway:
         yield
         task.cancel()
 
+    async def _metrics_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        book, calls, outbox = self.conferences.book, self.calls, self.outbox
+        self.metrics.watch(Live(
+            calls=lambda: (len(calls) - calls.outbound, calls.outbound),
+            sip_legs=self.engine.live_legs,
+            rooms=lambda: len(book.rooms),
+            participants=lambda: len(book.room_of),
+            webhooks_pending=outbox.pending_count,
+            webhook_backlog=lambda: outbox.backlog,
+            sip_loop_age=self.engine.loop_age,
+            accepting=lambda: self.status.accepting))
+        task = asyncio.create_task(self.metrics.probe_loop_lag())
+        yield
+        task.cancel()
+
     async def _housekeeping(self) -> None:
         """Drop call records past their retention (the outbox prunes its own rows); mark the
         live calls as still live every few seconds (see CallTable.recover_lost)."""
@@ -131,10 +181,17 @@ class Gateway:
         while True:
             now = time.time()
             if now >= next_prune:
-                kept = self.store.calls_prune(now - self.cfg.records.retention_days * 86400)
-                log.debug("housekeeping", extra={"calls_pruned": kept})
+                before = now - self.cfg.records.retention_days * 86400
+                kept = self.store.calls_prune(before)
+                recordings = self.recordings.prune(before)
+                log.debug("housekeeping", extra={"calls_pruned": kept,
+                                                 "recordings_pruned": recordings})
                 next_prune = now + 3600
             self.store.live_touch(now)
+            try:
+                await self.recordings.check_disk()
+            except Exception:
+                log.exception("recording disk check failed")
             await asyncio.sleep(LIVE_TOUCH_S)
 
     # -- start and stop --------------------------------------------------------------------
@@ -147,6 +204,10 @@ class Gateway:
         self.http_port = bound[0][1] if bound else self.cfg.http.port
         # SIP last: by the time a call arrives, answer_url (maybe the demo) is reachable.
         await self.engine.start()
+        if self.cluster is not None:
+            self.cluster.start(self.services, f"{self.cfg.sip.public_host or self.cfg.sip.host}:"
+                                              f"{self.engine.bound_port}",
+                               f"http://{self.cfg.http.host}:{self.http_port}")
         log.info("gateway ready", extra={
             "sip": f"{self.cfg.sip.host}:{self.engine.bound_port}",
             "http": f"{self.cfg.http.host}:{self.http_port}",
@@ -167,6 +228,7 @@ class Gateway:
             if not len(self.calls):
                 break
             await asyncio.sleep(0.05)
+        await self.recordings.stop_all("shutdown")  # files complete, events queued
         await self.engine.stop()
         await self.outbox.drain(timeout=3.0)
         if self._runner:
@@ -175,13 +237,55 @@ class Gateway:
     def send_quiet(self, command: cmd.Command) -> None:
         self.engine.send(command).add_done_callback(log_failure)
 
+    # -- room events (to a room's status_url) -----------------------------------------------
+    def recording_event(self, row: Recording, data: dict[str, Any]) -> None:
+        """Queue recording.completed: to the room's status_url if it had one, else to the
+        recording application's event_url; ordered with the room's other events."""
+        app = next((a for a in self.cfg.applications if a.id == row.app_id), None)
+        url = row.status_url or (app.event_url if app else None)
+        if app is None or url is None:
+            return
+        key = RoomKey(row.customer_id, row.room)
+        room = self.conferences.room(key)
+        self._queue_room_event(key, url, app.id, "recording.completed", None,
+                               len(room.members) if room else 0, data)
+
+    def room_event(self, key: RoomKey, event: str, call_id: str | None, participants: int,
+                   data: dict[str, Any]) -> None:
+        """A conference event of a room with a status_url (gateway.conferences)."""
+        hook = self.conferences.status.get(key)
+        if hook is None:
+            return
+        session = None
+        if call_id is not None:
+            # A participant's call may have ended before it left the room: kept from its join.
+            session = self.calls.get(call_id) or self._participants.get(call_id)
+            if event == "participant.joined" and session is not None:
+                self._participants[call_id] = session
+            elif event == "participant.left":
+                self._participants.pop(call_id, None)
+        self._queue_room_event(key, hook.url, hook.app_id, cast(RoomEvent, event), session,
+                               participants, data)
+
+    def _queue_room_event(self, key: RoomKey, url: str, app_id: str, event: RoomEvent,
+                          session: CallSession | None, participants: int,
+                          data: dict[str, Any]) -> None:
+        payload = {"event": event, "created_at": iso(),
+                   "call": session.rec.call_view() if session is not None else None,
+                   "variables": {}, "data": data,
+                   "conference": {"room": key.name, "customer_id": key.customer_id,
+                                  "participants": participants}}
+        self.outbox.add(room_stream(key.customer_id, key.name), url, app_id, payload)
+
     # -- events from the SIP thread -----------------------------------------------------
     def on_sip_event(self, event: ev.Event) -> None:
         try:
             if isinstance(event, ev.IncomingCall):
                 self._incoming(event)
-            else:
-                self.calls.route(event)
+                return
+            if isinstance(event, ev.CallEnded):  # every leg, with or without a session
+                self.metrics.sip_final(event.final_response, event.quality)
+            self.calls.route(event)
         except Exception:
             log.exception("event handling failed", extra={
                 "call_id": getattr(event, "call_id", None), "sip_event": type(event).__name__})
@@ -189,6 +293,9 @@ class Gateway:
     def _incoming(self, event: ev.IncomingCall) -> None:
         if not self.status.accepting:
             self.send_quiet(cmd.Hangup(event.call_id, 503, "Service Unavailable"))
+            return
+        if self.cluster is not None and cascade.is_cascade(event.x_headers):
+            self.cluster.incoming(event)  # another node's leg into a room we mix
             return
         if self.cfg.edge.enabled and not from_edge(self.cfg.edge, event.source):
             # Behind a separate edge, a call from anywhere else skipped its authentication.
@@ -214,10 +321,19 @@ class Gateway:
         session.task = asyncio.create_task(session.run(), name=event.call_id)
 
 
-async def serve(cfg: Config, drain_s: float | None = None) -> None:
+def room_stream(customer_id: str, room: str) -> str:
+    """The outbox's ordering key of a room's events (its MiniVoice-Call-Id header too)."""
+    return f"room:{customer_id}:{room}"
+
+
+async def serve(cfg: Config, drain_s: float | None = None,
+                on_gateway: Callable[[Gateway], None] | None = None) -> None:
     """Run until a signal. SIGTERM drains (no new calls, calls in progress get `drain_s`);
-    SIGINT (Ctrl-C) or a second signal hangs up at once."""
+    SIGINT (Ctrl-C) or a second signal hangs up at once. `on_gateway` sees the gateway
+    before it starts (the edge hands its log events to the gateway's metrics)."""
     gw = Gateway(cfg)
+    if on_gateway is not None:
+        on_gateway(gw)
     await gw.start()
     dog = asyncio.create_task(watchdog.watch(gw.engine, cfg.sip.watchdog_s))
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()

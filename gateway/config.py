@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from gateway.cluster.config import ClusterConfig
 from gateway.edge.config import EdgeConfig
 from gateway.netguard import parse_allow
 from gateway.strict import URL, ValidationError, between, checked, length, parse
@@ -26,6 +28,9 @@ from sip.config import SipConfig
 class HttpConfig:
     host: str = "127.0.0.1"
     port: int = checked(between(0, 65535), default=8080)
+    # The live web console at / (gateway/console): rooms, talkers, mute/remove/end, recent
+    # calls. Its data comes from the API, with the API's tokens.
+    console: bool = False
 
 
 def _networks_or_hosts(entries: tuple[str, ...]) -> str | None:
@@ -125,8 +130,31 @@ class ShutdownConfig:
 
 @dataclass(frozen=True)
 class RecordsConfig:
-    # Finished calls are kept in SQLite this long (GET /v1/calls/{id} after the call).
+    # Finished calls are kept in SQLite this long (GET /v1/calls/{id} after the call), and
+    # finished recordings (their row and their file).
     retention_days: float = checked(between(0, 3650), default=7.0)
+
+
+@dataclass(frozen=True)
+class RecordingsConfig:
+    """Room recordings: where the WAV files go and what a recording may take."""
+
+    # Directory of the WAV files; none: `recordings/` next to the database.
+    dir: str | None = None
+    # Below this much free space on the directory's file system a recording does not start,
+    # and the ones running are stopped (reason disk_full).
+    min_free_mb: int = checked(between(0, 10 * 1024 * 1024), default=500)
+    # Recordings running at once, over all rooms; more are refused (reason limit).
+    max_concurrent: int = checked(between(1, 100000), default=100)
+    # A recording is stopped after this long (reason max_duration); 0 = none.
+    max_duration_s: float = checked(between(0, 30 * 86400), default=14400.0)
+
+
+def _caller_ids(entries: tuple[str, ...]) -> str | None:
+    for e in entries:
+        if not re.fullmatch(r"[A-Za-z0-9.+_-]{1,64}\*?|\*", e):
+            return f"{e!r}: must be a number or user name, or a prefix ending in '*'"
+    return None
 
 
 @dataclass(frozen=True)
@@ -140,6 +168,9 @@ class Application:
     secret: str = checked(length(8, 256), default="")
     # Dialed users/numbers (Request-URI user) this application answers; "*" matches all.
     numbers: tuple[str, ...] = ("*",)
+    # Caller IDs (`from`) its calls placed through POST /v1/calls may use: exact values, or
+    # prefixes ending in "*" ("+1555*"; "*" = any). None: it may not place calls.
+    caller_ids: tuple[str, ...] = checked(_caller_ids, default=())
 
     def cross_check(self) -> Iterator[tuple[str, str]]:
         if not self.secret:
@@ -160,10 +191,13 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
+    recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
     database: str = "var/minivoice.db"
     # Serve the embedded demo application at /demo/* on the HTTP port.
     demo: bool = False
     edge: EdgeConfig = field(default_factory=EdgeConfig)
+    # Several nodes sharing rooms (docs/cluster.md); without cluster.node_id, one node.
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 class ConfigError(Exception):

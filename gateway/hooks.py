@@ -1,6 +1,6 @@
 """Requests to the application that return actions: answer_url (and action_url/redirect).
 
-CONTRACT sections 2-4: signed POST, connect/total timeouts, one retry on
+docs/api.md sections 2-3: signed POST, connect/total timeouts, one retry on
 connection error or 5xx, then `fallback_url`. Any failure becomes an
 `AnswerUrlError` whose message and details go into `call.completed`.
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,19 +94,30 @@ class HookClient:
         self.customer_http = customer_http or http
         self.policy = policy or AddressPolicy.from_config(cfg.allow_private)
         self.cfg = cfg
+        # (kind, seconds, ok) of every request, for /metrics
+        self.observer: Callable[[str, float, bool], None] | None = None
 
     async def fetch_actions(
         self, urls: list[str], secret: str, payload: dict[str, Any], call_id: str,
         kind: str = "answer_url", error_code: str = "answer_url_error",
+        guarded: bool | None = None,
     ) -> tuple[Action, ...]:
-        """POST `payload` to urls[0] (retried once), then to each fallback in turn."""
+        """POST `payload` to urls[0] (retried once), then to each fallback in turn. URLs other
+        than the configured answer_url are `guarded` (the address rules) unless told."""
+        if guarded is None:
+            guarded = kind != "answer_url"
         body = json.dumps(payload, separators=(",", ":")).encode()
         last: AnswerUrlError | None = None
         for url in urls:
             for attempt in (1, 2):
+                started = time.monotonic()
                 try:
-                    return await self._once(url, secret, body, call_id, kind, attempt)
+                    actions = await self._once(url, secret, body, call_id, kind, attempt,
+                                               guarded)
+                    self._observe(kind, started, True)
+                    return actions
                 except AnswerUrlError as exc:
+                    self._observe(kind, started, False)
                     exc.code = error_code
                     last = exc
                     log.warning(f"{kind}.failed", extra={
@@ -115,14 +128,22 @@ class HookClient:
         assert last is not None
         raise last
 
+    def _observe(self, kind: str, started: float, ok: bool) -> None:
+        if self.observer is not None:
+            try:
+                self.observer(kind, time.monotonic() - started, ok)
+            except Exception:  # metrics must never fail a call
+                log.exception("hooks.observer_failed")
+
     async def _once(
-        self, url: str, secret: str, body: bytes, call_id: str, kind: str, attempt: int
+        self, url: str, secret: str, body: bytes, call_id: str, kind: str, attempt: int,
+        guarded: bool = False,
     ) -> tuple[Action, ...]:
         timeout = aiohttp.ClientTimeout(
             total=self.cfg.total_timeout_s, sock_connect=self.cfg.connect_timeout_s)
         log.info(f"{kind}.request", extra={"call_id": call_id, "url": redact(url),
                                              "attempt": attempt})
-        trusted = kind == "answer_url"
+        trusted = not guarded
         http = self.http if trusted else self.customer_http
         try:
             if not trusted:

@@ -1,4 +1,4 @@
-"""Request signing (CONTRACT section 6). Pure; applications may import `verify`.
+"""Request signing (docs/api.md, section 6). Pure; applications may import `verify`.
 
     MiniVoice-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
 """

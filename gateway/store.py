@@ -21,6 +21,7 @@ entry; never edit one that has shipped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 import time
@@ -131,6 +132,26 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
             seen_at      REAL NOT NULL
         )""",
     ),
+    # 4: room recordings. A row is written when a recording starts (status 'recording'), so
+    # a process killed during it leaves the row for the next start to finish: it repairs the
+    # file's WAV header and completes the row (reason gateway_restart).
+    (
+        """CREATE TABLE recordings (
+            rec_id       TEXT PRIMARY KEY,
+            customer_id  TEXT NOT NULL,
+            room         TEXT NOT NULL,
+            app_id       TEXT NOT NULL,       -- whose secret signs its events
+            status_url   TEXT,                -- the room's, if it had one (else event_url)
+            started_at   REAL NOT NULL,
+            ended_at     REAL,
+            duration_s   REAL,
+            status       TEXT NOT NULL,       -- recording | completed | failed
+            path         TEXT NOT NULL,
+            reason       TEXT                 -- why it stopped (or failed)
+        )""",
+        "CREATE INDEX recordings_status ON recordings(status)",
+        "CREATE INDEX recordings_ended ON recordings(ended_at) WHERE ended_at IS NOT NULL",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -143,6 +164,25 @@ class LiveCall:
     app_id: str
     record: dict[str, Any]
     seen_at: float
+
+
+@dataclass(frozen=True)
+class Recording:
+    rec_id: str
+    customer_id: str
+    room: str
+    app_id: str
+    status_url: str | None
+    started_at: float
+    ended_at: float | None
+    duration_s: float | None
+    status: str
+    path: str
+    reason: str | None
+
+
+_REC = ("rec_id, customer_id, room, app_id, status_url, started_at, ended_at, duration_s,"
+        " status, path, reason")
 
 
 @dataclass(frozen=True)
@@ -290,6 +330,16 @@ class Store:
             "SELECT DISTINCT host FROM outbox WHERE due_at IS NOT NULL").fetchall()
         return [r[0] for r in rows]
 
+    def outbox_backlog(self, limit: int) -> tuple[float | None, list[tuple[str, int]]]:
+        """(created_at of the oldest pending event, pending events per host, largest first,
+        at most `limit` hosts). Walks the pending rows (outbox_finished's state prefix):
+        bounded by the outbox's max_pending, and run every few seconds on the outbox thread."""
+        rows = self.db.execute(
+            "SELECT host, count(*), min(created_at) FROM outbox WHERE state = 'pending'"
+            " GROUP BY host ORDER BY count(*) DESC").fetchall()
+        oldest = min((float(r[2]) for r in rows), default=None)
+        return oldest, [(str(r[0]), int(r[1])) for r in rows[:limit]]
+
     def outbox_due(self, host: str, now: float, limit: int,
                    exclude: Iterable[int] = ()) -> list[OutboxRow]:
         """Up to `limit` heads for `host` due by `now`, oldest due first."""
@@ -380,6 +430,36 @@ class Store:
     def live_all(self) -> list[LiveCall]:
         rows = self.db.execute("SELECT call_id, app_id, record, seen_at FROM live_calls")
         return [LiveCall(r[0], r[1], json.loads(r[2]), r[3]) for r in rows.fetchall()]
+
+    # -- recordings (the event loop's connection) --------------------------------------
+    def recording_add(self, rec: Recording) -> None:
+        self.db.execute(
+            f"INSERT INTO recordings({_REC}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            dataclasses.astuple(rec))
+
+    def recording_end(self, rec_id: str, *, status: str, ended_at: float,
+                      duration_s: float, reason: str) -> None:
+        self.db.execute(
+            "UPDATE recordings SET status = ?, ended_at = ?, duration_s = ?, reason = ?"
+            " WHERE rec_id = ?", (status, ended_at, duration_s, reason, rec_id))
+
+    def recording_get(self, rec_id: str) -> Recording | None:
+        row = self.db.execute(f"SELECT {_REC} FROM recordings WHERE rec_id = ?",
+                              (rec_id,)).fetchone()
+        return Recording(*row) if row else None
+
+    def recordings_in_progress(self) -> list[Recording]:
+        rows = self.db.execute(f"SELECT {_REC} FROM recordings WHERE status = 'recording'")
+        return [Recording(*r) for r in rows.fetchall()]
+
+    def recordings_expired(self, older_than: float, limit: int = 1000) -> list[Recording]:
+        rows = self.db.execute(
+            f"SELECT {_REC} FROM recordings WHERE ended_at < ? LIMIT ?", (older_than, limit))
+        return [Recording(*r) for r in rows.fetchall()]
+
+    def recording_delete(self, rec_id: str) -> None:
+        self.db.execute("DELETE FROM recordings WHERE rec_id = ?", (rec_id,))
+
 
 def _now(now: float | None) -> float:
     return time.time() if now is None else now

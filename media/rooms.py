@@ -13,6 +13,11 @@ Two topologies:
   also transmits to MONITOR, a sink whose only job is to make the bridge read (and
   measure) each member's audio, so a silent member who starts talking is noticed.
   That is about K*N links instead of N*(N-1): a room of 500 costs what ~50 cost.
+
+A room may also have *listeners*: receive-only endpoints that are not members (a
+recorder). A listener hears whatever a member who says nothing would hear: every
+source of the room (the speakers, in a large room); it transmits to nobody and does
+not keep a room alive.
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ class Member:
     muted: bool
     end_on_exit: bool
     joined_at: float
+    # Always a source, even in a large room when not a speaker: a cluster's cascade leg
+    # carries another node's speakers, whom this node's level polls cannot see.
+    always_source: bool = False
 
 
 @dataclass
@@ -63,6 +71,7 @@ class Room:
     full_mesh_max: int = 20
     members: dict[str, Member] = field(default_factory=dict)
     speakers: set[str] = field(default_factory=set)  # used when the room is large
+    listeners: set[str] = field(default_factory=set)  # receive-only endpoints (recorders)
 
     @property
     def large(self) -> bool:
@@ -73,9 +82,11 @@ class Room:
         sources = [m for m in ids if not self.members[m].muted]
         out: set[Link] = set()
         if self.large:
-            sources = [m for m in sources if m in self.speakers]
+            sources = [m for m in sources
+                       if m in self.speakers or self.members[m].always_source]
             out = {Link(m, MONITOR) for m in ids}
         out.update(Link(src, dst) for src in sources for dst in ids if dst != src)
+        out.update(Link(src, lst) for src in sources for lst in self.listeners)
         return out
 
 
@@ -105,7 +116,8 @@ class RoomBook:
         self.room_of: dict[str, RoomKey] = {}
 
     def join(
-        self, key: RoomKey, call_id: str, *, muted: bool, end_on_exit: bool, now: float
+        self, key: RoomKey, call_id: str, *, muted: bool, end_on_exit: bool, now: float,
+        always_source: bool = False,
     ) -> LinkChange:
         if call_id in self.room_of:
             raise RoomError(f"{call_id} is already in room {self.room_of[call_id].name}")
@@ -114,7 +126,7 @@ class RoomBook:
             room = self.rooms[key] = Room(key, created_at=now,
                                           full_mesh_max=self.full_mesh_max)
         before = room.links()
-        room.members[call_id] = Member(call_id, muted, end_on_exit, now)
+        room.members[call_id] = Member(call_id, muted, end_on_exit, now, always_source)
         self.room_of[call_id] = key
         return _diff(before, room.links())
 
@@ -156,6 +168,26 @@ class RoomBook:
             return LinkChange()
         before = room.links()
         room.speakers = speakers & set(room.members)
+        return _diff(before, room.links())
+
+    def add_listener(self, key: RoomKey, listener: str) -> LinkChange:
+        """`listener` starts hearing the room. Its name must not be a member's."""
+        room = self.rooms.get(key)
+        if room is None:
+            raise RoomError(f"no room {key.name}")
+        if listener in room.members or listener == MONITOR:
+            raise RoomError(f"{listener} is a member, not a listener")
+        before = room.links()
+        room.listeners.add(listener)
+        return _diff(before, room.links())
+
+    def remove_listener(self, key: RoomKey, listener: str) -> LinkChange:
+        """`listener` stops hearing the room (nothing to do if the room or it is gone)."""
+        room = self.rooms.get(key)
+        if room is None or listener not in room.listeners:
+            return LinkChange()
+        before = room.links()
+        room.listeners.discard(listener)
         return _diff(before, room.links())
 
     def large_rooms(self) -> list[Room]:

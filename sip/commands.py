@@ -52,6 +52,8 @@ class Dial:
     call_id: str
     uri: str
     from_user: str = ""
+    # Extra headers on the INVITE (a cluster's cascade leg: X-Room-Epoch and its MAC).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,25 @@ class QueryLevels:
 
 
 @dataclass(frozen=True)
+class StartRecording:
+    """Open a WAV recorder (16-bit mono PCM at the bridge's clock rate) writing to `path`: a
+    bridge port that links to `rec_id` (a room listener, see media.rooms) feed."""
+
+    rec_id: str
+    path: str
+
+
+@dataclass(frozen=True)
+class StopRecording:
+    """Close the recorder; pjmedia writes the WAV header's sizes as it destroys the port."""
+
+    rec_id: str
+
+
+@dataclass(frozen=True)
 class Shutdown:
     pass
 
 
-Command = Answer | Hangup | ApplyLinks | Play | StopPlay | Dial | QueryLevels | Shutdown
+Command = (Answer | Hangup | ApplyLinks | Play | StopPlay | Dial | QueryLevels | StartRecording
+           | StopRecording | Shutdown)

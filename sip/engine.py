@@ -52,6 +52,7 @@ class SipEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started: asyncio.Future[None] | None = None
         self.last_tick = 0.0  # written by the SIP thread (a float: atomic to read)
+        self._worker: _SipThread | None = None
         self.bound_port = 0
         # Events cross to the loop in batches: one loop wake-up (a self-pipe write) per
         # batch rather than per event, which mattered at 50 calls/s (py-spy: 6% of samples).
@@ -61,6 +62,16 @@ class SipEngine:
     @property
     def alive(self) -> bool:
         return self._thread is not None and time.monotonic() - self.last_tick < 1.0
+
+    def live_legs(self) -> int:
+        """Call objects alive on the SIP thread (for /metrics). len() of a dict another
+        thread changes is atomic in CPython; no pj object is touched."""
+        worker = self._worker
+        return len(worker.calls) if worker is not None else 0
+
+    def loop_age(self) -> float:
+        """Seconds since the SIP loop last turned (0 before it started)."""
+        return time.monotonic() - self.last_tick if self.last_tick else 0.0
 
     def problem(self, stall_s: float) -> str | None:
         """Why the SIP thread cannot serve calls (for the watchdog), or None."""
@@ -77,6 +88,7 @@ class SipEngine:
         self._loop = asyncio.get_running_loop()
         self._started = self._loop.create_future()
         worker = _SipThread(self.cfg, self._queue, self._post, self)
+        self._worker = worker
         self._thread = threading.Thread(target=worker.run, name="sip", daemon=True)
         self._thread.start()
         await self._started
@@ -177,6 +189,7 @@ class _SipThread:
         self.handle = handle
         self.calls: dict[str, Any] = {}  # MiniVoice call ID -> calls.GatewayCall
         self.players: dict[tuple[str, int], Any] = {}  # (call ID, play ID) -> PromptPlayer
+        self.recorders: dict[str, Any] = {}  # recording ID -> pj.AudioMediaRecorder
         # Every bridge link asked for and not yet undone: re-applied when a call's media
         # port is (re)created, e.g. after a re-INVITE, or when media comes up after the ask.
         self.links: set[Link] = set()
@@ -193,6 +206,8 @@ class _SipThread:
             cmd.StopPlay: self._stop_play,
             cmd.Dial: self._dial,
             cmd.QueryLevels: self._query_levels,
+            cmd.StartRecording: self._start_recording,
+            cmd.StopRecording: self._stop_recording,
             cmd.Shutdown: self._shutdown_command,
         }
         self.running = True
@@ -328,8 +343,8 @@ class _SipThread:
     def _ports(self, link: Link) -> tuple[Any, Any]:
         """The bridge ports of a link's ends (None where a call is gone or has no media)."""
         src = self.calls.get(link.src)
-        dst = self.monitor if link.dst == MONITOR else getattr(
-            self.calls.get(link.dst), "audio", None)
+        dst = self.monitor if link.dst == MONITOR else self.recorders[link.dst] \
+            if link.dst in self.recorders else getattr(self.calls.get(link.dst), "audio", None)
         return (src.audio if src is not None else None), dst
 
     def _transmit(self, link: Link) -> None:
@@ -346,6 +361,28 @@ class _SipThread:
         for (cid, _), player in self.players.items():
             if cid == call_id and call is not None and call.audio is not None:
                 player.startTransmit(call.audio)
+
+    def _start_recording(self, c: cmd.StartRecording) -> None:
+        import pjsua2 as pj
+
+        if c.rec_id in self.recorders:
+            raise ValueError(f"recording {c.rec_id} exists")
+        recorder = pj.AudioMediaRecorder()
+        recorder.createRecorder(c.path)  # pjmedia buffers 4000 bytes, then stdio 4 KiB
+        # The bridge writes nothing to a port that nobody transmits to, which would drop
+        # the stretches when the room is silent (everyone muted) from the file. The null
+        # sound device's capture side, a source of silence, keeps its clock running.
+        self.monitor.startTransmit(recorder)
+        self.recorders[c.rec_id] = recorder
+        for link in [lk for lk in self.links if lk.dst == c.rec_id]:
+            self._transmit(link)
+        log.info("recording.open", extra={"recording_id": c.rec_id, "path": c.path})
+
+    def _stop_recording(self, c: cmd.StopRecording) -> None:
+        recorder = self.recorders.pop(c.rec_id, None)
+        self.links = {lk for lk in self.links if lk.dst != c.rec_id}
+        if recorder is not None:
+            self.graveyard.append(recorder)  # destroyed next turn, which closes the file
 
     def _play(self, c: cmd.Play) -> None:
         import pjsua2 as pj
@@ -395,6 +432,10 @@ class _SipThread:
         if c.from_user:
             prm.txOption.localUri = from_uri(c.from_user, self.cfg.public_host or self.cfg.host,
                                              self.port)
+        for name, value in c.headers:
+            header = pj.SipHeader()
+            header.hName, header.hValue = name, value
+            prm.txOption.headers.append(header)
         try:
             call.makeCall(c.uri, prm)
         except Exception:
@@ -465,6 +506,7 @@ class _SipThread:
         self.calls.clear()
         self.monitor = None
         self.players.clear()
+        self.recorders.clear()
         self.abandoned.clear()
         self.graveyard.clear()
         with contextlib.suppress(Exception):

@@ -42,7 +42,7 @@ def endpoint_config(cfg: SipConfig, writer: PjLogWriter) -> Any:
     lc.decor = 0
     med = ep_cfg.medConfig
     # Mix at the callers' rate: with G.711 a 16 kHz bridge resamples every stream
-    # and costs ~1.8x (shared/notes/pjsua2-build.md).
+    # and costs ~1.8x (measured when the build was set up; README, "How pjsua2 is built").
     med.clockRate = cfg.clock_rate
     med.sndClockRate = cfg.clock_rate
     med.channelCount = 1

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import sipp
 from bench.gateway import free_port
-from tests.harness import GatewayProc, start_gateway
+from tests.harness import ROOT, GatewayProc, rtp_block, start_gateway
 
 
 @dataclass
@@ -31,6 +32,18 @@ class Stack:
 
     def edge_log(self) -> list[str]:
         return [line for line in self.gw.log().splitlines() if " edge." in line]
+
+    async def trunk_calls(self, tmp: Path, *, calls: int, rate: int, hold_ms: int,
+                          timeout_s: int) -> sipp.SippResult:
+        """SIPp as the trusted trunk (from 127.0.0.5, listed in edge.trusted): calls to 1001
+        without authentication, each sending a quiet 1 kHz tone."""
+        tone = sipp.alaw_tone(tmp / "tone.wav", 1000, seconds=1.0, volume=0.02)
+        scenario = tmp / "uac_trunk.xml"
+        scenario.write_text((ROOT / "edge" / "sipp" / "uac_trunk.xml").read_text()
+                            .replace("@AUDIO@", str(tone)))
+        return await sipp.run(tmp, f"127.0.0.1:{self.edge_port}", scenario, service="1001",
+                              calls=calls, rate=rate, hold_ms=hold_ms, media_port=rtp_block(),
+                              timeout_s=timeout_s, extra=("-i", "127.0.0.5"))
 
     async def edge_logged(self, *parts: str, timeout: float = 5.0) -> str:
         """The first edge log line containing every one of `parts` (Kamailio's lines reach

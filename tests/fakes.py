@@ -56,6 +56,12 @@ class FakeCall:
     async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
         self.rooms.append(room)
 
+    def room_status_url(self, url: str) -> None:
+        self.timeline.append(("room_status_url", {"url": url}))
+
+    def record_room(self, room: str) -> None:
+        self.timeline.append(("record_room", {"room": room}))
+
     def note(self, event: str, **fields: Any) -> None:
         self.timeline.append((event, fields))
 
@@ -156,7 +162,8 @@ class FakeLedger:
 
 
 class NoRooms:
-    async def join(self, key: Any, call_id: str, *, mute: bool, end_on_exit: bool) -> str:
+    async def join(self, key: Any, call_id: str, *, mute: bool, end_on_exit: bool,
+                   status: Any = None) -> str:
         raise AssertionError("no rooms in this test")
 
 
@@ -171,7 +178,8 @@ class NoMedia:
 class NoHooks:
     async def fetch_actions(self, urls: list[str], secret: str, payload: dict[str, Any],
                             call_id: str, kind: str = "answer_url",
-                            error_code: str = "answer_url_error") -> tuple[Action, ...]:
+                            error_code: str = "answer_url_error",
+                            guarded: bool | None = None) -> tuple[Action, ...]:
         return ()
 
 

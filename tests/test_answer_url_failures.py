@@ -1,5 +1,5 @@
-"""CONTRACT section 4 on real SIP: every way an answer_url can fail, and what the caller
-and the application see."""
+"""docs/api.md section 2 ("When it fails") on real SIP: every way an answer_url can fail,
+and what the caller and the application see."""
 
 from __future__ import annotations
 

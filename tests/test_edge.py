@@ -124,19 +124,13 @@ async def test_trusted_trunk_calls_without_auth(stack: Stack, app: AppServer,
                                                 tmp_path: Path) -> None:
     """SIPp from 127.0.0.5 (edge.trusted): no challenge, the calls reach the room, and the
     in-dialog ACK/BYE follow the edge's signed route set."""
-    tone = sipp.alaw_tone(tmp_path / "tone.wav", 1000, seconds=1.0, volume=0.02)
-    scenario = tmp_path / "uac_trunk.xml"
-    scenario.write_text((ROOT / "edge" / "sipp" / "uac_trunk.xml").read_text()
-                        .replace("@AUDIO@", str(tone)))
-    result = await sipp.run(tmp_path, f"127.0.0.1:{stack.edge_port}", scenario,
-                            service="1001", calls=3, rate=10, hold_ms=1500,
-                            media_port=rtp_block(), timeout_s=60, extra=("-i", "127.0.0.5"))
+    result = await stack.trunk_calls(tmp_path, calls=3, rate=10, hold_ms=1500, timeout_s=60)
     assert result.successful == 3 and result.failed == 0, result.errors
     done = await app.completed(count=3, timeout=15)
     assert all(w["data"]["hangup_by"] == "caller" for w in done), done
     assert app.answers()[0].json["call"]["to"] == "1001"
     # not trusted: the same scenario from another address is challenged and fails
-    result = await sipp.run(tmp_path, f"127.0.0.1:{stack.edge_port}", scenario,
+    result = await sipp.run(tmp_path, f"127.0.0.1:{stack.edge_port}", tmp_path / "uac_trunk.xml",
                             service="1001", calls=1, rate=1, hold_ms=100,
                             media_port=rtp_block(), timeout_s=30, extra=("-i", "127.0.0.6"))
     assert result.successful == 0

@@ -1,4 +1,4 @@
-"""The client matrix (issue 10): softphones the project did not write register at the edge with
+"""The client matrix (docs/edge.md): softphones the project did not write register at the edge with
 its default configuration, dial 1001 (a room) over UDP, TCP and, where the client can, TLS,
 and talk with another member of the room: `bob`, a pjsua2 phonebank phone registered at the
 same edge, who plays a 700 Hz tone and records what he hears.

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import sipp
 from tests.edge_stack import SipClient, start_stack
-from tests.harness import ROOT, AppServer, app_config, rtp_block
+from tests.harness import ROOT, AppServer, app_config
 
 pytestmark = pytest.mark.sip
 
@@ -109,14 +108,8 @@ async def test_torture_at_the_edge(tmp_path: Path, app: AppServer) -> None:
         status, _ = await stack.gw.get("/healthz")
         assert status == 200
         app.answer = lambda p: {"actions": [{"conference": {"room": "after"}}]}
-        tone = sipp.alaw_tone(tmp_path / "tone.wav", 1000, seconds=1.0, volume=0.02)
-        scenario = tmp_path / "uac_trunk.xml"
-        scenario.write_text((ROOT / "edge" / "sipp" / "uac_trunk.xml").read_text()
-                            .replace("@AUDIO@", str(tone)))
-        result = await sipp.run(tmp_path, f"127.0.0.1:{stack.edge_port}", scenario,
-                                service="1001", calls=1, rate=1, hold_ms=1000,
-                                media_port=rtp_block(), timeout_s=30,
-                                extra=("-i", "127.0.0.5"))
+        result = await stack.trunk_calls(tmp_path, calls=1, rate=1, hold_ms=1000,
+                                         timeout_s=30)
         assert result.successful == 1, result.errors
         log = stack.gw.log()
         assert "edge.exited" not in log

@@ -1,4 +1,5 @@
-"""CONTRACT section 7: a call whose RTP stops is hung up (`hangup_cause: media_timeout`)."""
+"""docs/api.md section 5 (hangup causes): a call whose RTP stops is hung up
+(`hangup_cause: media_timeout`)."""
 
 from __future__ import annotations
 

@@ -70,7 +70,9 @@ def test_missing_room_both_forms() -> None:
 
 
 def test_unknown_field_and_action() -> None:
-    assert paths({"actions": [{"conference": {"room": "r", "record": True}}]}) == [
+    assert paths({"actions": [{"conference": {"room": "r", "recording": True}}]}) == [
+        "actions[0].conference.recording"]
+    assert paths({"actions": [{"conference": {"room": "r", "record": "yes"}}]}) == [
         "actions[0].conference.record"]
     assert paths({"actions": [{"type": "conference", "room": "r", "x": 1}]}) == ["actions[0].x"]
     assert paths({"actions": [{"dance": {}}]}) == ["actions[0].dance"]

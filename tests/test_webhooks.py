@@ -1,5 +1,5 @@
 """What the application receives: answer_url requests and lifecycle webhooks, compared
-field by field with the seed's example, signed, ordered, and never lost."""
+field by field with the reference example (tests/fixtures/), signed, ordered, and never lost."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.sip
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "tests" / "fixtures" / "seed-webhook-example.json"
 
-# The seed's "Real Webhook Example", verbatim (kept as a fixture file too, see fixtures/README).
+# The reference "Real Webhook Example", verbatim (kept as a fixture file too, see fixtures/README).
 SEED_WEBHOOK: dict[str, Any] = {
     "event": "call.completed",
     "created_at": "2026-05-29T12:10:00Z",

@@ -28,6 +28,15 @@ class CallContext(Protocol):
         Raises RoomFull, without joining, when the room is at its size limit."""
         ...
 
+    def room_status_url(self, url: str) -> None:
+        """The status_url of the room this call joins next (if the room has none yet)."""
+        ...
+
+    def record_room(self, room: str) -> None:
+        """Start recording the room as soon as this call has joined it (unless it is being
+        recorded already); a refusal goes in the timeline."""
+        ...
+
     def note(self, event: str, **fields: Any) -> None:
         """Add an entry to the call's timeline (and log it)."""
         ...

@@ -1,10 +1,13 @@
-"""Outbound legs: a call the gateway places (a `transfer` today). The leg is an ordinary
-`CallSession` with `direction: outbound`; it ends through the same path as any call."""
+"""Outbound legs: a call the gateway places (a `transfer`, or `POST /v1/calls`). The leg is
+an ordinary `CallSession` with `direction: outbound`; it ends through the same path as any
+call."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+from gateway.actions.base import Action
 from gateway.call.record import CallRecord
 from gateway.call.services import Services
 from gateway.call.session import CallSession
@@ -16,7 +19,8 @@ from sip.sipmsg import uri_user
 
 
 async def dial(services: Services, app: Application, uri: str, from_user: str,
-               parent: CallSession | None) -> CallSession:
+               parent: CallSession | None,
+               headers: tuple[tuple[str, str], ...] = ()) -> CallSession:
     """Place the leg; it is live (in the ledger, call.initiated sent) when this returns.
     If the SIP stack refuses to even start it, it has already ended (outcome failed)."""
     call_id = new_call_id()
@@ -31,10 +35,22 @@ async def dial(services: Services, app: Application, uri: str, from_user: str,
     leg.note("dial", **({"parent_call_id": parent.call_id} if parent else {}), uri=uri)
     leg.webhook("call.initiated", sip)
     try:
-        await services.engine.send(cmd.Dial(call_id, uri, from_user))
+        await services.engine.send(cmd.Dial(call_id, uri, from_user, headers))
     except SipCommandError as exc:
         # No SIP dialog was created: the leg ends here, as the SIP thread would end it.
         rec.error = {"code": "dial_failed", "message": str(exc)}
         rec.outcome = "failed"
         services.calls.finish(leg, 500, str(exc), True, "dial_failed")
+    return leg
+
+
+async def place(services: Services, app: Application, uri: str, from_user: str, *,
+                answer_url: str | None, actions: tuple[Action, ...] | None,
+                timeout: float) -> CallSession:
+    """A call placed through the API: dialled now; once answered it runs `actions`, or what
+    `answer_url` returns."""
+    leg = await dial(services, app, uri, from_user, None)
+    if not leg.ended.is_set():
+        leg.task = asyncio.create_task(
+            leg.run(lambda: leg.placed_flow(answer_url, actions, timeout)), name=leg.call_id)
     return leg

@@ -32,7 +32,7 @@ class Hooks(Protocol):
 
     async def fetch_actions(
         self, urls: list[str], secret: str, payload: dict[str, Any], call_id: str,
-        kind: str = ..., error_code: str = ...,
+        kind: str = ..., error_code: str = ..., guarded: bool | None = ...,
     ) -> tuple[Action, ...]: ...
 
 
@@ -47,7 +47,14 @@ class Media(Protocol):
 class Rooms(Protocol):
     """Conference rooms (gateway.conferences.Conferences)."""
 
-    async def join(self, key: Any, call_id: str, *, mute: bool, end_on_exit: bool) -> str: ...
+    async def join(self, key: Any, call_id: str, *, mute: bool, end_on_exit: bool,
+                   status: Any = None) -> str: ...
+
+
+class Recorder(Protocol):
+    """Room recordings (gateway.recordings.Recordings)."""
+
+    async def start(self, key: Any, app: Application, *, by: str) -> Any: ...
 
 
 class Outbox(Protocol):
@@ -90,6 +97,7 @@ class Services:
     # raises ValueError with a message for the application.
     dial_target: Callable[[str], str]
     ringback: Path
+    recorder: Recorder | None = None  # None: recording is not available (unit tests)
 
     def send_quiet(self, command: cmd.Command) -> None:
         """Send a command whose failure is only worth a log line."""

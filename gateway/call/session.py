@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,10 +25,12 @@ from gateway.actions.base import Action
 from gateway.actions.play import repeat
 from gateway.call.record import CallRecord
 from gateway.call.services import Services
+from gateway.conferences import StatusHook
 from gateway.config import Application
 from gateway.hooks import AnswerUrlError
 from gateway.interpreter import run_actions
 from gateway.media_cache import MediaError
+from gateway.recordings import AlreadyRecording, RecordingRefused
 from gateway.webhook_events import ActionsEvent, LifecycleEvent
 from media.rooms import Link, RoomKey
 from sip import commands as cmd
@@ -54,6 +56,8 @@ class CallSession:
         self.documents = 0  # action documents fetched (limits.max_documents_per_call)
         self.dtmf_dropped = 0
         self._answer_sent = False
+        self._background: set[asyncio.Task[None]] = set()
+        self._status_url: str | None = None  # for the next room joined
         self._media_ready = asyncio.Event()
         self.ended = asyncio.Event()
         self.digits: asyncio.Queue[str] = asyncio.Queue(services.limits.max_dtmf_queue)
@@ -93,13 +97,14 @@ class CallSession:
         log.info(event, extra=logs.fields(call_id=self.call_id, **fields))
 
     # -- the flow ----------------------------------------------------------------------
-    async def run(self) -> None:
-        """The call's flow. Whatever goes wrong in it, the call is ended, never left hanging."""
+    async def run(self, flow: Callable[[], Awaitable[None]] | None = None) -> None:
+        """The call's flow (an inbound call's by default). Whatever goes wrong in it, the call
+        is ended, never left hanging."""
         limit = self.services.limits.max_call_duration_s
         timer = asyncio.get_running_loop().call_later(
             limit, self._too_long) if limit else None
         try:
-            await self._flow()
+            await (flow or self._flow)()
         except asyncio.CancelledError:
             raise
         except AnswerUrlError as exc:  # from gather's action_url or redirect's url
@@ -145,6 +150,38 @@ class CallSession:
         if not self.rec.ending:
             await self.end_call(603, "actions_exhausted", "")
 
+    async def placed_flow(self, answer_url: str | None, actions: tuple[Action, ...] | None,
+                          timeout: float) -> None:
+        """The flow of a call placed through the API (call.initiated is sent by the dialer):
+        ring for up to `timeout`, then run `actions`, or those `answer_url` returns."""
+        try:
+            await asyncio.wait_for(self.answered_or_ended(), timeout)
+        except TimeoutError:
+            self.rec.outcome = "no-answer"
+            await self.end_call(487, "no-answer", "Request Terminated")
+            return
+        if self.ended.is_set():
+            return
+        self._answer_sent = True  # the far end answered: actions must not answer again
+        if actions is None:
+            assert answer_url is not None
+            self.documents += 1
+            try:
+                # The URL came with the API request, not from the config: it follows the
+                # network rules of response URLs.
+                actions = await self.services.hooks.fetch_actions(
+                    [answer_url], self.app.secret,
+                    self.rec.envelope("call.answer", time.time(), self.rec.sip), self.call_id,
+                    guarded=True)
+            except AnswerUrlError as exc:
+                self._failed(exc)
+                await self.end_call(500, "answer_url_error", "Answer URL Error")
+                return
+        self.note("actions", actions=[a.name for a in actions])
+        await run_actions(actions, self)
+        if not self.rec.ending:
+            await self.end_call(603, "actions_exhausted", "")
+
     def _failed(self, exc: AnswerUrlError) -> None:
         self.rec.error = exc.as_error()
         self.note(f"{exc.code}", message=exc.message, details=[d.as_dict() for d in exc.details])
@@ -170,12 +207,36 @@ class CallSession:
 
     async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
         self.rec.room = room
+        status = StatusHook(self._status_url, self.app.id) if self._status_url else None
+        self._status_url = None
         try:
             why = await self.services.rooms.join(RoomKey(self.customer_id, room), self.call_id,
-                                                 mute=mute, end_on_exit=end_on_exit)
+                                                 mute=mute, end_on_exit=end_on_exit,
+                                                 status=status)
             self.note("conference.left", room=room, why=why)
         finally:
             self.rec.room = None
+
+    def room_status_url(self, url: str) -> None:
+        self._status_url = url
+
+    def record_room(self, room: str) -> None:
+        # A task of its own: it runs once this one waits in the room, i.e. has joined.
+        task = asyncio.create_task(self._record_room(RoomKey(self.customer_id, room)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _record_room(self, key: RoomKey) -> None:
+        if self.services.recorder is None:
+            self.note("recording.refused", room=key.name, reason="unavailable")
+            return
+        try:
+            row = await self.services.recorder.start(key, self.app, by=self.call_id)
+            self.note("recording.started", room=key.name, recording_id=row.rec_id)
+        except AlreadyRecording:
+            pass
+        except RecordingRefused as exc:
+            self.note("recording.refused", room=key.name, reason=exc.reason, message=str(exc))
 
     async def prompt_file(self, url: str) -> Path:
         return await self.services.media.fetch(url)

@@ -108,6 +108,11 @@ class UserStore:
             if db.execute("DELETE FROM sip_users WHERE username = ?", (username,)).rowcount == 0:
                 raise UserError(f"no user {username!r}")
 
+    def exists(self, username: str) -> bool:
+        with self._db() as db:
+            return db.execute("SELECT 1 FROM sip_users WHERE username = ?",
+                              (username,)).fetchone() is not None
+
     def list(self) -> list[SipUser]:
         with self._db() as db:
             rows = db.execute(

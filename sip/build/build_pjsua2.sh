@@ -4,14 +4,14 @@
 #
 #   sip/build/build_pjsua2.sh <venv-python>
 #
-# Why not the PyPI wheels: they are built with PJSUA_MAX_CALLS=4 (see
-# shared/notes/pjsua2-build.md). Source comes from Debian's `asterisk` source
+# Why not the PyPI wheels: they are built with PJSUA_MAX_CALLS=4 (README,
+# "How pjsua2 is built"). Source comes from Debian's `asterisk` source
 # package, which carries upstream pjproject as a component tarball; apt checks
 # its signature and checksums, and no host name is written here.
 #
 # The result is cached under $MINIVOICE_CACHE (default ~/.cache/minivoice),
-# keyed by the pjproject tarball, config_site.h, this script and the Python
-# version, so a second run only copies two files.
+# keyed by the pjproject tarball, config_site.h, the patches, the recipe number below
+# and the Python version, so a second run only copies two files.
 set -euo pipefail
 
 PY=${1:?usage: build_pjsua2.sh <python>}
