@@ -26,6 +26,8 @@ from gateway.config import ApiToken
 from gateway.edge.users import UserStore
 from gateway.keys import (
     CALLS,
+    CLUSTER_CALL,
+    CLUSTER_ROOM,
     CONFIG,
     ENGINE,
     METRICS,
@@ -184,6 +186,8 @@ async def get_call(request: web.Request) -> web.Response:
     cid = request.match_info["call_id"]
     session = request.app[CALLS].get(cid)
     record = session.record() if session else request.app[STORE].call_get(cid)
+    if record is None and CLUSTER_CALL in request.app:  # on another node?
+        record = await request.app[CLUSTER_CALL](request, cid)
     if record is None or not _visible(request, record["customer_id"]):
         raise ApiError(404, "not_found", f"no call {cid}")
     return web.json_response(record)
@@ -260,6 +264,8 @@ async def list_conferences(request: web.Request) -> web.Response:
 
 
 async def get_conference(request: web.Request) -> web.Response:
+    if CLUSTER_ROOM in request.app:  # every node's participants
+        return web.json_response(await request.app[CLUSTER_ROOM](request))
     return web.json_response(await _room_view(request.app, _room(request)))
 
 

@@ -23,6 +23,9 @@ from gateway.call import outbound
 from gateway.call.services import Services, log_failure
 from gateway.call.session import CallSession
 from gateway.call.table import CallTable
+from gateway.cluster import cascade
+from gateway.cluster import http as cluster_http
+from gateway.cluster.node import ClusterNode
 from gateway.conferences import Conferences
 from gateway.config import Config
 from gateway.edge.config import EdgeConfig, edge_registrar, from_edge
@@ -60,6 +63,9 @@ class Gateway:
         self.cfg = cfg
         self.engine = SipEngine(cfg.sip, self.on_sip_event)
         self.conferences = Conferences(self.send_quiet, cfg.rooms)
+        # Several nodes sharing rooms (docs/cluster.md): calls join rooms through the node.
+        self.cluster = ClusterNode(cfg.cluster, self.conferences) \
+            if cfg.cluster.enabled else None
         self.status = keys.Status()
         self.metrics = Metrics()
         # Participants of rooms with a status_url: their call, for events after it ended.
@@ -84,6 +90,9 @@ class Gateway:
         app.cleanup_ctx.extend([self._store_ctx, self._services_ctx, self._outbox_ctx,
                                 self._housekeeping_ctx, self._speakers_ctx, self._metrics_ctx])
         api.setup(app)
+        if self.cluster is not None:
+            app.cleanup_ctx.append(self.cluster.ctx)
+            cluster_http.setup(app, self.cluster)
         if self.cfg.demo:
             demo.setup(app, demo.secret_from(self.cfg.applications))
         if self.cfg.http.console:
@@ -125,7 +134,7 @@ class Gateway:
             engine=self.engine,
             hooks=hooks,
             media=media,
-            rooms=self.conferences, outbox=self.outbox, calls=self.calls,
+            rooms=self.cluster or self.conferences, outbox=self.outbox, calls=self.calls,
             dialer=outbound.dial, limits=self.cfg.limits,
             dial_target=lambda to: dial_target(self.cfg.edge, to), ringback=ringback,
             recorder=self.recordings)
@@ -197,6 +206,10 @@ class Gateway:
         self.http_port = bound[0][1] if bound else self.cfg.http.port
         # SIP last: by the time a call arrives, answer_url (maybe the demo) is reachable.
         await self.engine.start()
+        if self.cluster is not None:
+            self.cluster.start(self.services, f"{self.cfg.sip.public_host or self.cfg.sip.host}:"
+                                              f"{self.engine.bound_port}",
+                               f"http://{self.cfg.http.host}:{self.http_port}")
         log.info("gateway ready", extra={
             "sip": f"{self.cfg.sip.host}:{self.engine.bound_port}",
             "http": f"{self.cfg.http.host}:{self.http_port}",
@@ -285,6 +298,9 @@ class Gateway:
     def _incoming(self, event: ev.IncomingCall) -> None:
         if not self.status.accepting:
             self.send_quiet(cmd.Hangup(event.call_id, 503, "Service Unavailable"))
+            return
+        if self.cluster is not None and cascade.is_cascade(event.x_headers):
+            self.cluster.incoming(event)  # another node's leg into a room we mix
             return
         if self.cfg.edge.enabled and not from_edge(self.cfg.edge, event.source):
             # Behind a separate edge, a call from anywhere else skipped its authentication.

@@ -94,6 +94,9 @@ class Conferences:
         # Called with the key of each room that ends (its recording stops).
         self.on_room_ended: Callable[[RoomKey], None] = lambda key: None
         self.status: dict[RoomKey, StatusHook] = {}
+        # Always-mixed members (a cluster's cascade legs) are links, not participants: no
+        # room events name them.
+        self._internal: set[str] = set()
         self.on_event: RoomEventSink = lambda *event: None
         self._speaking: dict[RoomKey, SpeakingTracker] = {}
 
@@ -152,8 +155,8 @@ class Conferences:
     def notify(self, key: RoomKey, event: str, call_id: str | None = None,
                data: dict[str, Any] | None = None, participants: int | None = None) -> None:
         """Send a room event, if the room has a status_url. `participants` defaults to the
-        room's size now."""
-        if key not in self.status:
+        room's size now. A cluster's cascade legs are named in none."""
+        if key not in self.status or call_id in self._internal:
             return
         room = self.book.rooms.get(key)
         count = participants if participants is not None else len(room.members) if room else 0
@@ -185,9 +188,11 @@ class Conferences:
                         members=len(existing.members), level=logging.WARNING)
             raise RoomFull(key.name)
         created = key not in self.book.rooms
+        if opts.always_source:
+            self._internal.add(call_id)
         self._apply(self.book.join(key, call_id, muted=opts.muted, end_on_exit=opts.end_on_exit,
                                    now=time.time(), start_on_enter=opts.start_on_enter,
-                                   wait=opts.wait))
+                                   wait=opts.wait, always_source=opts.always_source))
         self._options[call_id] = opts
         if caller is not None:
             self._callers[call_id] = caller
@@ -219,6 +224,7 @@ class Conferences:
                 self.leave(call_id)
             self._options.pop(call_id, None)
             self._callers.pop(call_id, None)
+            self._internal.discard(call_id)
 
     async def _keys(self, call_id: str, caller: RoomCaller) -> None:
         """DTMF controls: *6 toggles the caller's mute, # takes them out of the room. The

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from gateway.cluster.config import ClusterConfig
 from gateway.edge.config import EdgeConfig
 from gateway.netguard import parse_allow
 from gateway.strict import URL, ValidationError, between, checked, length, parse
@@ -199,6 +200,8 @@ class Config:
     # Serve the embedded demo application at /demo/* on the HTTP port.
     demo: bool = False
     edge: EdgeConfig = field(default_factory=EdgeConfig)
+    # Several nodes sharing rooms (docs/cluster.md); without cluster.node_id, one node.
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 class ConfigError(Exception):

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -35,3 +37,9 @@ OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox", Outbox)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 RECORDINGS: web.AppKey[Recordings] = web.AppKey("recordings", Recordings)
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+
+# With a cluster (gateway.cluster.http): a room and a call as seen across every node.
+CLUSTER_ROOM: web.AppKey[Callable[[web.Request], Awaitable[dict[str, Any]]]] = web.AppKey(
+    "cluster_room")
+CLUSTER_CALL: web.AppKey[Callable[[web.Request, str], Awaitable[dict[str, Any] | None]]] = (
+    web.AppKey("cluster_call"))

@@ -97,6 +97,7 @@ class MemberOptions:
     beep: Beep = "none"
     max_participants: int | None = None
     dtmf_controls: bool | None = None  # None = the config's default
+    always_source: bool = False  # a cluster's cascade leg (see Member)
 
 
 @dataclass
@@ -109,6 +110,9 @@ class Member:
     wait: str | None = None  # the wait music's file; None = silence
     held: bool = False
     speak_to: frozenset[str] | None = None  # None = everyone may hear this member
+    # Always a source, even in a large room when not a speaker: a cluster's cascade leg
+    # carries another node's speakers, whom this node's level polls cannot see.
+    always_source: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,8 @@ class Room:
         listener of the whole room (e.g. a recorder) would take links from."""
         sources = [c for c in self.mixed() if not self.members[c].muted]
         if self.large:
-            sources = [c for c in sources if c in self.speakers]
+            sources = [c for c in sources
+                       if c in self.speakers or self.members[c].always_source]
         return sources + list(self.oneshots)
 
     def links(self) -> set[Link]:
@@ -172,7 +177,8 @@ class Room:
         sources = [m for m in mixed if not self.members[m].muted]
         out: set[Link] = set()
         if self.large:
-            sources = [m for m in sources if m in self.speakers]
+            sources = [m for m in sources
+                       if m in self.speakers or self.members[m].always_source]
             out = {Link(m, MONITOR) for m in mixed}
         for src in sources:
             targets = self.members[src].speak_to
@@ -242,7 +248,7 @@ class RoomBook:
 
     def join(
         self, key: RoomKey, call_id: str, *, muted: bool, end_on_exit: bool, now: float,
-        start_on_enter: bool = True, wait: str | None = None,
+        start_on_enter: bool = True, wait: str | None = None, always_source: bool = False,
     ) -> LinkChange:
         if call_id in self.room_of:
             raise RoomError(f"{call_id} is already in room {self.room_of[call_id].name}")
@@ -252,7 +258,8 @@ class RoomBook:
                                           serial=next(self._serials))
         snap = _Snapshot(room)
         room.members[call_id] = Member(call_id, muted, end_on_exit, now,
-                                       start_on_enter=start_on_enter, wait=wait)
+                                       start_on_enter=start_on_enter, wait=wait,
+                                       always_source=always_source)
         self.room_of[call_id] = key
         return snap.change()
 

@@ -19,6 +19,8 @@ APT_PACKAGES=(
     systemd                                                      # tests: systemd-analyze verify
     linphone-cli baresip-core                                    # tests: real softphones
     chromium chromium-driver                                     # tests: the web console
+    redis-server                                                 # cluster: shared room state
+    linux-perf                                                   # bench.syscalls: syscall counts
 )
 PY=${PYTHON:-python3}
 

@@ -14,7 +14,7 @@ from media.quality import QualityTally, StreamSample
 from sip import events as ev
 from sip.events import new_call_id
 from sip.sdp import check_offer, sdp_body
-from sip.sipmsg import request_uri, uri_user
+from sip.sipmsg import request_uri, uri_user, x_headers
 
 
 class _SipThread(Protocol):
@@ -66,6 +66,7 @@ class GatewayAccount(pj.Account):  # type: ignore[misc]
                 from_user=uri_user(info.remoteUri),
                 dialed=uri_user(ruri) or uri_user(info.localUri),
                 source=prm.rdata.srcAddress,
+                x_headers=x_headers(msg),
             )
             log.info("invite", extra={"call_id": call.call_id, "sip_call_id": event.sip_call_id,
                                       "from": event.from_uri, "dialed": event.dialed})

@@ -485,6 +485,10 @@ class _SipThread:
         if c.from_user:
             prm.txOption.localUri = from_uri(c.from_user, self.cfg.public_host or self.cfg.host,
                                              self.port)
+        for name, value in c.headers:
+            header = pj.SipHeader()
+            header.hName, header.hValue = name, value
+            prm.txOption.headers.append(header)
         try:
             call.makeCall(c.uri, prm)
         except Exception:

@@ -22,6 +22,8 @@ class IncomingCall:
     from_user: str
     dialed: str  # Request-URI user (the number the caller dialed)
     source: str  # transport source address "ip:port"
+    # The INVITE's X- headers (sip.sipmsg.x_headers: capped in number and length)
+    x_headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
