@@ -451,7 +451,7 @@ async def test_a_full_room_is_not_joined_and_the_next_action_runs() -> None:
     assert notes == ["conference.full"]
     conferences.end(key)
     assert await asyncio.gather(*waiting) == ["room_ended", "room_ended"]
-    assert RoomsConfig().max_participants == 1000
+    assert RoomsConfig().max_participants == 500  # the documented default
 
 
 async def test_each_kind_of_traffic_has_its_own_pool() -> None:
