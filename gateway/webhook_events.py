@@ -17,7 +17,8 @@ ActionsEvent = Literal["call.answer", "call.gather", "call.redirect"]
 RoomEvent = Literal[
     "conference.started", "conference.ended", "participant.joined", "participant.left",
     "participant.muted", "participant.unmuted", "participant.held", "participant.unheld",
-    "participant.speaking.started", "participant.speaking.stopped", "recording.completed"]
+    "participant.speaking.started", "participant.speaking.stopped", "recording.completed",
+    "conference.owner_changed"]
 EventName = LifecycleEvent | ActionsEvent | RoomEvent
 
 LIFECYCLE_EVENTS: tuple[LifecycleEvent, ...] = get_args(LifecycleEvent)

@@ -19,6 +19,8 @@ from tests.cluster import (  # noqa: F401 (cluster: a fixture)
     tail_levels,
 )
 from tests.harness import Phonebank
+from tests.httpkit import Server
+from tests.test_conference_events import StatusReceiver
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.sip
@@ -52,8 +54,11 @@ async def hang_up_and_measure(phones: Phonebank, recs: dict[str, Path]
 
 
 async def test_owner_killed_survivors_take_over_and_new_callers_join(
-    cluster: Cluster, phones: Phonebank, tmp_path: Path  # noqa: F811
+    cluster: Cluster, phones: Phonebank, tmp_path: Path, server: Server  # noqa: F811
 ) -> None:
+    status = StatusReceiver(server)
+    cluster.app.answer = lambda p: {"actions": [{"conference": {
+        "room": "r1", "status_url": server.url + "/status"}}]}
     a = await cluster.start_node("a")
     b = await cluster.start_node("b")
     c = await cluster.start_node("c")
@@ -77,6 +82,12 @@ async def test_owner_killed_survivors_take_over_and_new_callers_join(
                                  message="nobody took the room over within 10 s")
         takeover_s = time.monotonic() - killed_at
         assert taken.epoch == 2 and taken.owner in ("b", "c")
+        # The new owner tells the room's status_url, once (checked again at the end).
+        await status.until("conference.owner_changed")
+        moved = [e for e in status.events if e["event"] == "conference.owner_changed"]
+        assert moved[0]["data"] == {"owner": taken.owner, "previous_owner": "a", "epoch": 2}
+        assert moved[0]["call"] is None and moved[0]["conference"]["room"] == "r1"
+        assert moved[0]["stream"] == "room:cust_test:r1"
         # A new caller, on the node that did not win, joins within 10 s of the kill.
         loser = c if taken.owner == "b" else b
         recs["v"] = dial(phones, "v", loser, tmp_path)
@@ -97,6 +108,8 @@ async def test_owner_killed_survivors_take_over_and_new_callers_join(
                 if talker != listener:
                     assert heard[listener][TONES[talker]] > HEARD_DB, (listener, talker, heard)
             assert heard[listener][TONES["x"]] < -40, heard  # x is gone
+        assert status.names().count("conference.owner_changed") == 1, status.names()
+        assert status.bad_signatures == 0
 
         # Node a comes back on its own database: x gets its call.completed from there.
         x_id = next(w["call"]["id"] for w in cluster.app.webhooks()

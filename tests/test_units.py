@@ -214,7 +214,7 @@ def test_every_event_name_in_the_catalogue_is_documented() -> None:
     from gateway.webhook_events import EVENT_NAMES
 
     doc = (ROOT / "docs" / "api.md").read_text()
-    assert len(set(EVENT_NAMES)) == 17
+    assert len(set(EVENT_NAMES)) == 18
     assert all(f"`{name}`" in doc for name in EVENT_NAMES)
 
 

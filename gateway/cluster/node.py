@@ -68,6 +68,9 @@ class RoomState:
     bridge: Claim | None = None
     bridge_leg: CallSession | None = None
     max_epoch: int = 0
+    # The owner of the newest claim seen for the room (None: none seen). An Adopt while it
+    # names another node is a change of owner, which the room's status_url hears about.
+    last_owner: str | None = None
 
     def local(self, hold_off: bool = False) -> Local:
         return Local(callers=len(self.callers), inbound_legs=len(self.inbound),
@@ -224,8 +227,10 @@ class ClusterNode:
         claim = await self.store.get_claim(key)
         hold_off = asyncio.get_running_loop().time() - self._redis_back_at < self.cfg.lease_s
         for _ in range(3):  # a claim or a failed renewal means one more plan
-            if claim is not None:
-                st.max_epoch = max(st.max_epoch, claim.epoch)
+            if claim is not None and claim.epoch >= st.max_epoch:
+                st.max_epoch = claim.epoch
+                if claim.owner != self.me:
+                    st.last_owner = claim.owner
             again: Claim | None = None
             for step in plan(self.me, st.local(hold_off), claim):
                 if isinstance(step, TryClaim):
@@ -241,7 +246,15 @@ class ClusterNode:
                     st.owned_epoch = step.claim.epoch
                     log.info("conference.owner", extra={
                         "room": key.name, "customer_id": key.customer_id, "node": self.me,
-                        "epoch": step.claim.epoch})
+                        "epoch": step.claim.epoch, "previous": st.last_owner})
+                    if st.last_owner is not None:
+                        # A takeover: sent by the new owner, once per adoption (a node that
+                        # created the room, or re-puts its own claim after a Redis restart,
+                        # has seen no other owner and sends nothing).
+                        self.conferences.notify(key, "conference.owner_changed", data={
+                            "owner": self.me, "previous_owner": st.last_owner,
+                            "epoch": step.claim.epoch})
+                        st.last_owner = None
                     # Members of nodes that died with the previous owner are gone.
                     self._spawn(self._redis_quiet(self._prune(key)))
                 elif isinstance(step, StepDown):
