@@ -26,6 +26,7 @@ from gateway.config import ApiToken
 from gateway.edge.users import UserStore
 from gateway.keys import (
     CALLS,
+    CLUSTER_AUTH,
     CLUSTER_CALL,
     CLUSTER_ROOM,
     CONFIG,
@@ -54,6 +55,11 @@ log = logging.getLogger("minivoice.api")
 
 # Who is asking: (admin, customer_id), set by the auth middleware for every /v1 request.
 SCOPE: web.RequestKey[tuple[bool, str | None]] = web.RequestKey("scope")
+# A request another node of a cluster forwarded here (gateway.cluster.http): signed with the
+# cluster's secret, it carries the original caller's scope instead of a bearer token, and is
+# answered by this node alone (never forwarded again).
+FORWARDED_HEADER = "X-MiniVoice-Forwarded"
+FORWARDED: web.RequestKey[bool] = web.RequestKey("forwarded")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -93,7 +99,11 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     try:
         if (request.path.startswith("/v1/") and request.path != "/v1/openapi.json") \
                 or request.path == "/metrics":
-            request[SCOPE] = _authorize(request)
+            if FORWARDED_HEADER in request.headers and CLUSTER_AUTH in request.app:
+                request[SCOPE] = await request.app[CLUSTER_AUTH](request)
+                request[FORWARDED] = True
+            else:
+                request[SCOPE] = _authorize(request)
         return await handler(request)
     except ApiError as exc:
         return _error(exc.status, exc.code, exc.message, exc.details)

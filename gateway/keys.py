@@ -43,3 +43,6 @@ CLUSTER_ROOM: web.AppKey[Callable[[web.Request], Awaitable[dict[str, Any]]]] = w
     "cluster_room")
 CLUSTER_CALL: web.AppKey[Callable[[web.Request, str], Awaitable[dict[str, Any] | None]]] = (
     web.AppKey("cluster_call"))
+# The scope a request forwarded by another node carries, once its signature is checked.
+CLUSTER_AUTH: web.AppKey[Callable[[web.Request], Awaitable[tuple[bool, str | None]]]] = (
+    web.AppKey("cluster_auth"))

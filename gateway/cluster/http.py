@@ -7,8 +7,18 @@
   call -> node map in Redis: that would cost two Redis writes per call for a lookup the
   handful of nodes answer as cheaply.)
 
-Node-to-node requests go to /cluster/v1/..., outside the bearer-token API, authenticated by
-an HMAC of the path with cluster.secret.
+- `GET /v1/conferences`: every node's rooms, merged by room, each participant with `node`.
+- Steering from any node (the `steer` middleware): PATCH and DELETE of a participant go to
+  the node that has the participant (Redis: members); `DELETE /v1/calls/{id}` to the node
+  that has the call (asked in turn); `DELETE /v1/conferences/{room}` to every node with
+  members of the room; an announcement to the room's owner only (its mix reaches the other
+  nodes' callers through their cascade legs: played on every node, it would be heard twice).
+
+Node-to-node reads go to /cluster/v1/..., outside the bearer-token API, authenticated by
+an HMAC of the path with cluster.secret. Forwarded /v1 requests go to the other node's own
+/v1 path, signed (method, path and query, scope, a timestamp, the body's hash) with
+cluster.secret, carrying the original caller's scope: the receiving node's ordinary handler
+applies that scope exactly as it would a token's, so a forward can never widen it.
 """
 
 from __future__ import annotations
@@ -18,12 +28,14 @@ import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from gateway import api, keys
 from gateway.cluster.node import ClusterNode
@@ -41,6 +53,9 @@ def setup(app: web.Application, node: ClusterNode) -> None:
     app[NODE] = node
     app[keys.CLUSTER_ROOM] = room_view
     app[keys.CLUSTER_CALL] = call_view
+    app[keys.CLUSTER_AUTH] = forwarded_scope
+    app.middlewares.append(steer)
+    app.router.add_get("/cluster/v1/rooms", local_rooms)
     app.router.add_get("/cluster/v1/rooms/{customer}/{room}", local_room)
     app.router.add_get("/cluster/v1/calls/{call_id}", local_call)
     app.cleanup_ctx.append(_client_ctx)
@@ -96,6 +111,20 @@ async def local_room(request: web.Request) -> web.Response:
     _check(request)
     key = RoomKey(request.match_info["customer"], request.match_info["room"])
     return web.json_response({"participants": await _local_participants(request.app, key)})
+
+
+async def local_rooms(request: web.Request) -> web.Response:
+    """Every room of this node that has participants (all customers: the asking node
+    filters by its caller's scope)."""
+    _check(request)
+    app = request.app
+    rooms = []
+    for room in sorted(app[NODE].conferences.live(), key=lambda r: r.key):
+        participants = await _local_participants(app, room.key)
+        if participants:
+            rooms.append({"room": room.key.name, "customer_id": room.key.customer_id,
+                          "participants": participants})
+    return web.json_response({"rooms": rooms})
 
 
 async def local_call(request: web.Request) -> web.Response:
@@ -174,3 +203,222 @@ async def call_view(request: web.Request, call_id: str) -> dict[str, Any] | None
         if isinstance(got, dict):
             return got | {"node": n}
     return None
+
+
+async def list_view(request: web.Request) -> web.Response:
+    """GET /v1/conferences across the cluster: each room once, with every node's
+    participants (cascade legs left out), within the caller's scope."""
+    app = request.app
+    node = app[NODE]
+    admin, customer = request[api.SCOPE]
+    merged: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for room in node.conferences.live():
+        if admin or room.key.customer_id == customer:
+            parts = await _local_participants(app, room.key)
+            if parts:
+                merged.setdefault((room.key.customer_id, room.key.name), []).extend(parts)
+    partial = False
+    try:
+        live = await node.store.nodes()
+    except Exception:
+        live, partial = {}, True
+    asked = await asyncio.gather(*(_ask(app, info.http, "/cluster/v1/rooms")
+                                   for n, info in live.items() if n != node.me))
+    for got in asked:
+        if not isinstance(got, dict) or not isinstance(got.get("rooms"), list):
+            partial = True
+            continue
+        for r in got["rooms"]:
+            if admin or r.get("customer_id") == customer:
+                merged.setdefault((str(r["customer_id"]), str(r["room"])), []).extend(
+                    r["participants"])
+    conferences = []
+    for (cust, name), parts in sorted(merged.items()):
+        parts.sort(key=lambda p: p["joined_at"])
+        conferences.append({"room": name, "customer_id": cust,
+                            "created_at": parts[0]["joined_at"], "participants": parts})
+    return web.json_response({"conferences": conferences, **({"partial": True} if partial
+                                                             else {})})
+
+
+# -- steering from any node ----------------------------------------------------------------
+SCOPE_HEADER = "X-MiniVoice-Scope"
+STAMP_HEADER = "X-MiniVoice-Stamp"
+FORWARD_WINDOW_S = 30  # a signed forward is accepted this long (clocks of one site agree)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _scope_text(scope: tuple[bool, str | None]) -> str:
+    admin, customer = scope
+    return "admin" if admin else f"customer:{customer}"
+
+
+def _forward_mac(secret: str, method: str, path_qs: str, scope: str, stamp: str,
+                 body: bytes) -> str:
+    text = "\n".join((method, path_qs, scope, stamp, hashlib.sha256(body).hexdigest()))
+    return hmac.new(secret.encode(), text.encode("utf-8", "surrogateescape"),
+                    hashlib.sha256).hexdigest()
+
+
+async def forwarded_scope(request: web.Request) -> tuple[bool, str | None]:
+    """The scope of a /v1 request another node forwarded: 403 unless signed by the cluster
+    at most FORWARD_WINDOW_S ago."""
+    node = request.app[NODE]
+    scope = request.headers.get(SCOPE_HEADER, "")
+    stamp = request.headers.get(STAMP_HEADER, "")
+    try:
+        fresh = abs(time.time() - int(stamp)) <= FORWARD_WINDOW_S
+    except ValueError:
+        fresh = False
+    expected = _forward_mac(node.cfg.secret, request.method, request.raw_path, scope, stamp,
+                            await request.read())
+    given = request.headers.get(api.FORWARDED_HEADER, "")
+    if not (fresh and hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                          expected.encode())):
+        log.warning("cluster.forward_refused", extra={"path": request.path,
+                                                      "remote": request.remote})
+        raise api.ApiError(403, "forbidden", "bad cluster signature")
+    if scope == "admin":
+        return (True, None)
+    if scope.startswith("customer:") and len(scope) > len("customer:"):
+        return (False, scope[len("customer:"):])
+    raise api.ApiError(403, "forbidden", "bad cluster scope")
+
+
+async def _forward(request: web.Request, base: str, key: RoomKey | None = None
+                   ) -> web.Response | None:
+    """Send this /v1 request to another node as this caller; its answer, or None if the
+    node could not be reached. An admin's room request names the customer, so the other
+    node cannot pick another customer's room of the same name."""
+    app = request.app
+    node = app[NODE]
+    scope = request[api.SCOPE]
+    url = request.rel_url
+    if key is not None and scope[0]:
+        url = url.update_query(customer_id=key.customer_id)
+    path_qs = str(url)
+    body = await request.read()
+    stamp = str(int(time.time()))
+    scope_text = _scope_text(scope)
+    headers = {api.FORWARDED_HEADER: _forward_mac(node.cfg.secret, request.method, path_qs,
+                                                  scope_text, stamp, body),
+               SCOPE_HEADER: scope_text, STAMP_HEADER: stamp}
+    if body:
+        headers["Content-Type"] = request.headers.get("Content-Type", "application/json")
+    try:
+        async with app[CLIENT].request(request.method, URL(base + path_qs, encoded=True),
+                                       data=body, headers=headers) as r:
+            payload = await r.read()
+            log.info("cluster.forward", extra={"path": request.path, "to": base,
+                                               "status": r.status})
+            return web.Response(status=r.status, body=payload or None,
+                                content_type=r.content_type if payload else None)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("cluster.forward_failed", extra={"path": request.path, "to": base,
+                                                     "error": str(exc)})
+        return None
+
+
+async def _local_or_404(request: web.Request, handler: Handler) -> web.StreamResponse | None:
+    """This node's own answer, or None where it has nothing (404)."""
+    try:
+        resp = await handler(request)
+    except api.ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return None if resp.status == 404 else resp
+
+
+async def _participant(request: web.Request, handler: Handler) -> web.StreamResponse:
+    node = request.app[NODE]
+    key = await _room_key(request)
+    cid = request.match_info["call_id"]
+    room = node.conferences.room(key)
+    if room is not None and cid in room.members:
+        return await handler(request)
+    try:
+        where = (await node.store.members(key)).get(cid)
+        live = await node.store.nodes() if where not in (None, node.me) else {}
+    except Exception:  # Redis down: this node's participants are what it can steer
+        return await handler(request)
+    if where is not None and where in live:
+        got = await _forward(request, live[where].http, key)
+        if got is not None:
+            return got
+        raise api.ApiError(502, "node_unreachable", f"node {where} did not answer")
+    return await handler(request)
+
+
+async def _end_room(request: web.Request, handler: Handler) -> web.StreamResponse:
+    node = request.app[NODE]
+    key = await _room_key(request)
+    try:
+        members = await node.store.members(key)
+        live = await node.store.nodes()
+    except Exception:
+        members, live = {}, {}
+    others = sorted({n for n in members.values() if n != node.me and n in live})
+    here, *there = await asyncio.gather(
+        _local_or_404(request, handler),
+        *(_forward(request, live[n].http, key) for n in others))
+    if here is not None or any(r is not None and r.status == 204 for r in there):
+        return web.Response(status=204)
+    raise api.ApiError(404, "not_found", f"no room {key.name}")
+
+
+async def _announce(request: web.Request, handler: Handler) -> web.StreamResponse:
+    node = request.app[NODE]
+    key = await _room_key(request)
+    try:
+        claim = await node.store.get_claim(key)
+        live = await node.store.nodes() if claim is not None and claim.owner != node.me \
+            else {}
+    except Exception:
+        claim, live = None, {}
+    if claim is not None and claim.owner in live:
+        got = await _forward(request, live[claim.owner].http, key)
+        if got is not None:
+            return got
+    return await handler(request)
+
+
+async def _hang_up(request: web.Request, handler: Handler) -> web.StreamResponse:
+    node = request.app[NODE]
+    if request.app[keys.CALLS].get(request.match_info["call_id"]) is not None:
+        return await handler(request)
+    try:
+        live = await node.store.nodes()
+    except Exception:
+        live = {}
+    for n, info in sorted(live.items()):
+        if n != node.me:
+            got = await _forward(request, info.http)
+            if got is not None and got.status != 404:
+                return got
+    return await handler(request)
+
+
+STEERED: dict[tuple[str, str], Callable[[web.Request, Handler],
+                                        Awaitable[web.StreamResponse]]] = {
+    ("PATCH", "/v1/conferences/{room}/participants/{call_id}"): _participant,
+    ("DELETE", "/v1/conferences/{room}/participants/{call_id}"): _participant,
+    ("DELETE", "/v1/conferences/{room}"): _end_room,
+    ("POST", "/v1/conferences/{room}/announcements"): _announce,
+    ("DELETE", "/v1/calls/{call_id}"): _hang_up,
+}
+
+
+@web.middleware
+async def steer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Cluster-wide /v1 requests: the list merged from every node, and the steering ones
+    sent to the node(s) that have the participant, call or room. A forwarded request is
+    answered here alone."""
+    if api.SCOPE not in request or request.get(api.FORWARDED):
+        return await handler(request)
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else ""
+    if request.method == "GET" and path == "/v1/conferences":
+        return await list_view(request)
+    how = STEERED.get((request.method, path))
+    return await how(request, handler) if how is not None else await handler(request)
