@@ -40,14 +40,45 @@ API = {"api": {"tokens": [{"token": ADMIN}, {"token": MINE, "customer_id": "cust
 
 
 async def forged(gw: GatewayProc, method: str, path: str, scope: str,
-                 secret: str = CLUSTER_SECRET, body: bytes = b"") -> int:
-    """A forwarded request as another node would send it (signed with `secret`)."""
-    stamp = str(int(time.time()))
-    headers = {FORWARDED_HEADER: _forward_mac(secret, method, path, scope, stamp, body),
+                 secret: str = CLUSTER_SECRET, body: bytes = b"", stamp: str | None = None,
+                 signed: tuple[str, str, bytes] | None = None) -> int:
+    """A forwarded request as another node would send it (signed with `secret`; `signed`:
+    the method, path and body the signature covers, if not those sent)."""
+    stamp = str(int(time.time())) if stamp is None else stamp
+    m, p, b = signed or (method, path, body)
+    headers = {FORWARDED_HEADER: _forward_mac(secret, m, p, scope, stamp, b),
                SCOPE_HEADER: scope, STAMP_HEADER: stamp}
     async with aiohttp.ClientSession() as s, s.request(method, gw.http + path, data=body,
                                                        headers=headers) as r:
         return r.status
+
+
+async def test_forged_forwards_are_refused(cluster: Cluster) -> None:  # noqa: F811
+    """Every part of a forward's signature counts; a scope that is not exactly `admin` or
+    `customer:<id>` is refused even when signed."""
+    a = await cluster.start_node("a", sections=API)
+    path = "/v1/conferences/r1/participants/call_abc"
+    body = b'{"muted": true}'
+    ok = await forged(a, "PATCH", path, "admin", body=body)
+    assert ok == 404  # signed correctly: handled, and there is no such room
+    old = str(int(time.time()) - 3600)
+    cases = [
+        dict(stamp=old), dict(stamp="soon"), dict(stamp="9" * 5000), dict(stamp=""),
+        dict(signed=("PATCH", path, b'{"muted": false}')),  # another body
+        dict(signed=("DELETE", path, body)),  # another method
+        dict(signed=("PATCH", path + "?customer_id=x", body)),  # another path
+        dict(secret="wrong-secret-0123456789"),
+    ]
+    for case in cases:
+        assert await forged(a, "PATCH", path, "admin", body=body, **case) == 403, case
+    for scope in ("", "customer:", "root", "admin ", "customer", "\u00e9\u00e9"):
+        assert await forged(a, "PATCH", path, scope, body=body) == 403, scope
+    # A forward header without any signature is not a bearer token either.
+    async with aiohttp.ClientSession() as s, s.get(
+            a.http + "/v1/calls", headers={FORWARDED_HEADER: "x"}) as r:
+        assert r.status == 403
+    async with aiohttp.ClientSession() as s, s.get(a.http + "/v1/calls") as r:
+        assert r.status == 401
 
 
 async def test_steer_a_room_from_the_node_that_does_not_have_the_participant(
