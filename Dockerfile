@@ -3,6 +3,7 @@
 #   gateway  the gateway (pjsua2 built from source in the `pjsua2` stage), non-root
 #   app      the example answer_url application (examples/app/)
 #   sipp     SIPp and sox, for the load profile
+#   redis    Debian's redis-server, the shared state of a cluster (docker-compose.cluster.yml)
 # Build with scripts/docker-build.sh (it makes the base image when no registry is reachable and
 # stages the optional extra CA bundle), or `docker-compose build`.
 ARG BASE_IMAGE=minivoice-base:bookworm
@@ -88,6 +89,19 @@ RUN apt-get update -qq \
 WORKDIR /app
 COPY edge/sipp/ edge/sipp/
 CMD ["sipp", "-v"]
+
+# ---------------------------------------------------------------- redis -------
+# The cluster's shared state (docs/cluster.md): Debian's redis-server, built here like every
+# other image (no registry). Nothing in it must survive a restart (the nodes re-publish), so
+# no persistence; reachable only on the compose network (not published).
+FROM os AS redis
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends redis-server >/dev/null \
+ && rm -rf /var/lib/apt/lists/*
+USER redis
+EXPOSE 6379/tcp
+CMD ["redis-server", "--bind", "0.0.0.0", "--port", "6379", "--protected-mode", "no", \
+     "--save", "", "--appendonly", "no", "--dir", "/tmp"]
 
 # ---------------------------------------------------------------- gateway -----
 FROM runtime AS gateway

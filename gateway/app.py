@@ -25,6 +25,7 @@ from gateway.call.session import CallSession
 from gateway.call.table import CallTable
 from gateway.cluster import cascade
 from gateway.cluster import http as cluster_http
+from gateway.cluster.config import node_hosts
 from gateway.cluster.node import ClusterNode
 from gateway.conferences import Conferences
 from gateway.config import Config
@@ -207,9 +208,10 @@ class Gateway:
         # SIP last: by the time a call arrives, answer_url (maybe the demo) is reachable.
         await self.engine.start()
         if self.cluster is not None:
-            self.cluster.start(self.services, f"{self.cfg.sip.public_host or self.cfg.sip.host}:"
-                                              f"{self.engine.bound_port}",
-                               f"http://{self.cfg.http.host}:{self.http_port}")
+            node_host, http_host = node_hosts(self.cfg.sip.host, self.cfg.sip.public_host,
+                                              self.cfg.http.host)
+            self.cluster.start(self.services, f"{node_host}:{self.engine.bound_port}",
+                               f"http://{http_host}:{self.http_port}")
         log.info("gateway ready", extra={
             "sip": f"{self.cfg.sip.host}:{self.engine.bound_port}",
             "http": f"{self.cfg.http.host}:{self.http_port}",

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import re
 import secrets
 import sys
 from typing import Any
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--http-port", type=int)
     s.add_argument("--rtp-port-start", type=int)
     s.add_argument("--db", help="SQLite file (default var/minivoice.db)")
+    s.add_argument("--node-id", type=_node_id,
+                   help="cluster.node_id: this node of a cluster (one config file, many nodes)")
     s.add_argument("--demo", action="store_true", help="also serve the demo app at /demo/*")
     s.add_argument("--drain", type=float, default=None,
                    help="on SIGTERM, seconds to let calls finish before hanging up "
@@ -57,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--log-level", default="INFO")
     users_cli.add_parser(sub)
     return p
+
+
+def _node_id(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise argparse.ArgumentTypeError("1-64 of A-Z a-z 0-9 _ -")
+    return value
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -93,6 +102,11 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg = dataclasses.replace(cfg, database=args.db)
     if args.demo:
         cfg = dataclasses.replace(cfg, demo=True)
+    if getattr(args, "node_id", None):
+        if not cfg.cluster.secret:
+            raise ConfigError("--node-id needs cluster.secret in the config (the same on "
+                              "every node)")
+        cfg = with_overrides(cfg, cluster={"node_id": args.node_id})
     check_exposure(cfg, args.config or "command line")
     return cfg
 

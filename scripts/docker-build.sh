@@ -2,6 +2,7 @@
 # Build the MiniVoice images (docker-compose.yml's edge, gateway, app and sipp services).
 #
 #   scripts/docker-build.sh [SERVICE...]        # default: all of them
+#   scripts/docker-build.sh --cluster [SERVICE...]   # docker-compose.cluster.yml's (+ redis)
 #
 #   MINIVOICE_BASE_IMAGE   base image (default minivoice-base:bookworm, made by
 #                          scripts/docker-base.sh unless it exists; debian:bookworm works too)
@@ -45,6 +46,11 @@ if [ "${MINIVOICE_EXTRA_CA:-none}" != none ]; then
 fi
 
 t0=$(date +%s)
-# The profile makes the load service (sipp) part of the build too.
-docker-compose --profile load build "$@"
+if [ "${1:-}" = --cluster ]; then
+    shift
+    docker-compose -f docker-compose.cluster.yml build "$@"
+else
+    # The profile makes the load service (sipp) part of the build too.
+    docker-compose --profile load build "$@"
+fi
 log "built in $(( $(date +%s) - t0 )) s"

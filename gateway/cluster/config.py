@@ -25,11 +25,12 @@ class ClusterConfig:
     redis_url: str = checked(pattern(r"(redis|rediss|unix)://\S{1,500}", "a redis:// URL"),
                              default="redis://127.0.0.1:6379/0")
     secret: str = checked(length(16, 256), default="")
-    # host:port the other nodes send cascade INVITEs to; default sip.public_host or sip.host
-    # with the bound SIP port.
+    # host:port the other nodes send cascade INVITEs to; default sip.host (sip.public_host
+    # if sip.host is a wildcard) with the bound SIP port.
     sip_address: str | None = checked(
         pattern(r"[A-Za-z0-9.\-\[\]:]{1,200}:\d{1,5}", "host:port"), default=None)
-    # Base URL of this node's HTTP for the other nodes; default http://http.host:bound port.
+    # Base URL of this node's HTTP for the other nodes; default http://http.host:bound port
+    # (http.host a wildcard: the host of the SIP address above).
     http_url: str | None = checked(pattern(r"https?://\S{1,500}", "an http(s):// URL"),
                                    default=None)
     # A room's owner renews its lease every tick; a dead owner's rooms are free after lease_s.
@@ -51,3 +52,18 @@ class ClusterConfig:
             problems.append(("lease_s", "must be at least twice tick_s (the owner renews "
                                         "every tick)"))
         return problems
+
+
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def node_hosts(sip_host: str, public_host: str | None, http_host: str) -> tuple[str, str]:
+    """(host of our SIP, host of our HTTP) for the other nodes, unless sip_address/http_url
+    say. SIP: the address it is bound to when that is a specific one, since that is where we
+    listen (sip.public_host is for phones, maybe across a NAT the nodes are not behind), else
+    sip.public_host. HTTP: http.host, but one bound to a wildcard (0.0.0.0 in a container)
+    is reached at the SIP host: no other node can dial 0.0.0.0."""
+    def literal(host: str) -> str:
+        return f"[{host}]" if ":" in host else host
+    host = next((h for h in (sip_host, public_host) if h and h not in WILDCARDS), "127.0.0.1")
+    return literal(host), literal(host if http_host in WILDCARDS else http_host)
