@@ -180,8 +180,8 @@ async def test_announce_and_hang_up_through_another_node(
     cluster: Cluster, phones: Phonebank, tmp_path: Path  # noqa: F811
 ) -> None:
     """With an admin token (no ?customer_id): the announcement is played by the room's
-    owner only, and reaches the other node's caller through the cascade; a call on node a
-    is hung up through node b."""
+    owner only, and reaches the other node's caller through the cascade; a participant on
+    node a is taken out of the room, and a call on node a hung up, through node b."""
     path = tmp_path / "announce.wav"
     write_wav(path, sine(ANNOUNCE_HZ, 1.5))
     cluster.app.media["announce"] = (path.read_bytes(), {"Content-Type": "audio/wav"})
@@ -196,7 +196,15 @@ async def test_announce_and_hang_up_through_another_node(
     phones.call("y", b.uri(), record=str(recs["y"]), tone_hz=700, **{"from": "+15550002"})
     await phones.wait("media", "y")
     y_started = time.monotonic()
-    nodes = await eventually(lambda: _all(b, 2), timeout=10, message="room incomplete")
+    phones.call("z", a.uri(), tone_hz=1100, **{"from": "+15550003"})
+    await phones.wait("media", "z")
+    nodes = await eventually(lambda: _all(b, 3), timeout=10, message="room incomplete")
+    z_id = next(c for c in nodes if _from(c) == "+15550003")
+    status, _ = await b.request("DELETE", f"/v1/conferences/r1/participants/{z_id}")
+    assert status == 204
+    await phones.wait("ended", "z", timeout=15)  # no next action: hung up
+    nodes = await eventually(lambda: _all(b, 2), timeout=10, message="z still listed")
+    assert (await b.request("DELETE", f"/v1/conferences/r1/participants/{z_id}"))[0] == 404
     await asyncio.sleep(2.0)
     status, body = await b.request("POST", "/v1/conferences/r1/announcements",
                                    {"play": {"url": cluster.app.url + "/media/announce"}})
