@@ -37,6 +37,13 @@ def dial(phones: Phonebank, cid: str, gw, tmp: Path) -> Path:  # type: ignore[no
     return rec
 
 
+def with_status(nodes: Cluster, server: Server) -> StatusReceiver:
+    """Room r1 gets a status_url, received (and its signatures checked) by `server`."""
+    nodes.app.answer = lambda p: {"actions": [{"conference": {
+        "room": "r1", "status_url": server.url + "/status"}}]}
+    return StatusReceiver(server)
+
+
 async def claim_of(store: ClusterStore):  # type: ignore[no-untyped-def]
     try:
         return await store.get_claim(KEY)
@@ -56,9 +63,7 @@ async def hang_up_and_measure(phones: Phonebank, recs: dict[str, Path]
 async def test_owner_killed_survivors_take_over_and_new_callers_join(
     cluster: Cluster, phones: Phonebank, tmp_path: Path, server: Server  # noqa: F811
 ) -> None:
-    status = StatusReceiver(server)
-    cluster.app.answer = lambda p: {"actions": [{"conference": {
-        "room": "r1", "status_url": server.url + "/status"}}]}
+    status = with_status(cluster, server)
     a = await cluster.start_node("a")
     b = await cluster.start_node("b")
     c = await cluster.start_node("c")
@@ -139,11 +144,13 @@ async def _taken_over(store: ClusterStore):  # type: ignore[no-untyped-def]
 
 
 async def test_stale_owner_cannot_act_and_rejoins_as_a_bridge(
-    cluster: Cluster, phones: Phonebank, tmp_path: Path  # noqa: F811
+    cluster: Cluster, phones: Phonebank, tmp_path: Path, server: Server  # noqa: F811
 ) -> None:
     """Node a owns the room at epoch 1, then freezes (SIGSTOP) past its lease; b takes the
     room at epoch 2. When a wakes up its renewal at epoch 1 fails, it steps down and bridges
-    its caller to b; it never takes the room back."""
+    its caller to b; it never takes the room back. The room's status_url hears of the
+    move once, from b."""
+    status = with_status(cluster, server)
     a = await cluster.start_node("a")
     b = await cluster.start_node("b")
     store = ClusterStore(cluster.redis.url)
@@ -169,14 +176,19 @@ async def test_stale_owner_cannot_act_and_rejoins_as_a_bridge(
         heard = await hang_up_and_measure(phones, recs)
         print("levels after the stale owner stepped down:", heard)
         assert heard["x"][TONES["y"]] > HEARD_DB and heard["y"][TONES["x"]] > HEARD_DB, heard
+        await status.until("conference.ended", 2)  # both nodes' parts of the room
+        moved = [e["data"] for e in status.events if e["event"] == "conference.owner_changed"]
+        assert moved == [{"owner": "b", "previous_owner": "a", "epoch": 2}], moved
     finally:
         await store.close()
 
 
 @pytest.mark.parametrize("down_s", [0.0, 3.0])  # at once (within a tick), past a lease
 async def test_redis_restart_drops_no_call_and_rooms_are_reclaimed(
-    cluster: Cluster, phones: Phonebank, tmp_path: Path, down_s: float  # noqa: F811
+    cluster: Cluster, phones: Phonebank, tmp_path: Path, down_s: float,  # noqa: F811
+    server: Server,
 ) -> None:
+    hooks = with_status(cluster, server)
     a = await cluster.start_node("a")
     b = await cluster.start_node("b")
     store = ClusterStore(cluster.redis.url)
@@ -205,6 +217,8 @@ async def test_redis_restart_drops_no_call_and_rooms_are_reclaimed(
         print("levels after the Redis restart:", heard)
         assert heard["x"][TONES["y"]] > HEARD_DB and heard["y"][TONES["x"]] > HEARD_DB, heard
         assert b.log().count("cluster.bridge") == 1, "the cascade leg was re-made"
+        await hooks.until("conference.ended", 2)
+        assert "conference.owner_changed" not in hooks.names()  # the owner never changed
         assert not any(w["event"] == "call.completed" and w["data"]["hangup_by"] != "caller"
                        for w in cluster.app.webhooks())
     finally:
