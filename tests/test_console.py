@@ -84,6 +84,37 @@ async def test_console_is_off_by_default(gateway: GatewayProc) -> None:
     assert (await _get(gateway, "/v1/console/stream"))[0] == 404
 
 
+def test_the_readme_matches_the_demo_config() -> None:
+    """What README's "Watch it live" tells a newcomer after `make run` holds for the config
+    `make run` uses: the console on at http://127.0.0.1:8080/, no tokens to type."""
+    from gateway.config import load
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load(root / "configs" / "demo.yaml")
+    assert cfg.http.console and (cfg.http.host, cfg.http.port) == ("127.0.0.1", 8080)
+    assert cfg.api.tokens == ()
+    readme = (root / "README.md").read_text()
+    assert "open <http://127.0.0.1:8080/>" in readme
+    assert "curl -s http://127.0.0.1:8080/metrics" in readme
+    assert "--config configs/demo.yaml" in (root / "Makefile").read_text()
+
+
+@pytest.mark.sip
+async def test_with_the_demos_settings_no_token_is_needed(
+    app: AppServer, gateway_factory: Callable[..., Awaitable[GatewayProc]],
+) -> None:
+    """The demo's settings (console on, no api.tokens, loopback): the page, its stream and
+    /metrics all answer without a token, as README says."""
+    gw = await gateway_factory([app_config(app)], http={"console": True})
+    assert (await _get(gw, "/"))[0] == 200
+    status, headers, body = await _get(gw, "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain"), status
+    assert b"minivoice_calls_active" in body
+    async with aiohttp.ClientSession() as s, s.get(gw.http + "/v1/console/stream") as r:
+        assert r.status == 200
+        assert (await _first_snapshot(r))["rooms"] == []
+
+
 @pytest.mark.sip
 async def test_stream_follows_the_api_tokens_and_is_capped(
     app: AppServer, gateway_factory: Callable[..., Awaitable[GatewayProc]], phones: Phonebank,
