@@ -22,6 +22,20 @@ RUN apt-get update -qq \
  && update-ca-certificates >/dev/null \
  && rm -rf /var/lib/apt/lists/*
 
+# ---------------------------------------------------------------- redis -------
+# The cluster's shared state (docs/cluster.md): Debian's redis-server, built here like every
+# other image (no registry). Nothing in it must survive a restart (the nodes re-publish), so
+# no persistence; reachable only on the compose network (not published). Right after `os`:
+# the classic builder builds every stage above the target, and redis needs none of them.
+FROM os AS redis
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends redis-server >/dev/null \
+ && rm -rf /var/lib/apt/lists/*
+USER redis
+EXPOSE 6379/tcp
+CMD ["redis-server", "--bind", "0.0.0.0", "--port", "6379", "--protected-mode", "no", \
+     "--save", "", "--appendonly", "no", "--dir", "/tmp"]
+
 # ---------------------------------------------------------------- pjsua2 ------
 # Depends only on sip/build/ and the apt source helper: code changes never rebuild pjproject.
 FROM os AS pjsua2
@@ -89,19 +103,6 @@ RUN apt-get update -qq \
 WORKDIR /app
 COPY edge/sipp/ edge/sipp/
 CMD ["sipp", "-v"]
-
-# ---------------------------------------------------------------- redis -------
-# The cluster's shared state (docs/cluster.md): Debian's redis-server, built here like every
-# other image (no registry). Nothing in it must survive a restart (the nodes re-publish), so
-# no persistence; reachable only on the compose network (not published).
-FROM os AS redis
-RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends redis-server >/dev/null \
- && rm -rf /var/lib/apt/lists/*
-USER redis
-EXPOSE 6379/tcp
-CMD ["redis-server", "--bind", "0.0.0.0", "--port", "6379", "--protected-mode", "no", \
-     "--save", "", "--appendonly", "no", "--dir", "/tmp"]
 
 # ---------------------------------------------------------------- gateway -----
 FROM runtime AS gateway
