@@ -579,10 +579,16 @@ class _SipThread:
         deadline = time.monotonic() + 2.0
         while self.calls and time.monotonic() < deadline:
             self.ep.libHandleEvents(20)
+        # Players still playing are stopped like any other (disconnected, then deleted after
+        # their grace period), not deleted while the bridge may still read them.
+        for key in list(self.players):
+            self._stop_player(key)
+        for name in list(self.room_players):
+            self._stop_room_player(name)
+        while self.morgue and time.monotonic() < self.morgue[-1][0]:
+            self.ep.libHandleEvents(20)
         self.calls.clear()
         self.monitor = None
-        self.players.clear()
-        self.room_players.clear()
         self.morgue.clear()
         self.recorders.clear()
         self.abandoned.clear()

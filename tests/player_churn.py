@@ -6,7 +6,8 @@ end or rewinds at almost every bridge tick, posting pjmedia's end-of-file callba
 them to the level monitor, and stops them 0-60 ms later. A thread keeps the GIL busy, so
 pjmedia's event thread often waits for it inside a Python onEof2 while the SIP thread stops
 the player: the window in which a player deleted at once was used after it was freed.
-Exits 0 and prints "churn ok <cycles>" when every cycle ran.
+The engine then stops with two players still playing. Exits 0 and prints "churn ok <cycles>"
+when every cycle ran.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ async def churn(tmp: Path, cycles: int) -> None:
             await engine.send(cmd.ApplyLinks(links, (), players, ()))
             await asyncio.sleep(rng.uniform(0.0, 0.06))
             await engine.send(cmd.ApplyLinks((), links, (), names))
+        # and the engine stops with players still playing
+        last = (Player("@wait:2:0", str(short), True), Player("@once:2:0", str(short), False))
+        await engine.send(cmd.ApplyLinks(tuple(Link(p.name, MONITOR) for p in last), (), last))
     finally:
         busy = False
         thread.join()
