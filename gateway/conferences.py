@@ -80,7 +80,7 @@ class Conferences:
     def __init__(self, send: Callable[[ApplyLinks], Any],
                  cfg: RoomsConfig | None = None) -> None:
         self.cfg = cfg or RoomsConfig()
-        self.book = RoomBook(self.cfg.full_mesh_max)
+        self.book = RoomBook(self.cfg.full_mesh_max, self.cfg.max_wait_sounds)
         self._send = send
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._speaker_state: dict[RoomKey, SpeakerState] = {}
@@ -202,6 +202,10 @@ class Conferences:
             self.notify(key, "conference.started")
         self.notify(key, "participant.joined", call_id, {"muted": opts.muted})
         room = self.book.rooms[key]
+        if opts.wait is not None and room.wait_sound(call_id) != opts.wait:
+            # rooms.max_wait_sounds: the room plays the first few distinct sounds only
+            self._note(call_id, "conference.wait_url_limited", key,
+                       max_wait_sounds=room.max_wait_sounds)
         self._event("conference.join", key, call_id, mute=opts.muted,
                     end_on_exit=opts.end_on_exit, start_on_enter=opts.start_on_enter,
                     members=len(room.members))
@@ -384,6 +388,14 @@ class Conferences:
             return
         log.log(level, event, extra={"call_id": call_id, "room": key.name,
                                      "customer_id": key.customer_id, **fields})
+
+    def _note(self, call_id: str, event: str, key: RoomKey, **fields: Any) -> None:
+        """In the caller's timeline (which logs it), or only logged for a caller without one."""
+        caller = self._callers.get(call_id)
+        if caller is not None:
+            caller.note(event, room=key.name, **fields)
+        else:
+            log.info(event, extra={"call_id": call_id, "room": key.name, **fields})
 
     def _apply(self, change: LinkChange) -> None:
         if change:

@@ -69,6 +69,9 @@ class RoomsConfig:
     dtmf_controls: bool = False
     # REST announcements being prepared or playing in one room at a time (more: 429).
     max_announcements: int = checked(between(1, 20), default=3)
+    # Distinct wait_url sounds (each a looping player) one room plays at once; a caller whose
+    # sound is beyond them hears the room's first one.
+    max_wait_sounds: int = checked(between(1, 64), default=4)
 
 
 @dataclass(frozen=True)

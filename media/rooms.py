@@ -27,7 +27,9 @@ On top of either topology, per member (contract section 8):
 - `speak_to` (coach/whisper) narrows who hears a member to the named members;
 - *players* are link sources that are not calls: one looping wait-music player per (room,
   sound), started when someone first needs it and stopped when nobody does, and one-shot
-  players (beeps, announcements) heard by the listeners fixed when they start.
+  players (beeps, announcements) heard by the listeners fixed when they start. A room has at
+  most `max_wait_sounds` distinct wait sounds (the first ones among its members, in the order
+  they joined); a member whose own sound is beyond them hears the room's first sound.
 A player's name starts with "@" (like MONITOR); the SIP thread creates the player when a
 change's `start` names it and destroys it when `stop` does.
 """
@@ -131,6 +133,8 @@ class Room:
     serial: int = 0  # makes player names unique across rooms (and a room's later namesake)
     oneshots: dict[str, OneShot] = field(default_factory=dict)
     listeners: set[str] = field(default_factory=set)  # receive-only endpoints (recorders)
+    # Distinct wait sounds (so looping players) the room plays at most; see wait_sound.
+    max_wait_sounds: int = 4
 
     @property
     def started(self) -> bool:
@@ -155,6 +159,26 @@ class Room:
 
     def wait_player(self, sound: str) -> str:
         return f"{WAIT_PREFIX}{self.serial}:{sound}"
+
+    def wait_sounds(self) -> list[str]:
+        """The sounds the room plays: the first `max_wait_sounds` distinct ones among its
+        members, in the order they joined (a dict keeps it)."""
+        sounds: list[str] = []
+        for m in self.members.values():
+            if m.wait is not None and m.wait not in sounds:
+                sounds.append(m.wait)
+                if len(sounds) >= self.max_wait_sounds:
+                    break
+        return sounds
+
+    def wait_sound(self, call_id: str, sounds: list[str] | None = None) -> str | None:
+        """What `call_id` hears while waiting: its own sound if the room plays it, else the
+        room's first sound; None (silence) if it has none."""
+        own = self.members[call_id].wait
+        if own is None:
+            return None
+        sounds = self.wait_sounds() if sounds is None else sounds
+        return own if own in sounds else sounds[0]
 
     def hears_wait_music(self) -> list[str]:
         """Held members, waiting members, and a mixed member who is alone."""
@@ -184,8 +208,9 @@ class Room:
             targets = self.members[src].speak_to
             out.update(Link(src, dst) for dst in mixed
                        if dst != src and (targets is None or dst in targets))
+        sounds = self.wait_sounds()
         for cid in self.hears_wait_music():
-            sound = self.members[cid].wait
+            sound = self.wait_sound(cid, sounds)
             if sound is not None:
                 out.add(Link(self.wait_player(sound), cid))
         for name, shot in self.oneshots.items():
@@ -198,8 +223,9 @@ class Room:
     def players(self) -> set[Player]:
         """The players the room's links need (wait music in use, and every one-shot)."""
         out = {s.player for s in self.oneshots.values()}
+        sounds = self.wait_sounds()
         for cid in self.hears_wait_music():
-            sound = self.members[cid].wait
+            sound = self.wait_sound(cid, sounds)
             if sound is not None:
                 out.add(Player(self.wait_player(sound), sound, loop=True))
         return out
@@ -239,8 +265,9 @@ class _Snapshot:
 class RoomBook:
     """Every live room and which room each call is in. One call is in at most one room."""
 
-    def __init__(self, full_mesh_max: int = 20) -> None:
+    def __init__(self, full_mesh_max: int = 20, max_wait_sounds: int = 4) -> None:
         self.full_mesh_max = full_mesh_max
+        self.max_wait_sounds = max_wait_sounds
         self.rooms: dict[RoomKey, Room] = {}
         self.room_of: dict[str, RoomKey] = {}
         self._serials = itertools.count(1)
@@ -255,7 +282,8 @@ class RoomBook:
         room = self.rooms.get(key)
         if room is None:
             room = self.rooms[key] = Room(key, created_at=now, full_mesh_max=self.full_mesh_max,
-                                          serial=next(self._serials))
+                                          serial=next(self._serials),
+                                          max_wait_sounds=self.max_wait_sounds)
         snap = _Snapshot(room)
         room.members[call_id] = Member(call_id, muted, end_on_exit, now,
                                        start_on_enter=start_on_enter, wait=wait,

@@ -10,6 +10,7 @@ is logged with the call ID and the loop goes on.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import logging
@@ -33,6 +34,14 @@ log = logging.getLogger("minivoice.sip")
 ZOMBIE_AFTER_S = 5.0  # a call pjsua could not hang up is finished without it after this
 POLL_MS = 5  # libHandleEvents timeout: also the worst-case latency of a queued command
 MEDIA_CHECK_EVERY_S = 5.0
+# How long a stopped file player is kept before it is deleted. pjmedia (2.14 and later) removes
+# a bridge port asynchronously and keeps the port alive by reference until then, but the
+# pjsua2 AudioMediaPlayer is freed at once, and the player's end-of-file callback (posted to
+# pjmedia's event thread at every end or rewind, before the stop) calls into that C++ object:
+# freed, that is a segfault. A stopped player is disconnected first (the bridge stops reading
+# it at its next tick, so no new end-of-file is posted), then deleted once any callback
+# already posted has long been delivered.
+PLAYER_GRACE_S = 1.0
 _SIP_USER = re.compile(r"[A-Za-z0-9.+_-]{1,64}")
 
 
@@ -85,6 +94,8 @@ class SipThread:
         self.room_players: dict[str, Any] = {}
         self.finished_room_players: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.graveyard: list[Any] = []  # calls to delete outside their own callbacks
+        # Stopped players (disconnected) and when they may be deleted: see PLAYER_GRACE_S.
+        self.morgue: collections.deque[tuple[float, Any]] = collections.deque()
         self.zombies: dict[str, float] = {}  # call ID -> when to give up a failed hang-up
         self.abandoned: list[Any] = []  # given-up calls: kept alive until libDestroy
         # Command type -> its handler; a handler's return value goes back in CommandDone.
@@ -123,6 +134,8 @@ class SipThread:
             if self.graveyard:
                 self.graveyard.clear()
             now = time.monotonic()
+            while self.morgue and self.morgue[0][0] <= now:
+                self.morgue.popleft()
             if now >= next_media_check:
                 next_media_check = now + max(0.5, min(MEDIA_CHECK_EVERY_S,
                                                       self.cfg.media_timeout_s / 2))
@@ -249,10 +262,20 @@ class SipThread:
 
     def _stop_room_player(self, name: str) -> None:
         player = self.room_players.pop(name, None)
+        # The room's change disconnected its links already; any left are undone here too: a
+        # player is deleted only once nothing reads it (see PLAYER_GRACE_S).
+        for link in [lk for lk in self.links if lk.src == name]:
+            self.links.discard(link)
+            dst = self._port(link.dst)
+            if player is not None and dst is not None:
+                with contextlib.suppress(Exception):
+                    player.stopTransmit(dst)
         if player is not None:
-            # Destroying the player removes its bridge port (and whatever links remain).
-            self.links = {lk for lk in self.links if lk.src != name}
-            self.graveyard.append(player)
+            self._retire(player)
+
+    def _retire(self, player: Any) -> None:
+        """A disconnected player is deleted PLAYER_GRACE_S from now, on this thread."""
+        self.morgue.append((time.monotonic() + PLAYER_GRACE_S, player))
 
     def _reap_room_players(self) -> None:
         while True:
@@ -329,7 +352,7 @@ class SipThread:
             call = self.calls.get(key[0])
             if call is not None and call.audio is not None:
                 player.stopTransmit(call.audio)
-            self.graveyard.append(player)
+            self._retire(player)
 
     def _reap_players(self) -> None:
         while True:
@@ -422,10 +445,17 @@ class SipThread:
         deadline = time.monotonic() + 2.0
         while self.calls and time.monotonic() < deadline:
             self.ep.libHandleEvents(20)
+        # Players still playing are stopped like any other (disconnected, then deleted after
+        # their grace period), not deleted while the bridge may still read them.
+        for key in list(self.players):
+            self._stop_player(key)
+        for name in list(self.room_players):
+            self._stop_room_player(name)
+        while self.morgue and time.monotonic() < self.morgue[-1][0]:
+            self.ep.libHandleEvents(20)
         self.calls.clear()
         self.monitor = None
-        self.players.clear()
-        self.room_players.clear()
+        self.morgue.clear()
         self.recorders.clear()
         self.abandoned.clear()
         self.graveyard.clear()

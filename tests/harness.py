@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import random
 import signal
 import subprocess
@@ -31,6 +32,9 @@ from tests.httpkit import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+# Every gateway process a test starts: a crash in C (pjsua2) prints each Python thread's stack
+# to the gateway's log (faulthandler) instead of leaving only an exit code of -11.
+GATEWAY_ENV = {**os.environ, "PYTHONFAULTHANDLER": "1"}
 SECRET = "test-secret-123456"
 
 # RTP port blocks handed out to gateways and phonebanks, below Linux's ephemeral range.
@@ -229,7 +233,7 @@ async def start_gateway(tmp: Path, applications: list[dict[str, Any]],
     log_path = tmp / f"gateway-{sip_port}.log"
     proc = subprocess.Popen(
         [PYTHON, "-m", "gateway", "serve", "--config", str(path), "--log-level", "DEBUG"],
-        cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+        cwd=ROOT, env=GATEWAY_ENV, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     gw = GatewayProc(proc, sip_port, http_port, log_path, db)
     deadline = time.monotonic() + 20
     async with aiohttp.ClientSession() as s:

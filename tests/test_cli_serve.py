@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from gateway import signing
-from tests.harness import PYTHON, ROOT, AppServer, Phonebank, free_port
+from tests.harness import GATEWAY_ENV, PYTHON, ROOT, AppServer, Phonebank, free_port
 
 pytestmark = pytest.mark.sip
 
@@ -25,7 +25,7 @@ async def test_serve_with_flags_only(app: AppServer, phones: Phonebank, tmp_path
          "--event-url", app.url + "/events", "--secret", "flag-secret-123",
          "--sip-port", str(sip_port), "--http-port", str(http_port),
          "--db", str(tmp_path / "g.db")],
-        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        cwd=ROOT, env=GATEWAY_ENV, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         async with aiohttp.ClientSession() as s:
             for _ in range(100):

@@ -22,7 +22,7 @@ from gateway.cluster.stack import Stack, node_configs
 from gateway.edge import kamailio
 from gateway.edge.config import EdgeConfig
 from gateway.strict import parse
-from tests.harness import PYTHON, ROOT, Phonebank, rtp_block
+from tests.harness import GATEWAY_ENV, PYTHON, ROOT, Phonebank, rtp_block
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.sip
@@ -81,7 +81,7 @@ async def test_make_cluster_dispatches_and_skips_a_dead_node(tmp_path: Path) -> 
     path.write_text(yaml.safe_dump(stack))
     out = (tmp_path / "stack.log").open("wb")
     proc = subprocess.Popen([PYTHON, "-m", "gateway.cluster", str(path)], cwd=ROOT,
-                            stdout=out, stderr=subprocess.STDOUT)
+                            env=GATEWAY_ENV, stdout=out, stderr=subprocess.STDOUT)
     phones = None
     try:
         await eventually(lambda: b"cluster: up" in (tmp_path / "stack.log").read_bytes(),

@@ -268,3 +268,22 @@ async def test_close_stops_announcements_under_way() -> None:
     await conf.close()
     assert not conf._tasks and not conf._announcing
     joined.cancel()
+
+
+async def test_a_wait_url_beyond_max_wait_sounds_is_noted_in_the_timeline() -> None:
+    conf, sent = rooms(max_wait_sounds=2)
+    callers = {c: Caller(c) for c in "abc"}
+    tasks = [asyncio.create_task(conf.join(KEY, c, MemberOptions(start_on_enter=False,
+                                                                 wait=f"/{c}.wav"),
+                                           callers[c]))
+             for c in "abc"]
+    await settle()
+    assert not [n for n in callers["a"].notes + callers["b"].notes
+                if n[0] == "conference.wait_url_limited"]
+    limited = [f for e, f in callers["c"].notes if e == "conference.wait_url_limited"]
+    assert limited == [{"room": KEY.name, "max_wait_sounds": 2}], callers["c"].notes
+    started = {p.path for change in sent for p in change.start}
+    assert started == {"/a.wav", "/b.wav"}  # c hears a's sound, the room's first
+    for t in tasks:
+        t.cancel()
+    await settle()

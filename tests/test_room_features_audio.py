@@ -314,7 +314,8 @@ async def test_dtmf_controls_mute_and_leave_without_leaking_digits(
                 {"conference": {"room": "after-keys"}}],
         # b's wait music is not audio: b joins all the same, the timeline says why
         "+1b": [{"conference": {"room": "keys", "dtmf_controls": True,
-                                "wait_url": app.url + "/media/junk"}}],
+                                "wait_url": app.url + "/media/junk"}},
+                {"conference": {"room": "after-b"}}],
     })
     app.media["junk"] = (b"<html>not audio</html>", {"Content-Type": "text/html"})
     s = Scene(phones, gateway, tmp_path)
@@ -342,6 +343,11 @@ async def test_dtmf_controls_mute_and_leave_without_leaking_digits(
     assert [p["call_id"] for p in room["participants"]] == [ids["+1b"]]
     await asyncio.sleep(1.5)
     t_end = s.now("b")
+    phones.send(op="dtmf", id="b", digits="#", method="info")  # `#` over SIP INFO
+    await s.find_ids("after-b", 1)  # b's next action runs
+    assert "digit=# method=info" in gateway.log()
+    status, _ = await gateway.get("/v1/conferences/keys")
+    assert status == 404, "the room outlived its last participant"
     await s.hang_up_all()
 
     b = s.recs["b"]
@@ -361,6 +367,8 @@ async def test_dtmf_controls_mute_and_leave_without_leaking_digits(
     events = [e["event"] for e in a_call["timeline"]]
     assert "participant.muted" in events and "participant.unmuted" in events, events
     _, b_call = await gateway.get(f"/v1/calls/{ids['+1b']}")
+    left = [e for e in b_call["timeline"] if e["event"] == "conference.left"]
+    assert left and left[0]["why"] == "dtmf", b_call["timeline"]
     failed = [e for e in b_call["timeline"] if e["event"] == "conference.wait_url_failed"]
     assert failed and "neither WAV nor MP3" in failed[0]["message"], b_call["timeline"]
 

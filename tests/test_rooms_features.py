@@ -297,3 +297,42 @@ def test_random_walk_keeps_the_rules(seed: int) -> None:
             running.discard(name)
             assert not any(lk.src == name for lk in applied), f"{name} stopped while linked"
         check_rules(book, applied, running)
+
+
+def test_wait_sounds_are_capped_per_room_with_500_members_each_with_its_own() -> None:
+    """Crafted: 500 waiting members, each with a different wait_url. The room plays at most
+    max_wait_sounds looping players; the others hear the room's first sound."""
+    book = RoomBook(max_wait_sounds=4)
+    started: set[str] = set()
+    for i in range(500):
+        change = join(book, f"c{i}", start_on_enter=False, wait=f"/cache/w{i}.wav")
+        started |= {p.name for p in change.start}
+        started -= set(change.stop)
+    room = book.room(R1)
+    assert room is not None
+    players = room.players()
+    assert len(players) == 4 and len(started) == 4, sorted(p.name for p in players)
+    assert {p.path for p in players} == {f"/cache/w{i}.wav" for i in range(4)}
+    heard = {lk.dst: lk.src for lk in room.links() if lk.src.startswith(WAIT_PREFIX)}
+    assert len(heard) == 500  # nobody is left in silence
+    assert heard["c2"] == room.wait_player("/cache/w2.wav")  # the first four: their own
+    assert heard["c499"] == room.wait_player("/cache/w0.wav")  # beyond: the room's first
+    # one of the four leaves: the next sound in join order is played to its own caller
+    change = book.leave("c1").change
+    assert [p.path for p in change.start] == ["/cache/w4.wav"]
+    assert change.stop == (room.wait_player("/cache/w1.wav"),)
+    assert len(room.players()) == 4
+    # members sharing a sound share its player, and without a sound hear silence
+    join(book, "same", start_on_enter=False, wait="/cache/w0.wav")
+    join(book, "quiet", start_on_enter=False)
+    assert len(room.players()) == 4
+    assert not any(lk.dst == "quiet" for lk in room.links())
+
+
+def test_one_wait_sound_per_room_at_the_least() -> None:
+    book = RoomBook(max_wait_sounds=1)
+    join(book, "a", start_on_enter=False, wait="/x.wav")
+    join(book, "b", start_on_enter=False, wait="/y.wav")
+    room = book.room(R1)
+    assert room is not None and [p.path for p in room.players()] == ["/x.wav"]
+    assert room.wait_sound("b") == "/x.wav"
