@@ -45,8 +45,8 @@ async def _verified(request: web.Request) -> dict[str, object] | None:
     if not signing.verify(request.app[SECRET_KEY], body, request.headers.get(signing.HEADER)):
         log.warning("demo: bad signature", extra={"path": request.path})
         return None
-    doc: dict[str, object] = json.loads(body)
-    return doc
+    doc = json.loads(body)
+    return doc if isinstance(doc, dict) else None
 
 
 async def answer(request: web.Request) -> web.Response:
@@ -64,9 +64,13 @@ async def events(request: web.Request) -> web.Response:
     doc = await _verified(request)
     if doc is None:
         return web.Response(status=401)
-    call = doc["call"]
-    assert isinstance(call, dict)
+    # Room and recording events carry `"call": null` (docs/api.md, conference events).
+    call = doc.get("call")
+    room = doc.get("conference")
     log.info("demo: webhook received", extra={
-        "call_id": call["id"], "webhook": doc["event"], "status": call["status"],
-        "data": json.dumps(doc["data"])})
+        "call_id": call.get("id") if isinstance(call, dict) else None,
+        "webhook": doc.get("event"),
+        "status": call.get("status") if isinstance(call, dict) else None,
+        "room": room.get("room") if isinstance(room, dict) else None,
+        "data": json.dumps(doc.get("data"))})
     return web.Response(status=204)

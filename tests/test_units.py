@@ -223,3 +223,30 @@ def test_sip_and_gateway_agree_on_the_version_and_user_agent() -> None:
     import sip
 
     assert (sip.__version__, sip.USER_AGENT) == (gateway.__version__, gateway.USER_AGENT)
+
+
+async def test_demo_app_takes_room_events_without_a_call() -> None:
+    """recording.completed and the conference events carry `"call": null`: the embedded demo
+    app (make run's event_url) must answer 204, not fail and have the outbox retry forever."""
+    import json as _json
+
+    from aiohttp import ClientSession, web
+
+    from gateway import demo, signing
+    from tests.httpkit import serve
+
+    app = web.Application()
+    demo.setup(app, "demo-secret-0123456789")
+    runner, port = await serve(app)
+    try:
+        async with ClientSession() as http:
+            for doc in ({"event": "recording.completed", "call": None, "data": {"room": "r"},
+                         "conference": {"room": "r", "customer_id": "c", "participants": 0}},
+                        ["not", "an", "object"]):
+                body = _json.dumps(doc).encode()
+                headers = {signing.HEADER: signing.sign("demo-secret-0123456789", body)}
+                async with http.post(f"http://127.0.0.1:{port}/demo/events", data=body,
+                                     headers=headers) as r:
+                    assert r.status == (204 if isinstance(doc, dict) else 401)
+    finally:
+        await runner.cleanup()
