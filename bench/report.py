@@ -31,6 +31,25 @@ TARGETS = {
 }
 
 
+MODE_NOTES = {
+    "recording": "rooms of SIPp callers sending G.711 RTP (the ramp's caller) held up; gateway "
+                 "CPU from /proc/<pid>/stat in windows with the same calls up: no room "
+                 "recorded, then rooms recorded through `POST /v1/conferences/{room}/recordings` "
+                 "(cumulative), then all stopped and plain again. Added CPU per recorded room "
+                 "= (cores recorded - mean of the two plain windows) / rooms recorded. Disk "
+                 "rate: growth of the recordings directory, and /proc/<pid>/io write_bytes. "
+                 "Every recording is then fetched through the API and must be complete and "
+                 "carry the callers' tone (bench/recording.py).",
+    "room-features": "one room of SIPp callers sending G.711 RTP plus one listening probe "
+                     "leg; gateway CPU from /proc/<pid>/stat in three windows with the same "
+                     "calls up: plain; one caller on hold (PATCH hold), one coaching another "
+                     "(PATCH speak_to) and an announcement playing (POST announcements, `play` "
+                     "of a 500 Hz WAV from the bench's HTTP server, heard by the probe); plain "
+                     "again. Ratio = the feature window / the mean of the two plain windows "
+                     "(bench/roomfeatures.py).",
+}
+
+
 def machine() -> dict[str, Any]:
     model = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -84,6 +103,7 @@ def markdown(result: dict[str, Any]) -> str:
         *(["- Quick mode runs at a tenth of the scale to check the harness and spot "
            "regressions; the targets are for the full mode."] if result["mode"] == "quick"
           else []),
+        *([f"- Method: {MODE_NOTES[result['mode']]}"] if result["mode"] in MODE_NOTES else []),
         "",
         "| Measure | Target | Result | Met |",
         "|---|---|---|---|",
@@ -123,6 +143,14 @@ def markdown(result: dict[str, Any]) -> str:
             f"{room['min_loud_ratio']:.0%}), {room['failed']} failed calls, gateway "
             f"{room['gateway'].get('cpu_cores', 0):.2f} cores; "
             f"threads {room['gateway'].get('threads', {})}")
+    if result["mode"] == "recording":
+        from bench import recording
+
+        lines += recording.markdown_lines(result)
+    if result["mode"] == "room-features":
+        from bench import roomfeatures
+
+        lines += roomfeatures.markdown_lines(result)
     lines += [end]
     return "\n".join(lines)
 
