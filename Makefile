@@ -1,7 +1,7 @@
 # The two commands a newcomer needs: `make run` and `make test`. Both set up what they need.
 PY := .venv/bin/python
 
-.PHONY: run test setup lint unit bench bench-quick fuzz clean compose-test
+.PHONY: run test setup lint unit bench bench-quick fuzz clean compose-test cluster
 
 setup:
 	@scripts/setup.sh
@@ -10,6 +10,12 @@ setup:
 # the gateway behind it on loopback, the demo application. Ctrl-C stops all of it.
 run: setup
 	$(PY) -m gateway serve --config configs/demo.yaml
+
+# Two gateway nodes sharing rooms (configs/cluster.yaml, docs/cluster.md): redis-server, the
+# edge as dispatcher on 5060, the nodes' HTTP on 127.0.0.1:8081 and 8082, the demo app.
+# Ctrl-C stops all of it.
+cluster: setup
+	$(PY) -m gateway.cluster configs/cluster.yaml
 
 # Everything, the container stack included (Docker is installed from Debian if missing, so a
 # fresh machine runs it too; it is skipped, with the reason, only where dockerd cannot start).

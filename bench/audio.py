@@ -33,8 +33,10 @@ class DelayResult:
     setup_ms: list[float]
 
 
-async def mixer_delay(sip: tuple[str, int], dialed: str, bursts: int = 8) -> DelayResult:
-    """Tone bursts into leg A, timed out of leg B, both in one room.
+async def mixer_delay(sip: tuple[str, int], dialed: str, bursts: int = 8,
+                      sip_b: tuple[str, int] | None = None) -> DelayResult:
+    """Tone bursts into leg A, timed out of leg B, both in one room. With `sip_b`, leg B
+    calls that gateway (another node of a cluster: the delay then includes a cascade leg).
 
     Delay = (arrival of B's first packet carrying the burst + the burst's offset in
     that packet) - (the moment A sent the burst's first packet). Loopback adds tens
@@ -43,6 +45,10 @@ async def mixer_delay(sip: tuple[str, int], dialed: str, bursts: int = 8) -> Del
     """
     ua = ProbeUA(sip)
     await ua.start()
+    ua_b = ua
+    if sip_b is not None:
+        ua_b = ProbeUA(sip_b)
+        await ua_b.start()
     first_burst = [-1]
 
     def a_payload(leg: Leg, seq: int) -> bytes:
@@ -57,7 +63,7 @@ async def mixer_delay(sip: tuple[str, int], dialed: str, bursts: int = 8) -> Del
     b.rx.keep_payloads = True
     try:
         await ua.call(a)
-        await ua.call(b)
+        await ua_b.call(b)
         # let both jitter buffers settle on a steady stream before timing anything
         await asyncio.sleep(2.0)
         first_burst[0] = a.seq + 5
@@ -81,8 +87,10 @@ async def mixer_delay(sip: tuple[str, int], dialed: str, bursts: int = 8) -> Del
                            max(delays), [round(x.setup_ms or 0, 2) for x in (a, b)])
     finally:
         await ua.hangup(a)
-        await ua.hangup(b)
+        await ua_b.hangup(b)
         await ua.close()
+        if ua_b is not ua:
+            await ua_b.close()
 
 
 @dataclass

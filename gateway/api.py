@@ -24,8 +24,11 @@ from gateway.config import ApiToken
 from gateway.edge.users import UserStore
 from gateway.keys import (
     CALLS,
+    CLUSTER_CALL,
+    CLUSTER_ROOM,
     CONFIG,
     ENGINE,
+    METRICS,
     OUTBOX,
     RECORDINGS,
     ROOMS,
@@ -68,6 +71,7 @@ def setup(app: web.Application) -> None:
     cfg = app[CONFIG]
     app.middlewares.append(errors_and_auth)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     app.router.add_get("/v1/openapi.json", openapi)
@@ -79,7 +83,8 @@ def setup(app: web.Application) -> None:
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        if request.path.startswith("/v1/") and request.path != "/v1/openapi.json":
+        if (request.path.startswith("/v1/") and request.path != "/v1/openapi.json") \
+                or request.path == "/metrics":
             request[SCOPE] = _authorize(request)
         return await handler(request)
     except ApiError as exc:
@@ -110,6 +115,11 @@ def _authorize(request: web.Request) -> tuple[bool, str | None]:
     return (found.customer_id is None, found.customer_id)
 
 
+def scope(request: web.Request) -> tuple[bool, str | None]:
+    """(admin, customer_id) of an authenticated /v1 request (the console's stream uses it)."""
+    return request[SCOPE]
+
+
 def _error(status: int, code: str, message: str,
            details: list[dict[str, str]] | None = None) -> web.Response:
     error: dict[str, Any] = {"code": code, "message": message}
@@ -131,6 +141,17 @@ async def healthz(request: web.Request) -> web.Response:
             "calls": len(request.app[CALLS]),
             "webhooks_pending": request.app[OUTBOX].pending_count()}
     return web.json_response(body, status=200 if alive else 503)
+
+
+# -- metrics ------------------------------------------------------------------------------
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format. Gateway-wide numbers: an admin token only (a customer's token
+    would see other customers' traffic in them)."""
+    admin, _ = request[SCOPE]
+    if not admin:
+        raise ApiError(403, "forbidden", "metrics need an admin token")
+    return web.Response(body=request.app[METRICS].render(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 # -- calls --------------------------------------------------------------------------------
@@ -157,6 +178,8 @@ async def get_call(request: web.Request) -> web.Response:
     cid = request.match_info["call_id"]
     session = request.app[CALLS].get(cid)
     record = session.record() if session else request.app[STORE].call_get(cid)
+    if record is None and CLUSTER_CALL in request.app:  # on another node?
+        record = await request.app[CLUSTER_CALL](request, cid)
     if record is None or not _visible(request, record["customer_id"]):
         raise ApiError(404, "not_found", f"no call {cid}")
     return web.json_response(record)
@@ -230,6 +253,8 @@ async def list_conferences(request: web.Request) -> web.Response:
 
 
 async def get_conference(request: web.Request) -> web.Response:
+    if CLUSTER_ROOM in request.app:  # every node's participants
+        return web.json_response(await request.app[CLUSTER_ROOM](request))
     return web.json_response(await _room_view(request.app, _room(request)))
 
 

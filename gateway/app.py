@@ -12,22 +12,26 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
 
 from aiohttp import web
 
-from gateway import api, applications, demo, keys, watchdog
+from gateway import api, applications, console, demo, keys, watchdog
 from gateway.call import outbound
 from gateway.call.services import Services, log_failure
 from gateway.call.session import CallSession
 from gateway.call.table import CallTable
+from gateway.cluster import cascade
+from gateway.cluster import http as cluster_http
+from gateway.cluster.node import ClusterNode
 from gateway.conferences import Conferences
 from gateway.config import Config
 from gateway.edge.config import EdgeConfig, edge_registrar, from_edge
 from gateway.hooks import HookClient, HttpPools
 from gateway.media_cache import MediaCache
+from gateway.metrics import Live, Metrics
 from gateway.outbox import Outbox
 from gateway.recordings import Recordings, completed_data
 from gateway.store import Recording, Store
@@ -59,7 +63,11 @@ class Gateway:
         self.cfg = cfg
         self.engine = SipEngine(cfg.sip, self.on_sip_event)
         self.conferences = Conferences(self.send_quiet, cfg.rooms)
+        # Several nodes sharing rooms (docs/cluster.md): calls join rooms through the node.
+        self.cluster = ClusterNode(cfg.cluster, self.conferences) \
+            if cfg.cluster.enabled else None
         self.status = keys.Status()
+        self.metrics = Metrics()
         # Participants of rooms with a status_url: their call, for events after it ended.
         self._participants: dict[str, CallSession] = {}
         self.recordings: Recordings
@@ -78,16 +86,24 @@ class Gateway:
         app[keys.STATUS] = self.status
         app[keys.ENGINE] = self.engine
         app[keys.ROOMS] = self.conferences
+        app[keys.METRICS] = self.metrics
         app.cleanup_ctx.extend([self._store_ctx, self._services_ctx, self._outbox_ctx,
-                                self._housekeeping_ctx, self._speakers_ctx])
+                                self._housekeeping_ctx, self._speakers_ctx, self._metrics_ctx])
         api.setup(app)
+        if self.cluster is not None:
+            app.cleanup_ctx.append(self.cluster.ctx)
+            cluster_http.setup(app, self.cluster)
         if self.cfg.demo:
             demo.setup(app, demo.secret_from(self.cfg.applications))
+        if self.cfg.http.console:
+            console.setup(app, api.scope)
         return app
 
     async def _store_ctx(self, app: web.Application) -> AsyncIterator[None]:
         self.store = app[keys.STORE] = Store(self.cfg.database)
         self.calls = app[keys.CALLS] = CallTable(self.store)
+        self.calls.on_finished = lambda s: self.metrics.call_ended(s.rec.direction,
+                                                                   s.rec.status)
         yield
         self.store.close()
 
@@ -110,11 +126,14 @@ class Gateway:
             self.recording_event, self.conferences.status.get)
         self.conferences.on_room_ended = self.recordings.room_ended
         self.conferences.on_event = self.room_event
+        self.outbox.observer = self.metrics.webhook_result
+        hooks = HookClient(pools.answer, self.cfg.hooks, pools.action, pools.policy)
+        hooks.observer = self.metrics.hook_done
         self.services = app[keys.SERVICES] = Services(
             engine=self.engine,
-            hooks=HookClient(pools.answer, self.cfg.hooks, pools.action, pools.policy),
+            hooks=hooks,
             media=media,
-            rooms=self.conferences, outbox=self.outbox, calls=self.calls,
+            rooms=self.cluster or self.conferences, outbox=self.outbox, calls=self.calls,
             dialer=outbound.dial, limits=self.cfg.limits,
             dial_target=lambda to: dial_target(self.cfg.edge, to), ringback=ringback,
             recorder=self.recordings)
@@ -137,6 +156,21 @@ class Gateway:
 
     async def _speakers_ctx(self, app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(self.conferences.run_speaker_detection(self.engine.levels))
+        yield
+        task.cancel()
+
+    async def _metrics_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        book, calls, outbox = self.conferences.book, self.calls, self.outbox
+        self.metrics.watch(Live(
+            calls=lambda: (len(calls) - calls.outbound, calls.outbound),
+            sip_legs=self.engine.live_legs,
+            rooms=lambda: len(book.rooms),
+            participants=lambda: len(book.room_of),
+            webhooks_pending=outbox.pending_count,
+            webhook_backlog=lambda: outbox.backlog,
+            sip_loop_age=self.engine.loop_age,
+            accepting=lambda: self.status.accepting))
+        task = asyncio.create_task(self.metrics.probe_loop_lag())
         yield
         task.cancel()
 
@@ -170,6 +204,10 @@ class Gateway:
         self.http_port = bound[0][1] if bound else self.cfg.http.port
         # SIP last: by the time a call arrives, answer_url (maybe the demo) is reachable.
         await self.engine.start()
+        if self.cluster is not None:
+            self.cluster.start(self.services, f"{self.cfg.sip.public_host or self.cfg.sip.host}:"
+                                              f"{self.engine.bound_port}",
+                               f"http://{self.cfg.http.host}:{self.http_port}")
         log.info("gateway ready", extra={
             "sip": f"{self.cfg.sip.host}:{self.engine.bound_port}",
             "http": f"{self.cfg.http.host}:{self.http_port}",
@@ -244,8 +282,10 @@ class Gateway:
         try:
             if isinstance(event, ev.IncomingCall):
                 self._incoming(event)
-            else:
-                self.calls.route(event)
+                return
+            if isinstance(event, ev.CallEnded):  # every leg, with or without a session
+                self.metrics.sip_final(event.final_response, event.quality)
+            self.calls.route(event)
         except Exception:
             log.exception("event handling failed", extra={
                 "call_id": getattr(event, "call_id", None), "sip_event": type(event).__name__})
@@ -253,6 +293,9 @@ class Gateway:
     def _incoming(self, event: ev.IncomingCall) -> None:
         if not self.status.accepting:
             self.send_quiet(cmd.Hangup(event.call_id, 503, "Service Unavailable"))
+            return
+        if self.cluster is not None and cascade.is_cascade(event.x_headers):
+            self.cluster.incoming(event)  # another node's leg into a room we mix
             return
         if self.cfg.edge.enabled and not from_edge(self.cfg.edge, event.source):
             # Behind a separate edge, a call from anywhere else skipped its authentication.
@@ -283,10 +326,14 @@ def room_stream(customer_id: str, room: str) -> str:
     return f"room:{customer_id}:{room}"
 
 
-async def serve(cfg: Config, drain_s: float | None = None) -> None:
+async def serve(cfg: Config, drain_s: float | None = None,
+                on_gateway: Callable[[Gateway], None] | None = None) -> None:
     """Run until a signal. SIGTERM drains (no new calls, calls in progress get `drain_s`);
-    SIGINT (Ctrl-C) or a second signal hangs up at once."""
+    SIGINT (Ctrl-C) or a second signal hangs up at once. `on_gateway` sees the gateway
+    before it starts (the edge hands its log events to the gateway's metrics)."""
     gw = Gateway(cfg)
+    if on_gateway is not None:
+        on_gateway(gw)
     await gw.start()
     dog = asyncio.create_task(watchdog.watch(gw.engine, cfg.sip.watchdog_s))
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()

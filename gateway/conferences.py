@@ -65,6 +65,9 @@ class Conferences:
         # Called with the key of each room that ends (its recording stops).
         self.on_room_ended: Callable[[RoomKey], None] = lambda key: None
         self.status: dict[RoomKey, StatusHook] = {}
+        # Always-mixed members (a cluster's cascade legs) are links, not participants: no
+        # room events name them.
+        self._internal: set[str] = set()
         self.on_event: RoomEventSink = lambda *event: None
         self._speaking: dict[RoomKey, SpeakingTracker] = {}
 
@@ -121,7 +124,7 @@ class Conferences:
                data: dict[str, Any] | None = None, participants: int | None = None) -> None:
         """Send a room event, if the room has a status_url. `participants` defaults to the
         room's size now. Also the hook for participant.held / participant.unheld."""
-        if key not in self.status:
+        if key not in self.status or call_id in self._internal:
             return
         room = self.book.rooms.get(key)
         count = participants if participants is not None else len(room.members) if room else 0
@@ -137,6 +140,7 @@ class Conferences:
 
     async def join(
         self, key: RoomKey, call_id: str, *, mute: bool, end_on_exit: bool,
+        always_source: bool = False,
         status: StatusHook | None = None,
     ) -> str:
         """Put `call_id` in the room; return why it left ("room_ended" | "removed").
@@ -149,8 +153,10 @@ class Conferences:
                 "limit": self.cfg.max_participants})
             raise RoomFull(key.name)
         created = key not in self.book.rooms
+        if always_source:
+            self._internal.add(call_id)
         self._apply(self.book.join(key, call_id, muted=mute, end_on_exit=end_on_exit,
-                                   now=time.time()))
+                                   now=time.time(), always_source=always_source))
         if status is not None:
             self.status.setdefault(key, status)
         if created:
@@ -168,6 +174,7 @@ class Conferences:
             self._waiters.pop(call_id, None)
             if call_id in self.book.room_of:  # cancelled (hung up): leave now
                 self.leave(call_id)
+            self._internal.discard(call_id)
 
     def leave(self, call_id: str) -> None:
         key = self.book.room_of[call_id]

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from gateway.cluster.config import ClusterConfig
 from gateway.edge.config import EdgeConfig
 from gateway.netguard import parse_allow
 from gateway.strict import URL, ValidationError, between, checked, length, parse
@@ -27,6 +28,9 @@ from sip.config import SipConfig
 class HttpConfig:
     host: str = "127.0.0.1"
     port: int = checked(between(0, 65535), default=8080)
+    # The live web console at / (gateway/console): rooms, talkers, mute/remove/end, recent
+    # calls. Its data comes from the API, with the API's tokens.
+    console: bool = False
 
 
 def _networks_or_hosts(entries: tuple[str, ...]) -> str | None:
@@ -192,6 +196,8 @@ class Config:
     # Serve the embedded demo application at /demo/* on the HTTP port.
     demo: bool = False
     edge: EdgeConfig = field(default_factory=EdgeConfig)
+    # Several nodes sharing rooms (docs/cluster.md); without cluster.node_id, one node.
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 class ConfigError(Exception):

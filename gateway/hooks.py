@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +94,8 @@ class HookClient:
         self.customer_http = customer_http or http
         self.policy = policy or AddressPolicy.from_config(cfg.allow_private)
         self.cfg = cfg
+        # (kind, seconds, ok) of every request, for /metrics
+        self.observer: Callable[[str, float, bool], None] | None = None
 
     async def fetch_actions(
         self, urls: list[str], secret: str, payload: dict[str, Any], call_id: str,
@@ -106,10 +110,14 @@ class HookClient:
         last: AnswerUrlError | None = None
         for url in urls:
             for attempt in (1, 2):
+                started = time.monotonic()
                 try:
-                    return await self._once(url, secret, body, call_id, kind, attempt,
-                                            guarded)
+                    actions = await self._once(url, secret, body, call_id, kind, attempt,
+                                               guarded)
+                    self._observe(kind, started, True)
+                    return actions
                 except AnswerUrlError as exc:
+                    self._observe(kind, started, False)
                     exc.code = error_code
                     last = exc
                     log.warning(f"{kind}.failed", extra={
@@ -119,6 +127,13 @@ class HookClient:
                         break
         assert last is not None
         raise last
+
+    def _observe(self, kind: str, started: float, ok: bool) -> None:
+        if self.observer is not None:
+            try:
+                self.observer(kind, time.monotonic() - started, ok)
+            except Exception:  # metrics must never fail a call
+                log.exception("hooks.observer_failed")
 
     async def _once(
         self, url: str, secret: str, body: bytes, call_id: str, kind: str, attempt: int,

@@ -40,6 +40,7 @@ import aiohttp
 
 from gateway.config import Application, HooksConfig
 from gateway.http import signed_post
+from gateway.metrics import MAX_DESTINATIONS, Backlog
 from gateway.store import NewEvent, OutboxRow, Outcome, Store, Synchronous, url_host
 
 log = logging.getLogger("minivoice.webhook")
@@ -56,6 +57,9 @@ PER_HOST_MIN = 1
 MAX_PENDING = 1_000_000
 # Events waiting in memory for the database thread (it is stuck if this fills).
 MAX_UNSAVED = 50_000
+# The backlog for /metrics walks the pending rows: every 5 s, or less often when that walk
+# is slow (a huge backlog), so it never takes more than 5 % of the outbox thread.
+BACKLOG_EVERY_S = 5.0
 DELIVERED_KEEP_S = 86400.0
 PRUNE_EVERY_S = 3600.0
 CHECKPOINT_EVERY_S = 30.0
@@ -118,6 +122,11 @@ class Outbox:
         self._tasks: set[asyncio.Task[None]] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self._stopping = False
+        # For /metrics: the pending events by destination, refreshed by _housekeep_backlog,
+        # and a callback told of every delivery attempt's result (destination, ok).
+        self.backlog = Backlog()
+        self._backlog_task: asyncio.Task[None] | None = None
+        self.observer: Callable[[str, bool], None] | None = None
 
     def _host(self, name: str) -> _Host:
         h = self._hosts.get(name)
@@ -232,6 +241,7 @@ class Outbox:
         for h in await self._in_db(lambda: self._store().outbox_hosts()):
             self._host(h)
         self._housekeeping = asyncio.create_task(self._housekeep_forever())
+        self._backlog_task = asyncio.create_task(self._housekeep_backlog())
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -240,6 +250,7 @@ class Outbox:
                     await asyncio.wait_for(self._wake.wait(), timeout=delay)
         finally:
             self._housekeeping.cancel()
+            self._backlog_task.cancel()
 
     async def _dispatch_due(self) -> float:
         """Start deliveries that are due; return seconds until the next one is."""
@@ -292,6 +303,7 @@ class Outbox:
             else:
                 status = await self._post(row, secret)
                 self._adapt(row, 200 <= status < 300)
+                self._observe(row, 200 <= status < 300)
                 if 200 <= status < 300:
                     self._finish(Outcome(row.seq, row.call_id, time.time(), delivered=True))
                     log.info("webhook.delivered", extra={
@@ -310,6 +322,8 @@ class Outbox:
         except Exception as exc:  # never let one event kill the worker
             error = f"{type(exc).__name__}: {exc}"
             log.exception("webhook.error", extra={"call_id": row.call_id})
+        if secret is None or not error.startswith("HTTP "):  # HTTP errors were observed above
+            self._observe(row, False)
         attempts = row.attempts + 1
         now = time.time()
         dead = now - row.created_at >= self.cfg.webhook_give_up_after_s
@@ -353,6 +367,26 @@ class Outbox:
                     break
         return total
 
+    def _backlog(self) -> Backlog:
+        oldest, by_host = self._store().outbox_backlog(MAX_DESTINATIONS)
+        return Backlog(time.time(), oldest, tuple(by_host))
+
+    async def _housekeep_backlog(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                self.backlog = await self._in_db(self._backlog)
+            except Exception:
+                log.exception("webhook.backlog_failed")
+            await asyncio.sleep(max(BACKLOG_EVERY_S, 20 * (time.monotonic() - started)))
+
+    def _observe(self, row: OutboxRow, ok: bool) -> None:
+        if self.observer is not None:
+            try:
+                self.observer(row.host, ok)
+            except Exception:  # metrics must never cost a delivery
+                log.exception("webhook.observer_failed", extra={"call_id": row.call_id})
+
     def _checkpoint(self) -> None:
         self._store().db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
@@ -380,7 +414,8 @@ class Outbox:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        busy = [*self._tasks, *([self._housekeeping] if self._housekeeping else [])]
+        busy = [*self._tasks, *([self._housekeeping] if self._housekeeping else []),
+                *([self._backlog_task] if self._backlog_task else [])]
         for t in busy:
             t.cancel()
         await asyncio.gather(*busy, return_exceptions=True)

@@ -330,6 +330,16 @@ class Store:
             "SELECT DISTINCT host FROM outbox WHERE due_at IS NOT NULL").fetchall()
         return [r[0] for r in rows]
 
+    def outbox_backlog(self, limit: int) -> tuple[float | None, list[tuple[str, int]]]:
+        """(created_at of the oldest pending event, pending events per host, largest first,
+        at most `limit` hosts). Walks the pending rows (outbox_finished's state prefix):
+        bounded by the outbox's max_pending, and run every few seconds on the outbox thread."""
+        rows = self.db.execute(
+            "SELECT host, count(*), min(created_at) FROM outbox WHERE state = 'pending'"
+            " GROUP BY host ORDER BY count(*) DESC").fetchall()
+        oldest = min((float(r[2]) for r in rows), default=None)
+        return oldest, [(str(r[0]), int(r[1])) for r in rows[:limit]]
+
     def outbox_due(self, host: str, now: float, limit: int,
                    exclude: Iterable[int] = ()) -> list[OutboxRow]:
         """Up to `limit` heads for `host` due by `now`, oldest due first."""

@@ -59,6 +59,9 @@ class Member:
     muted: bool
     end_on_exit: bool
     joined_at: float
+    # Always a source, even in a large room when not a speaker: a cluster's cascade leg
+    # carries another node's speakers, whom this node's level polls cannot see.
+    always_source: bool = False
 
 
 @dataclass
@@ -79,7 +82,8 @@ class Room:
         sources = [m for m in ids if not self.members[m].muted]
         out: set[Link] = set()
         if self.large:
-            sources = [m for m in sources if m in self.speakers]
+            sources = [m for m in sources
+                       if m in self.speakers or self.members[m].always_source]
             out = {Link(m, MONITOR) for m in ids}
         out.update(Link(src, dst) for src in sources for dst in ids if dst != src)
         out.update(Link(src, lst) for src in sources for lst in self.listeners)
@@ -112,7 +116,8 @@ class RoomBook:
         self.room_of: dict[str, RoomKey] = {}
 
     def join(
-        self, key: RoomKey, call_id: str, *, muted: bool, end_on_exit: bool, now: float
+        self, key: RoomKey, call_id: str, *, muted: bool, end_on_exit: bool, now: float,
+        always_source: bool = False,
     ) -> LinkChange:
         if call_id in self.room_of:
             raise RoomError(f"{call_id} is already in room {self.room_of[call_id].name}")
@@ -121,7 +126,7 @@ class RoomBook:
             room = self.rooms[key] = Room(key, created_at=now,
                                           full_mesh_max=self.full_mesh_max)
         before = room.links()
-        room.members[call_id] = Member(call_id, muted, end_on_exit, now)
+        room.members[call_id] = Member(call_id, muted, end_on_exit, now, always_source)
         self.room_of[call_id] = key
         return _diff(before, room.links())
 

@@ -18,6 +18,8 @@ APT_PACKAGES=(
     openssl sqlite3 iproute2                                     # edge TLS pair, users db, ss
     systemd                                                      # tests: systemd-analyze verify
     linphone-cli baresip-core                                    # tests: real softphones
+    chromium chromium-driver                                     # tests: the web console
+    redis-server                                                 # cluster: shared room state
 )
 PY=${PYTHON:-python3}
 

@@ -10,10 +10,11 @@ from typing import Any, Protocol
 
 import pjsua2 as pj
 
+from media.quality import QualityTally, StreamSample
 from sip import events as ev
 from sip.events import new_call_id
 from sip.sdp import check_offer, sdp_body
-from sip.sipmsg import request_uri, uri_user
+from sip.sipmsg import request_uri, uri_user, x_headers
 
 
 class _SipThread(Protocol):
@@ -64,6 +65,7 @@ class GatewayAccount(pj.Account):  # type: ignore[misc]
                 from_user=uri_user(info.remoteUri),
                 dialed=uri_user(ruri) or uri_user(info.localUri),
                 source=prm.rdata.srcAddress,
+                x_headers=x_headers(msg),
             )
             log.info("invite", extra={"call_id": call.call_id, "sip_call_id": event.sip_call_id,
                                       "from": event.from_uri, "dialed": event.dialed})
@@ -90,6 +92,8 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
         self.media_reported = False
         self.last_rx_pkts = -1
         self.last_rx_change = 0.0
+        self.quality = QualityTally()
+        self.confirmed = False
 
     # -- commands ------------------------------------------------------------------
     def answer_call(self, code: int) -> None:
@@ -112,12 +116,20 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
             if self.outbound and info.state == pj.PJSIP_INV_STATE_EARLY:
                 self.engine.post(ev.CallProgress(self.call_id, int(info.lastStatusCode)))
             if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
+                self.confirmed = True
                 self.engine.post(ev.CallAnswered(self.call_id))
             elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 self.audio = None
+                # pjsua destroyed the streams before this callback (onStreamDestroyed took
+                # their statistics); whatever happens, the call still ends.
+                quality = None
+                with contextlib.suppress(Exception):
+                    quality = self.quality.freeze()
+                code = int(info.lastStatusCode)
+                final = None if self.outbound else (200 if self.confirmed else code)
                 self.engine.post(
-                    ev.CallEnded(self.call_id, int(info.lastStatusCode), info.lastReason,
-                                 self.by_gateway, self.cause)
+                    ev.CallEnded(self.call_id, code, info.lastReason, self.by_gateway,
+                                 self.cause, quality, final)
                 )
                 self.engine.call_gone(self)
         except Exception:
@@ -142,6 +154,31 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
                     return
         except Exception:
             log.exception("media state handling failed", extra={"call_id": self.call_id})
+
+    def onStreamDestroyed(self, prm: Any) -> None:
+        # The last moment a stream's statistics exist: pjsua calls this from inside
+        # pjsua_media_channel_deinit, before DISCONNECTED is reported (the far end hung up)
+        # and before our own hangup() reports it, and on a re-INVITE that re-creates the
+        # stream. getStreamStat raises once the stream is gone: never let that out of here.
+        try:
+            idx = int(prm.streamIdx)
+            stat = self.getStreamStat(idx)
+            codec = str(self.getStreamInfo(idx).codecName)
+            rtcp = stat.rtcp
+            self.quality.add(StreamSample(
+                codec=codec,
+                rx_packets=int(rtcp.rxStat.pkt),
+                rx_lost=int(rtcp.rxStat.loss),
+                jitter_ms=float(rtcp.rxStat.jitterUsec.mean) / 1000.0,
+                jitter_samples=int(rtcp.rxStat.jitterUsec.n),
+                rtt_ms=float(rtcp.rttUsec.mean) / 1000.0,
+                rtt_samples=int(rtcp.rttUsec.n),
+                tx_packets=int(rtcp.txStat.pkt),
+                tx_lost=int(rtcp.txStat.loss),
+            ))
+        except Exception as exc:
+            log.debug("stream stats unavailable",
+                      extra={"call_id": self.call_id, "error": f"{type(exc).__name__}"})
 
     def onCallRxOffer(self, prm: Any) -> None:
         # A re-INVITE or UPDATE offer gets the same check as the first one; pjsua answers 488

@@ -52,6 +52,8 @@ class Dial:
     call_id: str
     uri: str
     from_user: str = ""
+    # Extra headers on the INVITE (a cluster's cascade leg: X-Room-Epoch and its MAC).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ class SipEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started: asyncio.Future[None] | None = None
         self.last_tick = 0.0  # written by the SIP thread (a float: atomic to read)
+        self._worker: _SipThread | None = None
         self.bound_port = 0
         # Events cross to the loop in batches: one loop wake-up (a self-pipe write) per
         # batch rather than per event, which mattered at 50 calls/s (py-spy: 6% of samples).
@@ -61,6 +62,16 @@ class SipEngine:
     @property
     def alive(self) -> bool:
         return self._thread is not None and time.monotonic() - self.last_tick < 1.0
+
+    def live_legs(self) -> int:
+        """Call objects alive on the SIP thread (for /metrics). len() of a dict another
+        thread changes is atomic in CPython; no pj object is touched."""
+        worker = self._worker
+        return len(worker.calls) if worker is not None else 0
+
+    def loop_age(self) -> float:
+        """Seconds since the SIP loop last turned (0 before it started)."""
+        return time.monotonic() - self.last_tick if self.last_tick else 0.0
 
     def problem(self, stall_s: float) -> str | None:
         """Why the SIP thread cannot serve calls (for the watchdog), or None."""
@@ -77,6 +88,7 @@ class SipEngine:
         self._loop = asyncio.get_running_loop()
         self._started = self._loop.create_future()
         worker = _SipThread(self.cfg, self._queue, self._post, self)
+        self._worker = worker
         self._thread = threading.Thread(target=worker.run, name="sip", daemon=True)
         self._thread.start()
         await self._started
@@ -420,6 +432,10 @@ class _SipThread:
         if c.from_user:
             prm.txOption.localUri = from_uri(c.from_user, self.cfg.public_host or self.cfg.host,
                                              self.port)
+        for name, value in c.headers:
+            header = pj.SipHeader()
+            header.hName, header.hValue = name, value
+            prm.txOption.headers.append(header)
         try:
             call.makeCall(c.uri, prm)
         except Exception:

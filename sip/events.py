@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
+from media.quality import CallQuality
+
 
 def new_call_id() -> str:
     """A MiniVoice call ID: `call_` + 22 random URL-safe characters."""
@@ -20,6 +22,8 @@ class IncomingCall:
     from_user: str
     dialed: str  # Request-URI user (the number the caller dialed)
     source: str  # transport source address "ip:port"
+    # The INVITE's X- headers (sip.sipmsg.x_headers: capped in number and length)
+    x_headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,12 @@ class CallEnded:
     reason: str
     by_gateway: bool  # True when the gateway ended or rejected it
     cause: str  # "normal" | "media_timeout" (SIP thread) | "dial_failed" (gateway/app.py)
+    # pjmedia's statistics of the call's audio, taken as each stream was destroyed; None when
+    # the call never had media (rejected, unanswered, abandoned)
+    quality: CallQuality | None = None
+    # inbound legs: the final response the INVITE got (200 once answered, else the rejection
+    # or 487 after a CANCEL); None for outbound legs
+    final_response: int | None = None
 
 
 @dataclass(frozen=True)

@@ -28,3 +28,26 @@ def uri_user(uri: str) -> str:
     if uri.lower().startswith("tel:"):
         user = uri[4:].split(";", 1)[0]
     return user.split(";", 1)[0]
+
+
+MAX_X_HEADERS = 16
+MAX_X_VALUE = 512
+
+
+def x_headers(message: str) -> tuple[tuple[str, str], ...]:
+    """The X- headers of a SIP message's header section, as (name, value) pairs in order:
+    at most MAX_X_HEADERS of them; a value longer than MAX_X_VALUE is left out (nothing the
+    gateway reads is that long). Folded continuation lines are ignored."""
+    head = message.split("\r\n\r\n", 1)[0].split("\n\n", 1)[0]
+    found: list[tuple[str, str]] = []
+    for line in head.replace("\r\n", "\n").split("\n")[1:]:
+        if len(found) >= MAX_X_HEADERS:
+            break
+        name, sep, value = line.partition(":")
+        name = name.strip()
+        if not sep or not name.lower().startswith("x-") or line[:1] in (" ", "\t"):
+            continue
+        value = value.strip()
+        if len(value) <= MAX_X_VALUE and len(name) <= 64:
+            found.append((name, value))
+    return tuple(found)

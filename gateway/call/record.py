@@ -51,6 +51,8 @@ class CallRecord:
     sip_code: int | None = None
     room: str | None = None
     codec: str | None = None
+    # pjmedia's statistics of the call's audio, set when it ends (media.quality.CallQuality)
+    quality: dict[str, Any] | None = None
     outcome: str | None = None  # outbound legs: answered | busy | no-answer | failed | canceled
 
     # -- views -------------------------------------------------------------------------
@@ -84,6 +86,7 @@ class CallRecord:
             "ended_at": iso(self.ended_at) if self.ended_at else None,
             "room": self.room,
             "codec": self.codec,
+            "quality": self.quality,
             "hangup_cause": self.hangup_cause,
             "hangup_by": self.hangup_by,
             "sip_code": self.sip_code,
@@ -170,6 +173,8 @@ class CallRecord:
             data["outcome"] = self.outcome
             if self.parent_call_id:
                 data["parent_call_id"] = self.parent_call_id
+        if self.quality is not None:
+            data["quality"] = self.quality
         if self.error:
             data["error"] = self.error
         return data

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from gateway import recovery
 from gateway.call.services import Outbox
@@ -21,6 +21,8 @@ class CallTable:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.sessions: dict[str, CallSession] = {}
+        self.outbound = 0  # outbound legs among the sessions (a count, for /metrics)
+        self.on_finished: Callable[[CallSession], None] | None = None  # metrics
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -36,6 +38,8 @@ class CallTable:
 
     def admit(self, session: CallSession) -> None:
         self.sessions[session.call_id] = session
+        if session.rec.direction == "outbound":
+            self.outbound += 1
         self.remember(session)
 
     def remember(self, session: CallSession) -> None:
@@ -48,6 +52,8 @@ class CallTable:
         if session is None:
             return
         if isinstance(event, ev.CallEnded):
+            if event.quality is not None:
+                session.rec.quality = event.quality.as_json()
             self.finish(session, event.sip_code, event.reason, event.by_gateway, event.cause)
         else:
             session.handle(event)
@@ -57,8 +63,15 @@ class CallTable:
         """The one way a call ends. Its live row goes in the same transaction as its
         call.completed (see NewEvent.ends_call), so a crash leaves one or the other, never
         both or neither: call.completed is sent exactly once, by this process or the next."""
-        self.sessions.pop(session.call_id, None)
+        if self.sessions.pop(session.call_id, None) is not None \
+                and session.rec.direction == "outbound":
+            self.outbound -= 1
         session.on_ended(sip_code, by_gateway, cause)
+        if self.on_finished is not None:
+            try:
+                self.on_finished(session)
+            except Exception:  # metrics must never stop a call's end
+                log.exception("call.observer_failed", extra={"call_id": session.call_id})
         self.store.call_save(session.call_id, session.record())
         if not session.completion_queued:  # no event_url (or the outbox is full)
             self.store.live_delete(session.call_id)

@@ -64,6 +64,19 @@ def _algorithms(values: tuple[str, ...]) -> str | None:
     return None
 
 
+def _nodes(values: tuple[str, ...]) -> str | None:
+    if len(values) > 64:
+        return "at most 64 nodes"
+    for v in values:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or _ip(host):
+            shown = v if len(v) <= 64 else v[:64] + "..."
+            return f"{shown!r} is not ip:port (the edge never resolves names)"
+    if len(set(values)) != len(values):
+        return "each node at most once"
+    return None
+
+
 def _nonempty_networks(values: tuple[str, ...]) -> str | None:
     return _networks(values) if values else "at least one network is required"
 
@@ -126,6 +139,10 @@ class EdgeConfig:
     # its SIP socket (`sip.host`) may be a specific non-loopback address, the one network it
     # shares with the edge (docker-compose.yml). Unset: `serve` runs Kamailio itself.
     address: str | None = checked(_ip, default=None)
+    # Several gateway nodes (a cluster, docs/cluster.md): "ip:port" of each node's SIP. The
+    # edge then dispatches new calls among them (Kamailio's dispatcher: OPTIONS probing, a
+    # node that does not answer is skipped). Empty: the one gateway of `sip:`.
+    dispatch: tuple[str, ...] = checked(lambda v: _nodes(v), default=())
 
     def cross_check(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []

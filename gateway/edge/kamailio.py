@@ -154,9 +154,81 @@ def _challenge_headers(algorithms: tuple[str, ...]) -> str:
     return "".join(f"$var(hname): Digest $var(params), algorithm={a}\\r\\n" for a in algorithms)
 
 
+_DISPATCHER = """loadmodule "dispatcher.so"
+modparam("dispatcher", "list_file", "{list_file}")
+modparam("dispatcher", "flags", 2)
+modparam("dispatcher", "ds_ping_interval", 2)
+modparam("dispatcher", "ds_probing_mode", 1)
+modparam("dispatcher", "ds_probing_threshold", 1)
+modparam("dispatcher", "ds_inactive_threshold", 1)
+modparam("dispatcher", "ds_ping_reply_codes", "class=2")
+modparam("dispatcher", "ds_ping_from", "sip:edge@minivoice.invalid")"""
+
+# Cluster mode: a new call goes to a node chosen by a hash of the dialed number (callers of
+# one number, one room with the demo, land on one node while it is up: fewer cascade legs);
+# a node that does not answer within 3 s, or answers 500/503, is marked down and the next
+# one is tried (flags 2: failover). A node is also marked down when it does not answer the
+# OPTIONS probe sent every 2 s (that takes tm's fr_timer), and up again when it does.
+# In-dialog requests from phones may only go to a node of the list.
+_DISPATCH_ROUTES = """
+route[DISPATCH] {
+	if (!ds_select_dst("1", "3")) {
+		xlog("L_NOTICE", "edge.no_gateway src=$si to=$rU\n");
+		sl_send_reply("503", "Service Unavailable");
+		exit;
+	}
+	t_set_fr(120000, 3000);
+	t_on_failure("NEXT_NODE");
+}
+
+failure_route[NEXT_NODE] {
+	if (t_is_canceled()) {
+		exit;
+	}
+	if (t_check_status("408|500|503") || t_branch_timeout()) {
+		ds_mark_dst("ip");
+		if (ds_next_dst()) {
+			xlog("L_NOTICE", "edge.next_node to=$rU node=$du\n");
+			t_on_failure("NEXT_NODE");
+			t_relay();
+		}
+	}
+}
+"""
+
+
+def _dispatch_values(plan: EdgePlan) -> dict[str, str]:
+    gw = f"sip:{plan.gateway_host}:{plan.gateway_port}"
+    if not plan.edge.dispatch:  # one gateway: the script as it always was
+        return {"DISPATCHER": "",
+                "FROM_GATEWAY": f'$si == "{plan.gateway_host}" && $sp == {plan.gateway_port}',
+                "TO_GATEWAY": f'$du = "{gw}";', "DIALOG_TO_GATEWAY": f'$du = "{gw}";',
+                "DISPATCH_ROUTES": ""}
+    return {
+        "DISPATCHER": _DISPATCHER.format(list_file=plan.runtime_dir / "dispatcher.list"),
+        "FROM_GATEWAY": 'ds_is_from_list("1")',
+        "TO_GATEWAY": "route(DISPATCH);",
+        "DIALOG_TO_GATEWAY": '\n'.join([
+            'if (!ds_is_from_list("1", "2", "$ru")) {',
+            '\t\t\txlog("L_NOTICE", "edge.relay_refused src=$si method=$rm reason=not_a_node\\n");',
+            '\t\t\tif (!is_method("ACK")) {',
+            '\t\t\t\tsl_send_reply("403", "Forbidden");',
+            '\t\t\t}',
+            '\t\t\texit;',
+            '\t\t}']),
+        "DISPATCH_ROUTES": _DISPATCH_ROUTES,
+    }
+
+
+def dispatcher_list(edge: EdgeConfig) -> str:
+    """Kamailio's dispatcher.list: set 1, one line per node."""
+    return "".join(f"1 sip:{node}\n" for node in edge.dispatch)
+
+
 def render(plan: EdgePlan, secret: str) -> str:
     e = plan.edge
     values = {
+        **_dispatch_values(plan),
         "DEFINES": "#!define WITH_TLS" if e.tls_port else "",
         "LOG_LEVEL": str(e.log_level),
         "CHILDREN": str(e.children),
@@ -226,6 +298,8 @@ def prepare(cfg: Config) -> EdgePlan:
                     binary)
     text = render(plan, _secret(runtime))
     write_private(plan.config_path, text)  # it holds the HMAC secret
+    if e.dispatch:
+        (runtime / "dispatcher.list").write_text(dispatcher_list(e))
     return plan
 
 
@@ -235,12 +309,13 @@ _LEVELS = {"CRITICAL": logging.CRITICAL, "ALERT": logging.CRITICAL, "ERROR": log
            "DEBUG": logging.DEBUG}
 
 
-def _relog(line: str) -> None:
-    """Kamailio's stderr as our key=value log. Script lines are already `edge.event k=v ...`."""
+def _relog(line: str) -> tuple[str, dict[str, str]] | None:
+    """Kamailio's stderr as our key=value log. Script lines are already `edge.event k=v ...`:
+    those are returned as (event, fields)."""
     m = _KAM_LINE.match(line)
     if not m:
         log.debug("edge.kamailio", extra={"line": line})
-        return
+        return None
     pid, level, text = m.groups()
     lvl = _LEVELS.get(level, logging.INFO)
     if text.startswith("edge."):
@@ -254,8 +329,9 @@ def _relog(line: str) -> None:
             if eq and key not in fields:
                 fields[key] = value
         log.log(lvl, event, extra=logs.fields(**fields))
-    else:
-        log.log(lvl, "edge.kamailio", extra={"pid": pid, "line": text})
+        return event, fields
+    log.log(lvl, "edge.kamailio", extra={"pid": pid, "line": text})
+    return None
 
 
 class Edge:
@@ -268,6 +344,8 @@ class Edge:
         self._reader: asyncio.Task[None] | None = None
         self.stopping = False
         self._tail: list[str] = []
+        # told of every script event (edge.auth_failed, edge.ban, ...): the gateway's metrics
+        self.on_event: Callable[[str, dict[str, str]], None] | None = None
 
     def command(self) -> list[str]:
         # -DD: stay in the foreground but fork the workers (-D alone would run one process
@@ -326,7 +404,9 @@ class Edge:
                 continue
             self._tail = [*self._tail[-50:], line]
             with contextlib.suppress(Exception):  # a log line must never stop the reader
-                _relog(line)
+                event = _relog(line)
+                if event is not None and self.on_event is not None:
+                    self.on_event(*event)
 
     async def wait(self) -> int:
         assert self.proc is not None
@@ -352,7 +432,9 @@ class Edge:
 
 
 # The gateway's own serve (gateway.app.serve), passed in: the edge does not import the app.
-Serve = Callable[[Config, float | None], Coroutine[Any, Any, None]]
+# Its third argument sees the gateway before it starts: the edge hands it its log events
+# (Any: naming the Gateway type would make the edge import the app).
+Serve = Callable[[Config, float | None, Callable[[Any], None]], Coroutine[Any, Any, None]]
 
 
 async def serve_stack(cfg: Config, serve: Serve, drain_s: float | None = None) -> int:
@@ -362,7 +444,11 @@ async def serve_stack(cfg: Config, serve: Serve, drain_s: float | None = None) -
     edge = Edge(plan)
     await edge.start()
     code = 0
-    gateway = asyncio.create_task(serve(cfg, drain_s), name="gateway")
+
+    def attach(gw: Any) -> None:  # the gateway's metrics count the edge's auth failures, bans
+        edge.on_event = gw.metrics.edge_event
+
+    gateway = asyncio.create_task(serve(cfg, drain_s, attach), name="gateway")
     watcher = asyncio.create_task(edge.wait(), name="edge")
     try:
         done, _ = await asyncio.wait({gateway, watcher}, return_when=asyncio.FIRST_COMPLETED)

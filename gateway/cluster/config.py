@@ -1,0 +1,53 @@
+"""The `cluster:` section of the gateway config.
+
+    cluster:
+      node_id: node-a                    # unique per node
+      redis_url: redis://127.0.0.1:6379/0
+      secret: a-long-shared-secret       # the same on every node: cascade legs, internal HTTP
+      sip_address: 10.0.0.5:5080         # where the other nodes dial this node (host:port)
+      http_url: http://10.0.0.5:8081     # where the other nodes reach this node's HTTP
+
+No `node_id`: a single node, nothing here is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.strict import between, checked, length, pattern
+
+NODE_ID = pattern(r"[A-Za-z0-9_-]{1,64}", "1-64 of A-Z a-z 0-9 _ -")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    node_id: str | None = checked(NODE_ID, default=None)
+    redis_url: str = checked(pattern(r"(redis|rediss|unix)://\S{1,500}", "a redis:// URL"),
+                             default="redis://127.0.0.1:6379/0")
+    secret: str = checked(length(16, 256), default="")
+    # host:port the other nodes send cascade INVITEs to; default sip.public_host or sip.host
+    # with the bound SIP port.
+    sip_address: str | None = checked(
+        pattern(r"[A-Za-z0-9.\-\[\]:]{1,200}:\d{1,5}", "host:port"), default=None)
+    # Base URL of this node's HTTP for the other nodes; default http://http.host:bound port.
+    http_url: str | None = checked(pattern(r"https?://\S{1,500}", "an http(s):// URL"),
+                                   default=None)
+    # A room's owner renews its lease every tick; a dead owner's rooms are free after lease_s.
+    lease_s: float = checked(between(1, 60), default=4.0)
+    tick_s: float = checked(between(0.1, 10), default=1.0)
+    # A node's liveness record lives this long without a refresh.
+    node_ttl_s: float = checked(between(2, 600), default=10.0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.node_id is not None
+
+    def cross_check(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.enabled and not self.secret:
+            problems.append(("secret", "is required with node_id (16-256 characters, the "
+                                       "same on every node)"))
+        if self.tick_s * 2 > self.lease_s:
+            problems.append(("lease_s", "must be at least twice tick_s (the owner renews "
+                                        "every tick)"))
+        return problems

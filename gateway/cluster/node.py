@@ -1,0 +1,355 @@
+"""A gateway node in a cluster: rooms with one owner cluster-wide, and cascade legs.
+
+`ClusterNode` stands in front of the local `Conferences` as the rooms service of every
+call: a caller joins the local room as before, and the node makes sure that room is either
+owned here (the mix is here; other nodes' cascade legs come in as always-mixed participants)
+or bridged to its owner by one cascade leg per (room, node) that is itself an always-mixed
+participant of the local room. Cascade legs are ordinary calls in ordinary rooms on both
+sides; they belong to an internal application without webhooks.
+
+One loop carries out gateway.cluster.ownership.plan for each room, every tick (renewing the
+owner's lease) and at once when a caller joins or leaves. Redis failing stops nothing: the
+node keeps the rooms, mixes and bridges it has, and re-publishes when Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from gateway.call import outbound
+from gateway.call.services import Services
+from gateway.call.session import CallSession
+from gateway.cluster import cascade
+from gateway.cluster.config import ClusterConfig
+from gateway.cluster.ownership import (
+    Adopt,
+    Bridge,
+    Claim,
+    Forget,
+    Local,
+    Release,
+    Renew,
+    StepDown,
+    TryClaim,
+    Unbridge,
+    admit_leg,
+    plan,
+)
+from gateway.cluster.redis_store import ClusterStore
+from gateway.conferences import Conferences
+from gateway.config import Application
+from media.rooms import RoomKey
+from sip import commands as cmd
+from sip import events as ev
+from sip.engine import SipCommandError
+
+log = logging.getLogger("minivoice.cluster")
+
+INTERNAL_APP_ID = "app_cluster"
+
+
+@dataclass
+class RoomState:
+    callers: set[str] = field(default_factory=set)
+    inbound: dict[str, CallSession] = field(default_factory=dict)  # legs taken in as owner
+    owned_epoch: int | None = None
+    bridge: Claim | None = None
+    bridge_leg: CallSession | None = None
+    max_epoch: int = 0
+
+    def local(self, hold_off: bool = False) -> Local:
+        return Local(callers=len(self.callers), inbound_legs=len(self.inbound),
+                     owned_epoch=self.owned_epoch, bridge=self.bridge,
+                     max_epoch_seen=self.max_epoch, hold_off=hold_off)
+
+
+def internal_app(key: RoomKey) -> Application:
+    """The application of cascade legs: the room's customer, no answer_url, no webhooks."""
+    return Application(id=INTERNAL_APP_ID, customer_id=key.customer_id,
+                       answer_url="http://127.0.0.1/unused", secret="cluster-internal")
+
+
+class ClusterNode:
+    def __init__(self, cfg: ClusterConfig, conferences: Conferences) -> None:
+        assert cfg.node_id is not None
+        self.cfg = cfg
+        self.me: str = cfg.node_id
+        self.conferences = conferences
+        self.store = ClusterStore(cfg.redis_url)
+        self.rooms: dict[RoomKey, RoomState] = {}
+        self.services: Services | None = None
+        self.sip_address = ""
+        self.http_url = ""
+        self.redis_ok = True
+        self._redis_back_at = -1e9  # loop time Redis last came back (see Local.hold_off)
+        self._dirty: set[RoomKey] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- life ------------------------------------------------------------------------------
+    async def ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup context: the loop runs from `start` (once SIP is up) to here."""
+        yield
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._tasks:  # members' removals, legs being hung up
+            await asyncio.wait(set(self._tasks), timeout=2.0)
+        # Leaving cleanly: free our rooms now rather than when their leases lapse.
+        for key, st in list(self.rooms.items()):
+            if st.owned_epoch is not None:
+                with contextlib.suppress(Exception):
+                    await self.store.release(key, self.me, st.owned_epoch)
+        await self.store.close()
+
+    def start(self, services: Services, sip_address: str, http_url: str) -> None:
+        self.services = services
+        self.sip_address = self.cfg.sip_address or sip_address
+        self.http_url = self.cfg.http_url or http_url
+        self._task = asyncio.create_task(self._run(), name="cluster")
+        log.info("cluster.node", extra={"node": self.me, "sip": self.sip_address,
+                                        "http": self.http_url})
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def kick(self, key: RoomKey) -> None:
+        self._dirty.add(key)
+        self._wake.set()
+
+    # -- the rooms service (gateway.call.services.Rooms) -----------------------------------
+    async def join(self, key: RoomKey, call_id: str, **options: Any) -> str:
+        """Conferences.join, with the room made cluster-wide; its options pass through."""
+        st = self.rooms.setdefault(key, RoomState())
+        st.callers.add(call_id)
+        added = self._spawn(self._redis_quiet(self.store.add_member(key, call_id, self.me)))
+        self.kick(key)
+        try:
+            return await self.conferences.join(key, call_id, **options)
+        finally:
+            st.callers.discard(call_id)
+            self._spawn(self._remove_member(added, key, call_id))
+            self.kick(key)
+
+    async def _remove_member(self, added: asyncio.Task[Any], key: RoomKey, call_id: str
+                             ) -> None:
+        with contextlib.suppress(Exception):  # after the add: a quick leave cannot overtake it
+            await added
+        await self._redis_quiet(self.store.remove_member(key, call_id))
+
+    def is_cascade_leg(self, call_id: str) -> bool:
+        return any(call_id in st.inbound or (st.bridge_leg is not None
+                                             and st.bridge_leg.call_id == call_id)
+                   for st in self.rooms.values())
+
+    async def _redis_quiet(self, coro: Any) -> None:
+        try:
+            await coro
+        except Exception as exc:  # Redis down: republished when it is back (heartbeat)
+            self._redis_down(exc)
+
+    def _redis_down(self, exc: Exception) -> None:
+        if self.redis_ok:
+            log.warning("cluster.redis_down", extra={"node": self.me, "error": str(exc)})
+        self.redis_ok = False
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = 0.0
+        while True:
+            now = loop.time()
+            if now >= next_tick:
+                next_tick = now + self.cfg.tick_s
+                await self._heartbeat()
+                keys = set(self.rooms)
+            else:
+                keys = set(self._dirty)
+            self._dirty.clear()
+            self._wake.clear()
+            for key in keys:
+                try:
+                    await self._reconcile(key)
+                except Exception as exc:
+                    if "redis" in type(exc).__module__ or isinstance(exc, OSError):
+                        self._redis_down(exc)
+                    else:
+                        log.exception("cluster.reconcile_failed", extra={"room": key.name})
+            if not self._dirty:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, next_tick - loop.time()))
+
+    async def _heartbeat(self) -> None:
+        legs = len(self.services.calls) if self.services else 0  # type: ignore[arg-type]
+        try:
+            existed = await self.store.heartbeat(
+                self.me, self.cfg.node_ttl_s, self.sip_address, self.http_url, legs,
+                os.getloadavg()[0])
+        except Exception as exc:
+            self._redis_down(exc)
+            return
+        if not self.redis_ok or not existed:
+            # Redis is back (or lost our record): publish what it must know about us again.
+            for key, st in list(self.rooms.items()):
+                for cid in list(st.callers):
+                    await self._redis_quiet(self.store.add_member(key, cid, self.me))
+            if not self.redis_ok:
+                log.info("cluster.redis_back", extra={"node": self.me})
+            # Even a restart quicker than a tick (no failed command seen) shows here, as our
+            # record missing: the owners get their lease's time to put their claims back.
+            self._redis_back_at = asyncio.get_running_loop().time()
+            self.redis_ok = True
+
+    async def _reconcile(self, key: RoomKey) -> None:
+        st = self.rooms.get(key)
+        if st is None:
+            return
+        claim = await self.store.get_claim(key)
+        hold_off = asyncio.get_running_loop().time() - self._redis_back_at < self.cfg.lease_s
+        for _ in range(3):  # a claim or a failed renewal means one more plan
+            if claim is not None:
+                st.max_epoch = max(st.max_epoch, claim.epoch)
+            again: Claim | None = None
+            for step in plan(self.me, st.local(hold_off), claim):
+                if isinstance(step, TryClaim):
+                    again = await self.store.claim(key, self.me, self.sip_address,
+                                                   self.cfg.lease_s, step.min_epoch)
+                elif isinstance(step, Renew):
+                    if not await self.store.renew(key, self.me, self.sip_address,
+                                                  self.cfg.lease_s, step.epoch):
+                        again = await self.store.get_claim(key)
+                        if again is None:  # gone between the two reads: try once more
+                            return
+                elif isinstance(step, Adopt):
+                    st.owned_epoch = step.claim.epoch
+                    log.info("conference.owner", extra={
+                        "room": key.name, "customer_id": key.customer_id, "node": self.me,
+                        "epoch": step.claim.epoch})
+                    # Members of nodes that died with the previous owner are gone.
+                    self._spawn(self._redis_quiet(self._prune(key)))
+                elif isinstance(step, StepDown):
+                    self._step_down(key, st, step.epoch)
+                elif isinstance(step, Bridge):
+                    await self._bridge(key, st, step.claim)
+                elif isinstance(step, Unbridge):
+                    self._unbridge(st)
+                elif isinstance(step, Release):
+                    await self.store.release(key, self.me, step.epoch)
+                    st.owned_epoch = None
+                elif isinstance(step, Forget):
+                    self.rooms.pop(key, None)
+                    return
+            if again is None:
+                return
+            claim = again
+
+    async def _prune(self, key: RoomKey) -> None:
+        live = set(await self.store.nodes())
+        for cid, node in (await self.store.members(key)).items():
+            if node not in live:
+                await self.store.remove_member(key, cid)
+
+    def _step_down(self, key: RoomKey, st: RoomState, epoch: int) -> None:
+        log.warning("conference.owner_lost", extra={"room": key.name, "node": self.me,
+                                                    "epoch": epoch})
+        st.owned_epoch = None
+        for leg in list(st.inbound.values()):
+            self._spawn(leg.end_call(200, "cluster_owner_changed", "Room Moved"))
+
+    # -- cascade legs: ours to the owner -----------------------------------------------------
+    async def _bridge(self, key: RoomKey, st: RoomState, claim: Claim) -> None:
+        assert self.services is not None
+        st.bridge = claim
+        leg = await outbound.dial(
+            self.services, internal_app(key), f"sip:cascade@{claim.sip}", f"mv-{self.me}",
+            None, headers=cascade.headers(self.cfg.secret, key, claim.epoch, self.me))
+        st.bridge_leg = leg
+        log.info("cluster.bridge", extra={"call_id": leg.call_id, "room": key.name,
+                                          "owner": claim.owner, "epoch": claim.epoch})
+        if leg.ended.is_set():
+            st.bridge, st.bridge_leg = None, None
+            return
+        leg.task = asyncio.create_task(self._carry(key, st, leg))
+
+    async def _carry(self, key: RoomKey, st: RoomState, leg: CallSession) -> None:
+        """Our cascade leg's life: once answered, an always-mixed member of the local room."""
+        try:
+            await leg.answered_or_ended()
+            if leg.ended.is_set():
+                return
+            await self.conferences.join(key, leg.call_id, mute=False, end_on_exit=False,
+                                        always_source=True)
+            # The local room ended under it: hang the leg up; the plan decides what next.
+            await leg.end_call(200, "room_ended", "")
+        finally:
+            if st.bridge_leg is leg:
+                st.bridge, st.bridge_leg = None, None
+                # A leg that worked and ended (the owner stepped down) is re-made at once; one
+                # that was refused waits for the next tick, so a refusing owner (a node that
+                # restarted and forgot the room, a stale claim) gets one INVITE a tick, not a
+                # storm.
+                if leg.rec.answered_at is not None:
+                    self.kick(key)
+
+    def _unbridge(self, st: RoomState) -> None:
+        leg = st.bridge_leg
+        st.bridge, st.bridge_leg = None, None
+        if leg is not None and not leg.ended.is_set():
+            self._spawn(leg.end_call(200, "cluster_unbridge", "Room Moved"))
+
+    # -- cascade legs: theirs, to us as owner ------------------------------------------------
+    def incoming(self, event: ev.IncomingCall) -> None:
+        """An INVITE that says it is a cascade leg: take it into the room if it is signed
+        and at our epoch of a room we own."""
+        assert self.services is not None
+        try:
+            offer = cascade.parse(self.cfg.secret, event.x_headers)
+        except cascade.BadCascade as exc:
+            log.warning("cluster.leg_refused", extra={"call_id": event.call_id,
+                                                      "source": event.source,
+                                                      "reason": str(exc)})
+            self.services.send_quiet(cmd.Hangup(event.call_id, 403, "Forbidden"))
+            return
+        st = self.rooms.get(offer.key)
+        why = admit_leg(st.owned_epoch if st else None, offer.epoch)
+        if why is not None or st is None:
+            log.info("cluster.leg_refused", extra={
+                "call_id": event.call_id, "room": offer.key.name, "from_node": offer.node,
+                "epoch": offer.epoch, "reason": why})
+            if why == "newer_epoch":  # we are a stale owner: look again now
+                self.kick(offer.key)
+            self.services.send_quiet(cmd.Hangup(event.call_id, 480, "Room Not Here"))
+            return
+        session = CallSession.inbound(self.services, event, internal_app(offer.key))
+        self.services.calls.admit(session)
+        st.inbound[event.call_id] = session
+        session.note("cluster.leg", room=offer.key.name, from_node=offer.node,
+                     epoch=offer.epoch)
+        session.task = asyncio.create_task(self._serve(offer.key, st, session))
+
+    async def _serve(self, key: RoomKey, st: RoomState, session: CallSession) -> None:
+        try:
+            await session.answer()
+            await self.conferences.join(key, session.call_id, mute=False, end_on_exit=False,
+                                        always_source=True)
+            await session.end_call(200, "room_ended", "")
+        except SipCommandError as exc:  # could not answer: the leg is ended, its node retries
+            log.warning("cluster.leg_failed", extra={"call_id": session.call_id,
+                                                     "error": str(exc)})
+            await session.end_call(500, "sip_error", "Server Internal Error")
+        finally:
+            st.inbound.pop(session.call_id, None)
+            self.kick(key)

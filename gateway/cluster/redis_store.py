@@ -1,0 +1,190 @@
+"""The thin Redis adapter of the cluster: room claims (Lua, atomic), node liveness, room
+members. Every rule about *what* to do lives in gateway.cluster.ownership; this module only
+reads and writes.
+
+Keys (customer ids are percent-encoded, so a ':' in one cannot alias another's key):
+    mv:node:{node}                 hash  sip, http, legs, load        TTL node_ttl_s
+    mv:nodes                       set   node ids (stale ids are dropped by readers)
+    mv:room:{customer}/{room}      hash  owner, epoch, sip            TTL lease_s (the lease)
+    mv:epoch:{customer}/{room}     int   the last epoch given out     TTL 1 day
+    mv:members:{customer}/{room}   hash  call id -> node
+    mv:rooms                       set   {customer}/{room} of rooms with a claim
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from gateway.cluster.cascade import encode_room
+from gateway.cluster.ownership import Claim
+from media.rooms import RoomKey
+
+EPOCH_TTL_MS = 86_400_000
+
+# KEYS: room, epoch counter, rooms set. ARGV: node, sip, lease ms, min epoch, room id.
+# Creates the claim only if there is none; returns the claim that stands afterwards.
+_CLAIM = """
+local cur = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'sip')
+if cur[1] then return cur end
+local e = tonumber(redis.call('GET', KEYS[2]) or '0')
+local m = tonumber(ARGV[4])
+if m > e then e = m end
+e = e + 1
+redis.call('SET', KEYS[2], e, 'PX', EPOCH_TTL)
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', e, 'sip', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[5])
+return {ARGV[1], tostring(e), ARGV[2]}
+""".replace("EPOCH_TTL", str(EPOCH_TTL_MS))
+
+# KEYS: room, epoch counter, rooms set. ARGV: node, sip, lease ms, epoch, room id.
+# Extends our lease if the claim is still ours at our epoch; if there is no claim and no
+# newer epoch was given out (Redis restarted, or the lease lapsed and nobody claimed), puts
+# ours back. 1 = we own it, 0 = we do not (a stale owner can never renew).
+_RENEW = """
+local cur = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
+if cur[1] == ARGV[1] and cur[2] == ARGV[4] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], EPOCH_TTL)
+  return 1
+end
+if cur[1] then return 0 end
+local e = tonumber(redis.call('GET', KEYS[2]) or '0')
+if e > tonumber(ARGV[4]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[4], 'PX', EPOCH_TTL)
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', ARGV[4], 'sip', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[5])
+return 1
+""".replace("EPOCH_TTL", str(EPOCH_TTL_MS))
+
+# KEYS: room, rooms set. ARGV: node, epoch, room id. Only the owner at its epoch releases.
+_RELEASE = """
+local cur = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
+if cur[1] == ARGV[1] and cur[2] == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: node, nodes set. ARGV: node id, ttl ms, then field/value pairs.
+# 1 if the record was there (0: new, or Redis lost it: the caller republishes its members).
+_HEARTBEAT = """
+local existed = redis.call('EXISTS', KEYS[1])
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+return existed
+"""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node: str
+    sip: str
+    http: str
+    legs: int
+    load: float
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class ClusterStore:
+    def __init__(self, url: str, prefix: str = "mv") -> None:
+        # Short timeouts: a Redis that is down must not stall a call's join for long (the
+        # node carries on with what it knows; see gateway.cluster.node).
+        self.redis = aioredis.Redis.from_url(
+            url, socket_timeout=1.0, socket_connect_timeout=1.0, retry_on_timeout=False)
+        self.p = prefix
+        self._claim = self.redis.register_script(_CLAIM)
+        self._renew = self.redis.register_script(_RENEW)
+        self._release = self.redis.register_script(_RELEASE)
+        self._heartbeat = self.redis.register_script(_HEARTBEAT)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # -- keys --------------------------------------------------------------------------
+    def _room_keys(self, key: RoomKey) -> tuple[str, str, str, str]:
+        rid = encode_room(key)
+        return (f"{self.p}:room:{rid}", f"{self.p}:epoch:{rid}", f"{self.p}:rooms", rid)
+
+    def _members(self, key: RoomKey) -> str:
+        return f"{self.p}:members:{encode_room(key)}"
+
+    # -- claims ------------------------------------------------------------------------
+    async def claim(self, key: RoomKey, node: str, sip: str, lease_s: float,
+                    min_epoch: int = 0) -> Claim:
+        room, counter, rooms, rid = self._room_keys(key)
+        got = await self._claim(keys=[room, counter, rooms],
+                                args=[node, sip, int(lease_s * 1000), min_epoch, rid])
+        return Claim(_s(got[0]), int(_s(got[1])), _s(got[2]))
+
+    async def renew(self, key: RoomKey, node: str, sip: str, lease_s: float,
+                    epoch: int) -> bool:
+        room, counter, rooms, rid = self._room_keys(key)
+        return bool(await self._renew(keys=[room, counter, rooms],
+                                      args=[node, sip, int(lease_s * 1000), epoch, rid]))
+
+    async def release(self, key: RoomKey, node: str, epoch: int) -> bool:
+        room, _, rooms, rid = self._room_keys(key)
+        return bool(await self._release(keys=[room, rooms], args=[node, epoch, rid]))
+
+    async def get_claim(self, key: RoomKey) -> Claim | None:
+        got = await self.redis.hmget(self._room_keys(key)[0], ["owner", "epoch", "sip"])
+        if got[0] is None or got[1] is None:
+            return None
+        return Claim(_s(got[0]), int(_s(got[1])), _s(got[2] or b""))
+
+    async def rooms_named(self, name: str) -> list[RoomKey]:
+        """Rooms with a claim whose name is `name` (any customer)."""
+        from urllib.parse import unquote
+        found = []
+        for rid in await self.redis.smembers(f"{self.p}:rooms"):  # type: ignore[misc]
+            cust, _, room = _s(rid).partition("/")
+            if room == name:
+                found.append(RoomKey(unquote(cust), room))
+        return sorted(found)
+
+    # -- nodes -------------------------------------------------------------------------
+    async def heartbeat(self, node: str, ttl_s: float, sip: str, http: str, legs: int,
+                        load: float) -> bool:
+        got = await self._heartbeat(
+            keys=[f"{self.p}:node:{node}", f"{self.p}:nodes"],
+            args=[node, int(ttl_s * 1000), "sip", sip, "http", http, "legs", legs,
+                  "load", f"{load:.3f}"])
+        return bool(got)
+
+    async def nodes(self) -> dict[str, NodeInfo]:
+        """Live nodes (their record has not expired)."""
+        out: dict[str, NodeInfo] = {}
+        ids = [_s(n) for n in await self.redis.smembers(f"{self.p}:nodes")]  # type: ignore[misc]
+        for node in sorted(ids):
+            h = cast(dict[bytes, bytes],
+                     await self.redis.hgetall(f"{self.p}:node:{node}"))  # type: ignore[misc]
+            if not h:
+                await self.redis.srem(f"{self.p}:nodes", node)  # type: ignore[misc]
+                continue
+            out[node] = NodeInfo(node, _s(h.get(b"sip", b"")), _s(h.get(b"http", b"")),
+                                 int(_s(h.get(b"legs", b"0"))), float(_s(h.get(b"load", b"0"))))
+        return out
+
+    # -- members -----------------------------------------------------------------------
+    async def add_member(self, key: RoomKey, call_id: str, node: str) -> None:
+        await self.redis.hset(self._members(key), call_id, node)  # type: ignore[misc]
+
+    async def remove_member(self, key: RoomKey, call_id: str) -> None:
+        await self.redis.hdel(self._members(key), call_id)  # type: ignore[misc]
+
+    async def members(self, key: RoomKey) -> dict[str, str]:
+        got = await self.redis.hgetall(self._members(key))  # type: ignore[misc]
+        return {_s(k): _s(v) for k, v in got.items()}
