@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--record", type=int, action="append",
                    help="recording mode: rooms recorded in a window (repeatable, cumulative; "
                         "default half the rooms, then all)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="feature modes: rounds of feature windows, each between plain ones (3)")
     p.add_argument("--settle", type=float, default=3.0,
                    help="feature modes: seconds between a change and its window (3)")
     p.add_argument("--room-size", type=int,
@@ -134,7 +136,7 @@ async def _recording_mode(args: argparse.Namespace, work: Path, tone: Path, app:
     plan = recording.RecordingPlan(
         rooms=rooms, room_size=args.room_size or 10,
         record=tuple(args.record or sorted({max(1, rooms // 2), rooms})),
-        rate=args.rate, window_s=args.window or 10.0, settle_s=args.settle)
+        rate=args.rate, window_s=args.window or 10.0, settle_s=args.settle, rounds=args.rounds)
     files = work / "recording" / "recordings"
     # recordings.max_concurrent (100 by default) must not refuse the rooms asked for
     gw = await _start(args, work, "recording", {"recordings": {
@@ -154,7 +156,8 @@ async def _recording_mode(args: argparse.Namespace, work: Path, tone: Path, app:
 async def _features_mode(args: argparse.Namespace, work: Path, tone: Path, app: Receiver,
                          result: dict[str, Any], stopped: dict[str, Any]) -> None:
     plan = roomfeatures.FeaturesPlan(room_size=args.room_size or 250, rate=args.rate,
-                                     window_s=args.window or 10.0, settle_s=args.settle)
+                                     window_s=args.window or 10.0, settle_s=args.settle,
+                                     rounds=args.rounds)
     # the announcement is fetched from the bench's receiver on loopback
     gw = await _start(args, work, "room-features",
                       {"hooks": {"allow_private": ["127.0.0.0/8"]}}, app.event_url)

@@ -1,17 +1,19 @@
 """`python -m bench --mode recording`: what recording rooms costs the gateway.
 
 Rooms of SIPp callers sending G.711 RTP (as in the ramp) are held up; the gateway's CPU is
-measured in windows with the same calls up:
+measured in windows with the same calls up, one gateway process:
 
 1. plain: no room recorded;
-2. one window per entry of `record` (cumulative: `--record 50 --record 100` records 50
-   rooms, measures, then 50 more, measures), each room started by
-   `POST /v1/conferences/{room}/recordings`;
-3. every recording stopped (`DELETE .../recordings/{id}`), then plain again.
+2. `rounds` times: one window per entry of `record` (cumulative: `--record 50 --record 100`
+   records 50 rooms, measures, then 50 more, measures), each room started by
+   `POST /v1/conferences/{room}/recordings`; then every recording stopped
+   (`DELETE .../recordings/{id}`) and a plain window.
 
-Added CPU per recorded room = (cores recorded - mean of the two plain windows) / rooms
-recorded, in ms of CPU per second per room. The disk write rate is the growth of the
-recordings directory's files over the window and /proc/<pid>/io `write_bytes`. Then every
+Added CPU per recorded room = (cores recorded - mean of the plain windows just before and
+after the round) / rooms recorded, in ms of CPU per second per room; the median over the
+rounds is the figure (a shared 2-core box drifts by several % between windows, as much as
+what is measured, so one pair of windows is not enough). The disk write rate is the growth
+of the recordings directory's files over the window and /proc/<pid>/io `write_bytes`. Every
 recording is read back through `GET /v1/recordings/{id}` and `/audio`: completed, and the
 callers' tone in it. Failed calls (SIPp) must be zero.
 """
@@ -47,6 +49,7 @@ class RecordingPlan:
     rooms: int = 100
     room_size: int = 10
     record: tuple[int, ...] = (50, 100)  # rooms recorded in each recorded window (cumulative)
+    rounds: int = 3  # plain, then per round: the recorded windows, all stopped, plain
     rate: float = 50.0
     window_s: float = 10.0
     settle_s: float = 3.0
@@ -64,10 +67,10 @@ def _dir_bytes(path: Path) -> int:
     return total
 
 
-async def _each(items: list[str], limit: int, fn: Any) -> list[Any]:
+async def _each(items: list[Any], limit: int, fn: Any) -> list[Any]:
     sem = asyncio.Semaphore(limit)
 
-    async def one(item: str) -> Any:
+    async def one(item: Any) -> Any:
         async with sem:
             return await fn(item)
 
@@ -124,34 +127,40 @@ async def run(gw: Gateway, workdir: Path, tone: Path, plan: RecordingPlan,
             return _dir_bytes(recordings_dir)
 
         windows: list[stages.Stage] = [await stages.measure(gw, "plain", plan.window_s, files)]
-        started: dict[str, str] = {}  # room -> recording id
+        done: list[tuple[str, str]] = []  # (room, recording id) of every recording made
 
         async def start(room: str) -> tuple[str, int, Any]:
             status, body = await gw.call_api("POST", f"/v1/conferences/{room}/recordings", {})
             return room, status, body
 
-        for k in plan.record:
-            todo = [r for r in rooms if r not in started][:max(0, k - len(started))]
-            for room, status, body in await _each(todo, plan.concurrency, start):
-                if status == 201 and isinstance(body, dict):
-                    started[room] = body["id"]
-                else:
-                    problems.append(f"POST recordings {room}: {status} {body}")
+        for rnd in range(1, plan.rounds + 1):
+            started: dict[str, str] = {}  # room -> recording id, this round
+            for k in plan.record:
+                todo = [r for r in rooms if r not in started][:max(0, k - len(started))]
+                for room, status, body in await _each(todo, plan.concurrency, start):
+                    if status == 201 and isinstance(body, dict):
+                        started[room] = body["id"]
+                    else:
+                        problems.append(f"POST recordings {room}: {status} {body}")
+                await asyncio.sleep(plan.settle_s)
+                st = await stages.measure(gw, f"{len(started)} rooms recorded, round {rnd}",
+                                          plan.window_s, files)
+                st.extra.update(recorded_rooms=len(started), round=rnd)
+                windows.append(st)
+
+            async def stop(room: str, started: dict[str, str] = started) -> tuple[str, int, Any]:
+                status, body = await gw.call_api(
+                    "DELETE", f"/v1/conferences/{room}/recordings/{started[room]}")
+                return room, status, body
+
+            for room, status, body in await _each(list(started), plan.concurrency, stop):
+                if status != 200 or not isinstance(body, dict) or \
+                        body.get("status") != "completed":
+                    problems.append(f"DELETE recording {room}: {status} {body}")
+            done += started.items()
             await asyncio.sleep(plan.settle_s)
-            st = await stages.measure(gw, f"{len(started)} rooms recorded", plan.window_s, files)
-            st.extra["recorded_rooms"] = len(started)
-            windows.append(st)
-
-        async def stop(room: str) -> tuple[str, int, Any]:
-            status, body = await gw.call_api(
-                "DELETE", f"/v1/conferences/{room}/recordings/{started[room]}")
-            return room, status, body
-
-        for room, status, body in await _each(list(started), plan.concurrency, stop):
-            if status != 200 or not isinstance(body, dict) or body.get("status") != "completed":
-                problems.append(f"DELETE recording {room}: {status} {body}")
-        await asyncio.sleep(plan.settle_s)
-        windows.append(await stages.measure(gw, "plain again", plan.window_s, files))
+            windows.append(await stages.measure(gw, f"plain, after round {rnd}", plan.window_s,
+                                                files))
         out["failed_calls"] = callers.failed
         out["sipp_alive"] = callers.alive
         if out["failed_calls"]:
@@ -163,13 +172,13 @@ async def run(gw: Gateway, workdir: Path, tone: Path, plan: RecordingPlan,
                 problems.append(f"{w.label}: gateway lists {w.in_rooms}/{calls} in rooms")
         out["windows"] = [w.as_dict() for w in windows]
         out["derived"] = derive(windows)
-        out["files"] = await _audit_files(gw, started, plan.concurrency)
+        out["files"] = await _audit_files(gw, done, plan.concurrency)
         # recording.completed goes to the event_url (no status_url in these rooms)
-        await _until(lambda: app.events["recording.completed"] >= len(started), 15)
+        await _until(lambda: app.events["recording.completed"] >= len(done), 15)
         out["recording_completed_events"] = app.events["recording.completed"]
-        if out["recording_completed_events"] != len(started):
+        if out["recording_completed_events"] != len(done):
             problems.append(f"{out['recording_completed_events']} recording.completed events "
-                            f"for {len(started)} recordings")
+                            f"for {len(done)} recordings")
         bad = [f for f in out["files"]["each"] if not f["ok"]]
         if bad:
             problems.append(f"{len(bad)} recordings not completed or without the tone: "
@@ -181,34 +190,61 @@ async def run(gw: Gateway, workdir: Path, tone: Path, plan: RecordingPlan,
     return out
 
 
+def _median(values: list[float]) -> float:
+    return round(float(np.median(values)), 4) if values else 0.0
+
+
 def derive(windows: list[stages.Stage]) -> dict[str, Any]:
-    """Added CPU and disk writes of each recorded window against the plain reference."""
-    ref = stages.reference(windows[0], windows[-1])
-    rows = []
-    for w in windows[1:-1]:
+    """Added CPU and disk writes of the recorded windows, per number of rooms recorded.
+
+    Each recorded window is compared with the plain windows just before and just after its
+    round (their mean); over the rounds the median is the figure, min and max its spread.
+    """
+    plains = [i for i, w in enumerate(windows) if "recorded_rooms" not in w.extra]
+    per_k: dict[int, list[dict[str, float]]] = {}
+    for i, w in enumerate(windows):
+        if "recorded_rooms" not in w.extra:
+            continue
+        before = windows[max(p for p in plains if p < i)]
+        after = windows[min(p for p in plains if p > i)]
+        plain = stages.reference(before, after)["cpu_cores"]
         k = int(w.extra["recorded_rooms"])
-        added = w.cpu_cores - ref["cpu_cores"]
-        growth = float(w.extra.get("file_growth_bytes_per_s", 0.0))
+        clock_ref = (before.threads.get("clock", 0.0) + after.threads.get("clock", 0.0)) / 2
+        per_k.setdefault(k, []).append({
+            "ref": plain, "added": w.cpu_cores - plain,
+            "clock_added": w.threads.get("clock", 0.0) - clock_ref,
+            "growth": float(w.extra.get("file_growth_bytes_per_s", 0.0)),
+            "write_bytes": w.write_bytes_per_s})
+    rows = []
+    for k, runs in sorted(per_k.items()):
+        added = [r["added"] for r in runs]
+        ref = _median([r["ref"] for r in runs])
+        growth = _median([r["growth"] for r in runs])
         rows.append({
-            "recorded_rooms": k,
-            "cpu_cores": w.cpu_cores,
-            "added_cores": round(added, 4),
-            "added_ms_per_room_s": round(1000 * added / k, 3) if k else 0.0,
-            "added_pct": round(100 * added / ref["cpu_cores"], 1) if ref["cpu_cores"] else 0.0,
+            "recorded_rooms": k, "rounds": len(runs), "plain_cores": ref,
+            "added_cores": _median(added),
+            "added_cores_min": round(min(added), 4), "added_cores_max": round(max(added), 4),
+            "added_ms_per_room_s": round(1000 * _median(added) / k, 3),
+            "added_ms_per_room_s_min": round(1000 * min(added) / k, 3),
+            "added_ms_per_room_s_max": round(1000 * max(added) / k, 3),
+            "added_pct": round(100 * _median(added) / ref, 1) if ref else 0.0,
+            "clock_thread_added_ms_per_room_s": round(
+                1000 * _median([r["clock_added"] for r in runs]) / k, 3),
             "file_growth_bytes_per_s": growth,
-            "file_growth_bytes_per_room_s": round(growth / k, 1) if k else 0.0,
-            "write_bytes_per_s": w.write_bytes_per_s,
-            "threads": w.threads,
+            "file_growth_bytes_per_room_s": round(growth / k, 1),
+            "write_bytes_per_s": _median([r["write_bytes"] for r in runs]),
         })
-    return {"plain": ref, "recorded": rows}
+    first, last = windows[plains[0]], windows[plains[-1]]
+    return {"plain": stages.reference(first, last), "recorded": rows}
 
 
-async def _audit_files(gw: Gateway, started: dict[str, str], limit: int) -> dict[str, Any]:
+async def _audit_files(gw: Gateway, done: list[tuple[str, str]],
+                       limit: int) -> dict[str, Any]:
     """Every recording as the API serves it: completed, its WAV carries the callers' tone."""
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout) as s:
-        async def one(room: str) -> dict[str, Any]:
-            rec_id = started[room]
+        async def one(item: tuple[str, str]) -> dict[str, Any]:
+            room, rec_id = item
             async with s.get(f"{gw.base}/v1/recordings/{rec_id}") as r:
                 meta = await r.json()
             async with s.get(f"{gw.base}/v1/recordings/{rec_id}/audio") as r:
@@ -221,7 +257,7 @@ async def _audit_files(gw: Gateway, started: dict[str, str], limit: int) -> dict
                     "reason": meta.get("reason"), "duration_s": meta.get("duration_s"),
                     "bytes": len(data), **loud, "ok": ok}
 
-        each = await _each(list(started), limit, one)
+        each = await _each(done, limit, one)
     return {"recordings": len(each), "ok": sum(f["ok"] for f in each),
             "min_loud_ratio": min((f["loud_ratio"] for f in each), default=0.0),
             "each": each}
@@ -240,11 +276,14 @@ def summary_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
         for row in d["recorded"]:
             rows.append({
                 "measure": f"Added gateway CPU per recorded room ({row['recorded_rooms']} "
-                           "rooms recorded)",
+                           f"rooms recorded, median of {row['rounds']} rounds)",
                 "target": "-",
                 "result": f"{row['added_ms_per_room_s']:.3f} ms/s per room "
-                          f"({row['added_pct']:+.1f}% of {d['plain']['cpu_cores']:.2f} cores "
-                          "unrecorded)",
+                          f"(rounds {row['added_ms_per_room_s_min']:.3f} to "
+                          f"{row['added_ms_per_room_s_max']:.3f}); the gateway "
+                          f"{row['added_pct']:+.1f}% over {row['plain_cores']:.3f} cores "
+                          f"unrecorded; clock thread "
+                          f"{row['clock_thread_added_ms_per_room_s']:.3f} ms/s per room",
                 "met": None})
             rows.append({
                 "measure": f"Disk write rate ({row['recorded_rooms']} rooms recorded)",
@@ -279,6 +318,7 @@ def markdown_lines(r: dict[str, Any]) -> list[str]:
                          f"{growth:.1f} | {w['write_bytes_per_s'] / 1000:.1f} | "
                          f"{w['rss_mb']:g} | {w['in_rooms']} | {threads} |")
         d = rec["derived"]["plain"]
-        lines += ["", f"Plain reference: mean of the first and last window, "
-                      f"{d['cpu_cores']:.3f} cores (they differ by {d['drift_pct']:.1f}%)."]
+        lines += ["", "Each recorded window is compared with the mean of the plain windows "
+                      "just before and after its round. The first and the last plain window "
+                      f"differ by {d['drift_pct']:.1f}%."]
     return lines

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.sip
 
 
 def _bench(tmp_path: Path, *args: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench", *args, "--window", "2", "--settle", "1",
+    cmd = [sys.executable, "-m", "bench", *args, "--window", "2", "--settle", "1", "--rounds", "1",
            "--rate", "20", "--no-markdown", "--label", "smoke", "--results-dir", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=55)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -36,7 +36,8 @@ def test_recording_mode_at_toy_scale(tmp_path: Path) -> None:
     rec = r["recording"]
     assert rec["problems"] == [] and rec["failed_calls"] == 0, rec["problems"]
     assert [w["label"] for w in rec["windows"]] == [
-        "plain", "1 rooms recorded", "2 rooms recorded", "plain again"]
+        "plain", "1 rooms recorded, round 1", "2 rooms recorded, round 1",
+        "plain, after round 1"]
     assert all(w["in_rooms"] == 6 for w in rec["windows"]), rec["windows"]
     assert [row["recorded_rooms"] for row in rec["derived"]["recorded"]] == [1, 2]
     # WAV files grow while recorded (16 kB/s per room at 8 kHz), not before or after
@@ -61,6 +62,6 @@ def test_room_features_mode_at_toy_scale(tmp_path: Path) -> None:
     heard = [w["extra"]["probe_hears_announcement"] for w in f["windows"]]
     assert heard[0] == 0 and heard[1] >= 0.9 and heard[2] == 0, heard  # only while it plays
     assert all(w["in_rooms"] == 7 for w in f["windows"]), f["windows"]  # 6 SIPp + the probe
-    assert f["derived"]["ratio"] > 0
+    assert f["derived"]["rounds"] == 1 and f["derived"]["ratio"] > 0
     assert r["room_features_gateway"]["exit_code"] == 0, r["room_features_gateway"]
     assert not r["room_features_gateway"]["error_lines"], r["room_features_gateway"]
