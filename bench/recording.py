@@ -313,7 +313,7 @@ def markdown_lines(r: dict[str, Any]) -> list[str]:
                   "|---|---|---|---|---|---|---|---|"]
         for w in rec["windows"]:
             growth = w["extra"].get("file_growth_bytes_per_s", 0.0) / 1000
-            threads = ", ".join(f"`{k}` {v:.2f}" for k, v in w["threads"].items())
+            threads = ", ".join(f"`{k}` {v:.3f}" for k, v in w["threads"].items())
             lines.append(f"| {w['label']} | {w['seconds']:g} | {w['cpu_cores']:.3f} | "
                          f"{growth:.1f} | {w['write_bytes_per_s'] / 1000:.1f} | "
                          f"{w['rss_mb']:g} | {w['in_rooms']} | {threads} |")

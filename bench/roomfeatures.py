@@ -258,7 +258,7 @@ def markdown_lines(r: dict[str, Any]) -> list[str]:
                   "in room | threads (cores) |",
                   "|---|---|---|---|---|---|---|"]
         for w in f["windows"]:
-            threads = ", ".join(f"`{k}` {v:.2f}" for k, v in w["threads"].items())
+            threads = ", ".join(f"`{k}` {v:.3f}" for k, v in w["threads"].items())
             lines.append(f"| {w['label']} | {w['seconds']:g} | {w['cpu_cores']:.3f} | "
                          f"{w['extra'].get('probe_hears_announcement', 0):.0%} | "
                          f"{w['rss_mb']:g} | {w['in_rooms']} | {threads} |")
