@@ -20,6 +20,7 @@ APT_PACKAGES=(
     linphone-cli baresip-core                                    # tests: real softphones
     chromium chromium-driver                                     # tests: the web console
     redis-server                                                 # cluster: shared room state
+    linux-perf                                                   # bench.syscalls: syscall counts
 )
 PY=${PYTHON:-python3}
 

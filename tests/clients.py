@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,11 @@ def tool(name: str) -> str:
 
 def pjsua_binary() -> str:
     """pjproject's `pjsua` app, built along with the pjsua2 module this venv imports
-    (sip/build/build_pjsua2.sh caches both under $MINIVOICE_CACHE/pjsua2/<key>/)."""
+    (sip/build/build_pjsua2.sh caches both under $MINIVOICE_CACHE/pjsua2/<key>/ and
+    installs the app beside the venv's python)."""
+    beside = Path(sysconfig.get_paths()["scripts"]) / "pjsua"
+    if beside.is_file():
+        return str(beside)
     spec = importlib.util.find_spec("pjsua2")
     assert spec and spec.origin, "pjsua2 is not installed: run `make setup`"
     info = Path(spec.origin).with_name("pjsua2.BUILDINFO").read_text()

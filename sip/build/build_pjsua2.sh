@@ -60,6 +60,15 @@ install_into_venv() {
         # (overwriting a loaded .so in place kills running processes with SIGBUS).
         cp -f "$f" "$dst.tmp.$$" && mv -f "$dst.tmp.$$" "$dst"
     done
+    # pjproject's own C app of the same build, beside the venv's python: the benchmark's
+    # floor (python -m bench.syscalls runs it under the same load as the gateway).
+    if [ -f "$OUT/pjsua" ]; then
+        local bin
+        bin=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["scripts"])')
+        if ! cmp -s "$OUT/pjsua" "$bin/pjsua"; then
+            cp -f "$OUT/pjsua" "$bin/pjsua.tmp.$$" && mv -f "$bin/pjsua.tmp.$$" "$bin/pjsua"
+        fi
+    fi
     "$PY" -c 'import pjsua2' || { log "pjsua2 does not import"; exit 1; }
 }
 
