@@ -18,8 +18,10 @@ from typing import Any
 from aiohttp import web
 
 from gateway import __version__
+from gateway.actions.say import Say
 from gateway.call.outbound import place
 from gateway.call.request import caller_id_allowed, choose_application, parse_call_request
+from gateway.conferences import TooManyAnnouncements
 from gateway.config import ApiToken
 from gateway.edge.users import UserStore
 from gateway.keys import (
@@ -37,6 +39,12 @@ from gateway.keys import (
     STORE,
 )
 from gateway.recordings import AlreadyRecording, RecordingRefused, public_view
+from gateway.room_requests import (
+    MAX_ANNOUNCEMENT_LOOP,
+    MAX_SPEAK_TO,
+    parse_announcement,
+    parse_patch,
+)
 from gateway.store import Recording
 from gateway.strict import ValidationError
 from gateway.timestamps import iso
@@ -241,7 +249,10 @@ def _participant(app: web.Application, room: Room, cid: str, level: int) -> dict
     m = room.members[cid]
     session = app[CALLS].get(cid)
     return {"call_id": cid, "from": session.rec.from_user if session else None,
-            "muted": m.muted, "end_on_exit": m.end_on_exit, "joined_at": iso(m.joined_at),
+            "muted": m.muted, "hold": m.held,
+            "speak_to": sorted(m.speak_to) if m.speak_to is not None else None,
+            "waiting": not m.held and not room.started, "start_on_enter": m.start_on_enter,
+            "end_on_exit": m.end_on_exit, "joined_at": iso(m.joined_at),
             "talking": level >= app[CONFIG].rooms.speaker_level}
 
 
@@ -265,25 +276,73 @@ async def end_conference(request: web.Request) -> web.Response:
 
 
 async def patch_participant(request: web.Request) -> web.Response:
+    """Mute, hold or coach a participant (any of them in one request, all or nothing)."""
+    rooms = request.app[ROOMS]
     _member(request, _room(request))
     try:
-        body = json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise ApiError(400, "invalid_body", "body must be JSON") from None
-    if not isinstance(body, dict) or set(body) != {"muted"} or not isinstance(body["muted"], bool):
-        raise ApiError(400, "invalid_body", 'body must be {"muted": true|false}')
+        patch = parse_patch(await request.read())
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_body", "invalid body",
+                       [d.as_dict() for d in exc.details]) from None
     # Looked up again: the participant may have left (or the room ended) while the body
     # was on its way.
     room = _room(request)
     cid = _member(request, room)
+    if patch.sets_speak_to and patch.speak_to is not None:
+        missing = [t for t in patch.speak_to if t not in room.members]
+        if missing:
+            raise ApiError(400, "invalid_body", "invalid body", [
+                {"path": f"speak_to[{patch.speak_to.index(t)}]",
+                 "reason": f"not in room {room.key.name}"} for t in missing[:10]])
     try:
-        request.app[ROOMS].set_muted(cid, body["muted"])
+        if patch.hold is not None:
+            rooms.set_held(cid, patch.hold)
+        if patch.sets_speak_to:
+            rooms.set_speak_to(cid, patch.speak_to)
+        if patch.muted is not None:
+            rooms.set_muted(cid, patch.muted)
     except RoomError:
         raise ApiError(404, "not_found", f"{cid} is not in room {room.key.name}") from None
     session = request.app[CALLS].get(cid)
     if session:
-        session.note("api.mute", muted=body["muted"])
+        changed: dict[str, Any] = {k: v for k, v in (("muted", patch.muted),
+                                                     ("hold", patch.hold)) if v is not None}
+        if patch.sets_speak_to:
+            changed["speak_to"] = list(patch.speak_to) if patch.speak_to is not None else None
+        session.note("api.participant", **changed)
     return web.json_response(_participant(request.app, room, cid, 0) | {"talking": None})
+
+
+async def announce(request: web.Request) -> web.Response:
+    """Say or play something once to the whole room, over the conversation."""
+    _room(request)
+    try:
+        prompt = parse_announcement(await request.read())
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_body", "invalid body",
+                       [d.as_dict() for d in exc.details]) from None
+    room = _room(request)
+    media = request.app[SERVICES].media
+    if isinstance(prompt, Say):
+        say = prompt
+
+        async def prepare() -> Path:
+            return await media.speak(say.text, say.voice)
+    else:
+        url = prompt.url
+
+        async def prepare() -> Path:
+            return await media.fetch(url)
+    try:
+        request.app[ROOMS].announce(room.key, prepare, prompt.loop)
+    except TooManyAnnouncements:
+        limit = request.app[CONFIG].rooms.max_announcements
+        raise ApiError(429, "too_many_announcements",
+                       f"room {room.key.name} already has {limit} announcements under way "
+                       "(rooms.max_announcements)") from None
+    return web.json_response({"room": room.key.name, "status": "queued",
+                              "kind": "say" if isinstance(prompt, Say) else "play"},
+                             status=202)
 
 
 async def remove_participant(request: web.Request) -> web.Response:
@@ -421,9 +480,28 @@ ROUTES = (
     Route("DELETE", "/v1/conferences/{room}", end_conference,
           "End the room: every participant leaves and runs its next action"),
     Route("PATCH", "/v1/conferences/{room}/participants/{call_id}", patch_participant,
-          "Mute or unmute a participant",
-          {"type": "object", "required": ["muted"], "additionalProperties": False,
-           "properties": {"muted": {"type": "boolean"}}}),
+          "Mute, hold or coach a participant (speak_to: only those participants hear them)",
+          {"type": "object", "minProperties": 1, "additionalProperties": False,
+           "properties": {"muted": {"type": "boolean"}, "hold": {"type": "boolean"},
+                          "speak_to": {"type": "array", "nullable": True,
+                                       "maxItems": MAX_SPEAK_TO,
+                                       "items": {"type": "string",
+                                                 "pattern": "^call_[A-Za-z0-9_-]{1,64}$"}}}}),
+    Route("POST", "/v1/conferences/{room}/announcements", announce,
+          "Say or play something once to everyone in the room (not on hold), mixed over "
+          "the conversation",
+          {"type": "object", "minProperties": 1, "maxProperties": 1,
+           "additionalProperties": False, "properties": {
+               "say": {"type": "object", "required": ["text"], "additionalProperties": False,
+                       "properties": {"text": {"type": "string", "minLength": 1,
+                                               "maxLength": 4000},
+                                      "voice": {"type": "string"},
+                                      "loop": {"type": "integer", "minimum": 1,
+                                               "maximum": MAX_ANNOUNCEMENT_LOOP}}},
+               "play": {"type": "object", "required": ["url"], "additionalProperties": False,
+                        "properties": {"url": {"type": "string", "format": "uri"},
+                                       "loop": {"type": "integer", "minimum": 1,
+                                                "maximum": MAX_ANNOUNCEMENT_LOOP}}}}}),
     Route("DELETE", "/v1/conferences/{room}/participants/{call_id}", remove_participant,
           "Remove a participant from the room: their next action runs"),
     Route("POST", "/v1/conferences/{room}/recordings", start_recording,
@@ -439,7 +517,9 @@ ROUTES = (
 
 def openapi_document() -> dict[str, Any]:
     error = {"type": "object", "properties": {"error": {"type": "object", "properties": {
-        "code": {"type": "string"}, "message": {"type": "string"}}}}}
+        "code": {"type": "string"}, "message": {"type": "string"},
+        "details": {"type": "array", "items": {"type": "object", "properties": {
+            "path": {"type": "string"}, "reason": {"type": "string"}}}}}}}}
     paths: dict[str, Any] = {}
     for r in ROUTES:
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -463,6 +543,8 @@ def openapi_document() -> dict[str, Any]:
                 "401": {"description": "Missing or unknown token", "content": {
                     "application/json": {"schema": error}}},
                 "404": {"description": "Not found", "content": {
+                    "application/json": {"schema": error}}},
+                "429": {"description": "Over a limit (calls, announcements)", "content": {
                     "application/json": {"schema": error}}},
             },
         }

@@ -118,6 +118,7 @@ class Gateway:
         if not ringback.exists():
             tones.write_wav(ringback, tones.ringback(self.cfg.sip.clock_rate),
                             self.cfg.sip.clock_rate)
+        self.conferences.beeps = tones.write_beeps(cache_dir, self.cfg.sip.clock_rate)
         self.outbox = app[keys.OUTBOX] = Outbox(
             self.store, pools.webhook, self.cfg.hooks, self.cfg.applications,
             dead_keep_s=self.cfg.records.retention_days * 86400, guarded_http=pools.action)
@@ -158,6 +159,7 @@ class Gateway:
         task = asyncio.create_task(self.conferences.run_speaker_detection(self.engine.levels))
         yield
         task.cancel()
+        await self.conferences.close()
 
     async def _metrics_ctx(self, app: web.Application) -> AsyncIterator[None]:
         book, calls, outbox = self.conferences.book, self.calls, self.outbox
@@ -282,6 +284,9 @@ class Gateway:
         try:
             if isinstance(event, ev.IncomingCall):
                 self._incoming(event)
+                return
+            if isinstance(event, ev.RoomPlayDone):  # a room's beep or announcement ended
+                self.conferences.on_player_done(event.name)
                 return
             if isinstance(event, ev.CallEnded):  # every leg, with or without a session
                 self.metrics.sip_final(event.final_response, event.quality)

@@ -64,7 +64,11 @@ class RoomsConfig:
     speaker_hold_s: float = checked(between(0, 10), default=1.0)
     speaker_poll_ms: int = checked(between(20, 2000), default=100)
     # A conference action into a full room does not join: the call's next action runs.
-    max_participants: int = checked(between(2, 100000), default=1000)
+    max_participants: int = checked(between(2, 100000), default=500)
+    # DTMF in a room (*6 mute toggle, # leave) for `conference` actions that do not say.
+    dtmf_controls: bool = False
+    # REST announcements being prepared or playing in one room at a time (more: 429).
+    max_announcements: int = checked(between(1, 20), default=3)
 
 
 @dataclass(frozen=True)

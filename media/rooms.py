@@ -16,13 +16,28 @@ Two topologies:
 
 A room may also have *listeners*: receive-only endpoints that are not members (a
 recorder). A listener hears whatever a member who says nothing would hear: every
-source of the room (the speakers, in a large room); it transmits to nobody and does
-not keep a room alive.
+source of the conversation (the speakers, in a large room, and the beeps and
+announcements); it transmits to nobody and does not keep a room alive.
+
+On top of either topology, per member (contract section 8):
+- *held* members hear only their wait music (or nothing) and nobody hears them;
+- *waiting* members (the room has no `start_on_enter` member yet) hear only their wait
+  music and announcements, and nobody hears them;
+- a member who is alone among the mixed members hears their wait music too;
+- `speak_to` (coach/whisper) narrows who hears a member to the named members;
+- *players* are link sources that are not calls: one looping wait-music player per (room,
+  sound), started when someone first needs it and stopped when nobody does, and one-shot
+  players (beeps, announcements) heard by the listeners fixed when they start.
+A player's name starts with "@" (like MONITOR); the SIP thread creates the player when a
+change's `start` names it and destroys it when `stop` does.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass(frozen=True, order=True)
@@ -44,13 +59,45 @@ class Link:
     dst: str
 
 
+WAIT_PREFIX = "@wait:"  # looping wait-music players: "@wait:<room serial>:<sound>"
+ONESHOT_PREFIX = "@once:"  # beeps and announcements: "@once:<room serial>:<n>"
+
+Beep = Literal["none", "enter", "exit", "both"]
+
+
+@dataclass(frozen=True, order=True)
+class Player:
+    """A file the bridge plays as a link source named `name` (looping, or once)."""
+
+    name: str
+    path: str
+    loop: bool
+
+
 @dataclass(frozen=True)
 class LinkChange:
     connect: tuple[Link, ...] = ()
     disconnect: tuple[Link, ...] = ()
+    start: tuple[Player, ...] = ()  # create these players before connecting
+    stop: tuple[str, ...] = ()  # destroy these players after disconnecting
 
     def __bool__(self) -> bool:
-        return bool(self.connect or self.disconnect)
+        return bool(self.connect or self.disconnect or self.start or self.stop)
+
+
+@dataclass(frozen=True)
+class MemberOptions:
+    """How a caller joins a room (the `conference` action's fields, resolved): `wait` is the
+    wait music's playable file, None for silence; `max_participants` None = the config's."""
+
+    muted: bool = False
+    end_on_exit: bool = False
+    start_on_enter: bool = True
+    wait: str | None = None
+    beep: Beep = "none"
+    max_participants: int | None = None
+    dtmf_controls: bool | None = None  # None = the config's default
+    always_source: bool = False  # a cluster's cascade leg (see Member)
 
 
 @dataclass
@@ -59,9 +106,19 @@ class Member:
     muted: bool
     end_on_exit: bool
     joined_at: float
+    start_on_enter: bool = True
+    wait: str | None = None  # the wait music's file; None = silence
+    held: bool = False
+    speak_to: frozenset[str] | None = None  # None = everyone may hear this member
     # Always a source, even in a large room when not a speaker: a cluster's cascade leg
     # carries another node's speakers, whom this node's level polls cannot see.
     always_source: bool = False
+
+
+@dataclass(frozen=True)
+class OneShot:
+    player: Player
+    listeners: frozenset[str]
 
 
 @dataclass
@@ -71,22 +128,80 @@ class Room:
     full_mesh_max: int = 20
     members: dict[str, Member] = field(default_factory=dict)
     speakers: set[str] = field(default_factory=set)  # used when the room is large
+    serial: int = 0  # makes player names unique across rooms (and a room's later namesake)
+    oneshots: dict[str, OneShot] = field(default_factory=dict)
     listeners: set[str] = field(default_factory=set)  # receive-only endpoints (recorders)
 
     @property
+    def started(self) -> bool:
+        """The conversation runs while a `start_on_enter` member (held or not) is in the room."""
+        return any(m.start_on_enter for m in self.members.values())
+
+    def mixed(self) -> list[str]:
+        """Members in the conversation: not held, and the room has started."""
+        if not self.started:
+            return []
+        return [c for c, m in self.members.items() if not m.held]
+
+    def waiting(self) -> list[str]:
+        """Members waiting for a `start_on_enter` member (not held)."""
+        if self.started:
+            return []
+        return [c for c, m in self.members.items() if not m.held]
+
+    @property
     def large(self) -> bool:
-        return len(self.members) > self.full_mesh_max
+        return len(self.mixed()) > self.full_mesh_max
+
+    def wait_player(self, sound: str) -> str:
+        return f"{WAIT_PREFIX}{self.serial}:{sound}"
+
+    def hears_wait_music(self) -> list[str]:
+        """Held members, waiting members, and a mixed member who is alone."""
+        mixed = self.mixed()
+        alone = mixed if len(mixed) == 1 else []
+        held = [c for c, m in self.members.items() if m.held]
+        return held + self.waiting() + alone
+
+    def mix_sources(self) -> list[str]:
+        """Every source heard in the conversation (speakers and one-shot players): what a
+        listener of the whole room (e.g. a recorder) would take links from."""
+        sources = [c for c in self.mixed() if not self.members[c].muted]
+        if self.large:
+            sources = [c for c in sources
+                       if c in self.speakers or self.members[c].always_source]
+        return sources + list(self.oneshots)
 
     def links(self) -> set[Link]:
-        ids = list(self.members)
-        sources = [m for m in ids if not self.members[m].muted]
+        mixed = self.mixed()
+        sources = [m for m in mixed if not self.members[m].muted]
         out: set[Link] = set()
         if self.large:
             sources = [m for m in sources
                        if m in self.speakers or self.members[m].always_source]
-            out = {Link(m, MONITOR) for m in ids}
-        out.update(Link(src, dst) for src in sources for dst in ids if dst != src)
-        out.update(Link(src, lst) for src in sources for lst in self.listeners)
+            out = {Link(m, MONITOR) for m in mixed}
+        for src in sources:
+            targets = self.members[src].speak_to
+            out.update(Link(src, dst) for dst in mixed
+                       if dst != src and (targets is None or dst in targets))
+        for cid in self.hears_wait_music():
+            sound = self.members[cid].wait
+            if sound is not None:
+                out.add(Link(self.wait_player(sound), cid))
+        for name, shot in self.oneshots.items():
+            out.update(Link(name, dst) for dst in shot.listeners
+                       if dst in self.members and not self.members[dst].held)
+        if self.listeners:
+            out.update(Link(src, lst) for src in self.mix_sources() for lst in self.listeners)
+        return out
+
+    def players(self) -> set[Player]:
+        """The players the room's links need (wait music in use, and every one-shot)."""
+        out = {s.player for s in self.oneshots.values()}
+        for cid in self.hears_wait_music():
+            sound = self.members[cid].wait
+            if sound is not None:
+                out.add(Player(self.wait_player(sound), sound, loop=True))
         return out
 
 
@@ -103,8 +218,22 @@ class RoomError(Exception):
     pass
 
 
-def _diff(before: set[Link], after: set[Link]) -> LinkChange:
-    return LinkChange(tuple(sorted(after - before)), tuple(sorted(before - after)))
+def _diff(before: set[Link], after: set[Link],
+          players_before: Iterable[Player] = (), players_after: Iterable[Player] = ()
+          ) -> LinkChange:
+    pb, pa = set(players_before), set(players_after)
+    return LinkChange(tuple(sorted(after - before)), tuple(sorted(before - after)),
+                      tuple(sorted(pa - pb)), tuple(sorted(p.name for p in pb - pa)))
+
+
+class _Snapshot:
+    """A room's links and players before an operation, to diff against after it."""
+
+    def __init__(self, room: Room) -> None:
+        self.room, self.links, self.players = room, room.links(), room.players()
+
+    def change(self) -> LinkChange:
+        return _diff(self.links, self.room.links(), self.players, self.room.players())
 
 
 class RoomBook:
@@ -114,81 +243,131 @@ class RoomBook:
         self.full_mesh_max = full_mesh_max
         self.rooms: dict[RoomKey, Room] = {}
         self.room_of: dict[str, RoomKey] = {}
+        self._serials = itertools.count(1)
+        self._shots = itertools.count(1)
 
     def join(
         self, key: RoomKey, call_id: str, *, muted: bool, end_on_exit: bool, now: float,
-        always_source: bool = False,
+        start_on_enter: bool = True, wait: str | None = None, always_source: bool = False,
     ) -> LinkChange:
         if call_id in self.room_of:
             raise RoomError(f"{call_id} is already in room {self.room_of[call_id].name}")
         room = self.rooms.get(key)
         if room is None:
-            room = self.rooms[key] = Room(key, created_at=now,
-                                          full_mesh_max=self.full_mesh_max)
-        before = room.links()
-        room.members[call_id] = Member(call_id, muted, end_on_exit, now, always_source)
+            room = self.rooms[key] = Room(key, created_at=now, full_mesh_max=self.full_mesh_max,
+                                          serial=next(self._serials))
+        snap = _Snapshot(room)
+        room.members[call_id] = Member(call_id, muted, end_on_exit, now,
+                                       start_on_enter=start_on_enter, wait=wait,
+                                       always_source=always_source)
         self.room_of[call_id] = key
-        return _diff(before, room.links())
+        return snap.change()
 
     def set_muted(self, call_id: str, muted: bool) -> LinkChange:
         room = self._room_of(call_id)
-        before = room.links()
+        snap = _Snapshot(room)
         room.members[call_id].muted = muted
-        return _diff(before, room.links())
+        return snap.change()
+
+    def set_held(self, call_id: str, held: bool) -> LinkChange:
+        """Held: hears only their wait music (or silence), is heard by nobody."""
+        room = self._room_of(call_id)
+        snap = _Snapshot(room)
+        room.members[call_id].held = held
+        if held:
+            room.speakers.discard(call_id)
+        return snap.change()
+
+    def set_speak_to(self, call_id: str, targets: Iterable[str] | None) -> LinkChange:
+        """Only `targets` hear this member (None: everyone). Targets must be in the room."""
+        room = self._room_of(call_id)
+        wanted = None if targets is None else frozenset(targets)
+        if wanted is not None and not wanted <= set(room.members):
+            missing = sorted(wanted - set(room.members))
+            raise RoomError(f"not in room {room.key.name}: {', '.join(missing[:5])}")
+        snap = _Snapshot(room)
+        room.members[call_id].speak_to = wanted
+        return snap.change()
+
+    def add_oneshot(self, key: RoomKey, path: str, listeners: Iterable[str]
+                    ) -> tuple[str, LinkChange]:
+        """Play `path` once to `listeners` (members not held; those who leave or are held
+        meanwhile stop hearing it). Returns the player's name and the change."""
+        room = self.rooms.get(key)
+        if room is None:
+            raise RoomError(f"no room {key.name}")
+        snap = _Snapshot(room)
+        name = f"{ONESHOT_PREFIX}{room.serial}:{next(self._shots)}"
+        room.oneshots[name] = OneShot(Player(name, path, loop=False), frozenset(listeners))
+        return name, snap.change()
+
+    def end_oneshot(self, name: str) -> LinkChange:
+        """A one-shot player finished (or failed): unlink and stop it. Unknown: no change."""
+        for room in self.rooms.values():
+            if name in room.oneshots:
+                snap = _Snapshot(room)
+                del room.oneshots[name]
+                return snap.change()
+        return LinkChange()
 
     def leave(self, call_id: str) -> Departure:
         """`call_id` leaves its room. If it joined with end_on_exit, the room ends."""
         room = self._room_of(call_id)
         if room.members[call_id].end_on_exit:
             return self.end(room.key, leaving=call_id)
-        before = room.links()
+        snap = _Snapshot(room)
         del room.members[call_id]
         room.speakers.discard(call_id)
+        for m in room.members.values():  # nobody coaches a member who is gone
+            if m.speak_to is not None and call_id in m.speak_to:
+                m.speak_to = m.speak_to - {call_id}
         del self.room_of[call_id]
         ended = not room.members
         if ended:
+            room.oneshots.clear()
             del self.rooms[room.key]
-        return Departure(_diff(before, room.links()), room_ended=ended)
+        return Departure(snap.change(), room_ended=ended)
 
     def end(self, key: RoomKey, leaving: str | None = None) -> Departure:
         """End the room: every member leaves. Those other than `leaving` are `evicted`."""
         room = self.rooms.pop(key, None)
         if room is None:
             raise RoomError(f"no room {key.name}")
-        before = room.links()
+        snap = _Snapshot(room)
         for cid in room.members:
             del self.room_of[cid]
         evicted = tuple(cid for cid in room.members if cid != leaving)
         room.members.clear()
-        return Departure(_diff(before, set()), room_ended=True, evicted=evicted)
+        room.oneshots.clear()
+        return Departure(snap.change(), room_ended=True, evicted=evicted)
 
     def set_speakers(self, key: RoomKey, speakers: set[str]) -> LinkChange:
         room = self.rooms.get(key)
         if room is None:
             return LinkChange()
-        before = room.links()
-        room.speakers = speakers & set(room.members)
-        return _diff(before, room.links())
+        snap = _Snapshot(room)
+        room.speakers = speakers & set(room.mixed())
+        return snap.change()
 
     def add_listener(self, key: RoomKey, listener: str) -> LinkChange:
         """`listener` starts hearing the room. Its name must not be a member's."""
         room = self.rooms.get(key)
         if room is None:
             raise RoomError(f"no room {key.name}")
-        if listener in room.members or listener == MONITOR:
-            raise RoomError(f"{listener} is a member, not a listener")
-        before = room.links()
+        if listener in room.members or listener.startswith("@"):
+            raise RoomError(f"{listener} is a member or a player, not a listener")
+        snap = _Snapshot(room)
         room.listeners.add(listener)
-        return _diff(before, room.links())
+        return snap.change()
 
     def remove_listener(self, key: RoomKey, listener: str) -> LinkChange:
         """`listener` stops hearing the room (nothing to do if the room or it is gone)."""
         room = self.rooms.get(key)
         if room is None or listener not in room.listeners:
             return LinkChange()
-        before = room.links()
+        snap = _Snapshot(room)
         room.listeners.discard(listener)
-        return _diff(before, room.links())
+        return snap.change()
 
     def large_rooms(self) -> list[Room]:
         return [r for r in self.rooms.values() if r.large]
@@ -201,6 +380,25 @@ class RoomBook:
         if key is None:
             raise RoomError(f"{call_id} is not in a room")
         return self.rooms[key]
+
+
+class RoomKeys:
+    """DTMF controls in a room (opt-in): `*6` toggles the caller's own mute, `#` leaves.
+    A `*` waits `window_s` for its `6`; any other digit is ignored."""
+
+    def __init__(self, window_s: float = 3.0) -> None:
+        self.window_s = window_s
+        self._star_at: float | None = None
+
+    def press(self, digit: str, now: float) -> Literal["toggle_mute", "leave"] | None:
+        star, self._star_at = self._star_at, None
+        if digit == "#":
+            return "leave"
+        if digit == "*":
+            self._star_at = now
+        elif digit == "6" and star is not None and now - star <= self.window_s:
+            return "toggle_mute"
+        return None
 
 
 @dataclass

@@ -29,6 +29,37 @@ def ringback(rate: int = 8000, level_dbfs: float = -16.0) -> Samples:
     return np.concatenate([on, silence(4.0, rate)])
 
 
+# Room beeps (contract section 8 `beep`): a rising pair on enter, a falling pair on exit.
+BEEP_ENTER_HZ = (1000.0, 1400.0)
+BEEP_EXIT_HZ = (1400.0, 1000.0)
+
+
+def beep(freqs: tuple[float, float], rate: int = 8000, level_dbfs: float = -14.0) -> Samples:
+    """Two 150 ms tones with soft 5 ms edges (no click)."""
+    parts = []
+    ramp = min(round(0.005 * rate), round(0.15 * rate) // 2)
+    for f in freqs:
+        tone = sine(f, 0.15, rate, level_dbfs)
+        env = np.ones(len(tone))
+        env[:ramp] = np.linspace(0, 1, ramp)
+        env[-ramp:] = np.linspace(1, 0, ramp)
+        parts.append(tone * env)
+    return np.concatenate(parts)
+
+
+def write_beeps(directory: Path, rate: int) -> dict[str, Path]:
+    """The enter and exit beeps as WAV files in `directory` (written once, then reused)."""
+    out = {}
+    for kind, freqs in (("enter", BEEP_ENTER_HZ), ("exit", BEEP_EXIT_HZ)):
+        path = directory / f"beep-{kind}-{rate}.wav"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            write_wav(tmp, beep(freqs, rate), rate)
+            tmp.replace(path)
+        out[kind] = path
+    return out
+
+
 def to_pcm16(samples: Samples) -> bytes:
     return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 

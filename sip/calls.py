@@ -26,6 +26,7 @@ class _SipThread(Protocol):
 
     calls: dict[str, Any]
     finished_players: queue.SimpleQueue[tuple[str, int]]
+    finished_room_players: queue.SimpleQueue[str]
     post: Callable[[ev.Event], None]
 
     def call_gone(self, call: Any) -> None: ...
@@ -224,3 +225,18 @@ class PromptPlayer(pj.AudioMediaPlayer):  # type: ignore[misc]
         # Called on the media clock thread: hand the key to the SIP thread, nothing more
         # (a player must not be destroyed inside its own callback).
         self.engine.finished_players.put(self.key)
+
+
+class RoomPlayer(pj.AudioMediaPlayer):  # type: ignore[misc]
+    """A beep or announcement played once into a room, a bridge source shared by its
+    listeners; its end is reported through the engine. (Looping wait music is a plain
+    pj.AudioMediaPlayer: nothing to report.)"""
+
+    def __init__(self, engine: _SipThread, name: str) -> None:
+        super().__init__()
+        self.engine = engine
+        self.name = name
+
+    def onEof2(self) -> None:
+        # pjmedia's event thread: only hand the name over (see PromptPlayer).
+        self.engine.finished_room_players.put(self.name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from media.rooms import Link
+from media.rooms import Link, Player
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,14 @@ class Hangup:
 
 @dataclass(frozen=True)
 class ApplyLinks:
-    """Connect/disconnect conference bridge links between calls (src -> dst)."""
+    """Connect/disconnect conference bridge links (src -> dst) between calls and room
+    players. In order: create the `start` players, disconnect, connect, destroy the `stop`
+    players. A one-shot player (loop=False) that ends, or cannot start, posts RoomPlayDone."""
 
     connect: tuple[Link, ...] = ()
     disconnect: tuple[Link, ...] = ()
+    start: tuple[Player, ...] = ()
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

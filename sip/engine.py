@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from media.rooms import MONITOR, Link
+from media.rooms import MONITOR, Link, Player
 from sip import commands as cmd
 from sip import events as ev
 from sip.config import SipConfig
@@ -194,6 +194,9 @@ class _SipThread:
         # port is (re)created, e.g. after a re-INVITE, or when media comes up after the ask.
         self.links: set[Link] = set()
         self.finished_players: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
+        # Room players (wait music, beeps, announcements) by link endpoint name ("@...").
+        self.room_players: dict[str, Any] = {}
+        self.finished_room_players: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.graveyard: list[Any] = []  # calls to delete outside their own callbacks
         self.zombies: dict[str, float] = {}  # call ID -> when to give up a failed hang-up
         self.abandoned: list[Any] = []  # given-up calls: kept alive until libDestroy
@@ -229,6 +232,7 @@ class _SipThread:
                 log.exception("libHandleEvents raised")
             self._drain_commands()
             self._reap_players()
+            self._reap_room_players()
             if self.graveyard:
                 self.graveyard.clear()
             now = time.monotonic()
@@ -330,6 +334,8 @@ class _SipThread:
         return call
 
     def _apply_links(self, c: cmd.ApplyLinks) -> None:
+        for player in c.start:
+            self._start_room_player(player)
         # Calls that already hung up are skipped: pjsua removed their bridge ports.
         for link in c.disconnect:
             self.links.discard(link)
@@ -339,13 +345,60 @@ class _SipThread:
         for link in c.connect:
             self.links.add(link)
             self._transmit(link)
+        for name in c.stop:
+            self._stop_room_player(name)
+
+    def _start_room_player(self, spec: Player) -> None:
+        import pjsua2 as pj
+
+        from sip.calls import RoomPlayer
+
+        if spec.name in self.room_players:
+            return
+        # Wait music loops: a plain player, so that no Python runs on pjmedia's event thread
+        # at each rewind; a one-shot reports its end through RoomPlayer.onEof2.
+        player = pj.AudioMediaPlayer() if spec.loop else RoomPlayer(self, spec.name)
+        try:
+            player.createPlayer(spec.path, 0 if spec.loop else pj.PJMEDIA_FILE_NO_LOOP)
+        except Exception as exc:
+            # Its links find no port (silence); a one-shot is reported done so the room
+            # forgets it.
+            log.warning("room player failed", extra={"player": spec.name, "error": describe(exc)})
+            if not spec.loop:
+                self.post(ev.RoomPlayDone(spec.name))
+            return
+        self.room_players[spec.name] = player
+        log.debug("room player", extra={"player": spec.name, "path": spec.path,
+                                        "loop": spec.loop})
+
+    def _stop_room_player(self, name: str) -> None:
+        player = self.room_players.pop(name, None)
+        if player is not None:
+            # Destroying the player removes its bridge port (and whatever links remain).
+            self.links = {lk for lk in self.links if lk.src != name}
+            self.graveyard.append(player)
+
+    def _reap_room_players(self) -> None:
+        while True:
+            try:
+                name = self.finished_room_players.get_nowait()
+            except queue.Empty:
+                return
+            if name in self.room_players:  # the room stops it (ApplyLinks.stop)
+                self.post(ev.RoomPlayDone(name))
+
+    def _port(self, name: str) -> Any:
+        """The bridge port of a link endpoint: a call's audio (None when gone or without
+        media), the level monitor, a room player, or a recorder (a room listener)."""
+        if name.startswith("@"):
+            return self.monitor if name == MONITOR else self.room_players.get(name)
+        if name in self.recorders:  # a room's listener
+            return self.recorders[name]
+        return getattr(self.calls.get(name), "audio", None)
 
     def _ports(self, link: Link) -> tuple[Any, Any]:
         """The bridge ports of a link's ends (None where a call is gone or has no media)."""
-        src = self.calls.get(link.src)
-        dst = self.monitor if link.dst == MONITOR else self.recorders[link.dst] \
-            if link.dst in self.recorders else getattr(self.calls.get(link.dst), "audio", None)
-        return (src.audio if src is not None else None), dst
+        return self._port(link.src), self._port(link.dst)
 
     def _transmit(self, link: Link) -> None:
         src, dst = self._ports(link)
@@ -506,6 +559,7 @@ class _SipThread:
         self.calls.clear()
         self.monitor = None
         self.players.clear()
+        self.room_players.clear()
         self.recorders.clear()
         self.abandoned.clear()
         self.graveyard.clear()

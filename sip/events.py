@@ -74,6 +74,13 @@ class PlayDone:
 
 
 @dataclass(frozen=True)
+class RoomPlayDone:
+    """A room's one-shot player (beep, announcement) reached its end or could not start."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class CommandDone:
     req_id: int
     error: str | None = None
@@ -91,4 +98,4 @@ class EngineFailed:
 
 
 Event = (IncomingCall | CallAnswered | MediaReady | CallEnded | CallProgress | DtmfDigit
-         | PlayDone | CommandDone | EngineStarted | EngineFailed)
+         | PlayDone | RoomPlayDone | CommandDone | EngineStarted | EngineFailed)

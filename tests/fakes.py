@@ -13,6 +13,7 @@ from gateway.actions.base import Action
 from gateway.call.services import Services
 from gateway.call.session import CallSession
 from gateway.config import Application, LimitsConfig
+from media.rooms import MemberOptions
 from sip import commands as cmd
 from sip import events as ev
 from sip.engine import SipCommandError
@@ -53,7 +54,7 @@ class FakeCall:
     async def hangup(self, reason: str | None = None) -> None:
         self.hung_up = reason or ""
 
-    async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
+    async def conference(self, room: str, options: MemberOptions) -> None:
         self.rooms.append(room)
 
     def room_status_url(self, url: str) -> None:
@@ -162,7 +163,7 @@ class FakeLedger:
 
 
 class NoRooms:
-    async def join(self, key: Any, call_id: str, *, mute: bool, end_on_exit: bool,
+    async def join(self, key: Any, call_id: str, opts: MemberOptions, caller: Any = None,
                    status: Any = None) -> str:
         raise AssertionError("no rooms in this test")
 

@@ -44,7 +44,7 @@ from gateway.hooks import AnswerUrlError, HookClient, HttpPools
 from gateway.media_cache import MediaCache, MediaError
 from gateway.netguard import AddressPolicy, GuardedResolver, guarded_socket_factory, redact
 from gateway.strict import ValidationError
-from media.rooms import RoomKey
+from media.rooms import MemberOptions, RoomKey
 from sip.events import DtmfDigit, IncomingCall
 from tests.fakes import Fakes
 from tests.httpkit import Server, in_pieces, serve, wav_bytes, wav_seconds
@@ -150,7 +150,7 @@ async def test_internal_error_does_not_leak_exception_text() -> None:
 async def test_patch_on_a_participant_who_left_meanwhile_is_404() -> None:
     conferences = Conferences(lambda change: None)
     key = RoomKey("c1", "r1")
-    joined = asyncio.create_task(conferences.join(key, "call_a", mute=False, end_on_exit=False))
+    joined = asyncio.create_task(conferences.join(key, "call_a", MemberOptions()))
     await asyncio.sleep(0)
     app = web.Application()
     app[keys.CONFIG] = Config(applications=(APP,))
@@ -429,11 +429,11 @@ async def test_dtmf_queue_and_timeline_are_bounded() -> None:
 async def test_a_full_room_is_not_joined_and_the_next_action_runs() -> None:
     conferences = Conferences(lambda change: None, RoomsConfig(max_participants=2))
     key = RoomKey("c1", "r1")
-    waiting = [asyncio.create_task(conferences.join(key, f"call_{i}", mute=False,
-                                                    end_on_exit=False)) for i in range(2)]
+    waiting = [asyncio.create_task(conferences.join(key, f"call_{i}", MemberOptions()))
+               for i in range(2)]
     await asyncio.sleep(0)
     with pytest.raises(RoomFull):
-        await conferences.join(key, "call_2", mute=False, end_on_exit=False)
+        await conferences.join(key, "call_2", MemberOptions())
     assert set(conferences.book.rooms[key].members) == {"call_0", "call_1"}
     assert "call_2" not in conferences.book.room_of
     notes: list[str] = []
@@ -442,8 +442,8 @@ async def test_a_full_room_is_not_joined_and_the_next_action_runs() -> None:
         async def answer(self) -> None:
             pass
 
-        async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
-            await conferences.join(key, "call_3", mute=mute, end_on_exit=end_on_exit)
+        async def conference(self, room: str, options: MemberOptions) -> None:
+            await conferences.join(key, "call_3", options)
 
         def note(self, event: str, **fields: Any) -> None:
             notes.append(event)
@@ -451,7 +451,7 @@ async def test_a_full_room_is_not_joined_and_the_next_action_runs() -> None:
     assert notes == ["conference.full"]
     conferences.end(key)
     assert await asyncio.gather(*waiting) == ["room_ended", "room_ended"]
-    assert RoomsConfig().max_participants == 1000
+    assert RoomsConfig().max_participants == 500  # the documented default
 
 
 async def test_each_kind_of_traffic_has_its_own_pool() -> None:
@@ -473,7 +473,7 @@ async def test_each_kind_of_traffic_has_its_own_pool() -> None:
 async def test_get_room_while_a_participant_leaves_is_not_a_500() -> None:
     conferences = Conferences(lambda change: None)
     key = RoomKey("c1", "r1")
-    joined = [asyncio.create_task(conferences.join(key, cid, mute=False, end_on_exit=False))
+    joined = [asyncio.create_task(conferences.join(key, cid, MemberOptions()))
               for cid in ("call_a", "call_b")]
     await asyncio.sleep(0)
 

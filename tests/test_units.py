@@ -92,6 +92,8 @@ def test_shipped_configs_are_valid(tmp_path: Path) -> None:
     # configs/bench.yaml is a template: the bench fills in {sip_port}, {http_port}, {database}
     values = {"sip_port": "5060", "http_port": "8080", "database": str(tmp_path / "b.db")}
     for path in (ROOT / "configs").glob("*.yaml"):
+        if path.name == "cluster.yaml":  # a stack file (gateway.cluster.stack), checked there
+            continue
         text = path.read_text()
         for name, value in values.items():
             text = text.replace('"{' + name + '}"', value).replace("{" + name + "}", value)

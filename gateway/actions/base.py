@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from gateway.webhook_events import ActionsEvent
+from media.rooms import MemberOptions
 from sip import commands as cmd
 
 E = TypeVar("E")
@@ -23,7 +24,7 @@ class CallContext(Protocol):
 
     async def hangup(self, reason: str | None = None) -> None: ...
 
-    async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
+    async def conference(self, room: str, options: MemberOptions) -> None:
         """Join the room and return when the caller has left it without hanging up.
         Raises RoomFull, without joining, when the room is at its size limit."""
         ...
@@ -83,7 +84,8 @@ class CallContext(Protocol):
 
 
 class RoomFull(Exception):
-    """`CallContext.conference` into a room at rooms.max_participants."""
+    """`CallContext.conference` into a room at its size limit (the caller's
+    max_participants, or rooms.max_participants)."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.actions.base import Action
 from gateway.config import Application, LimitsConfig
+from media.rooms import MemberOptions
 from sip import commands as cmd
 
 if TYPE_CHECKING:
@@ -47,8 +48,8 @@ class Media(Protocol):
 class Rooms(Protocol):
     """Conference rooms (gateway.conferences.Conferences)."""
 
-    async def join(self, key: Any, call_id: str, *, mute: bool, end_on_exit: bool,
-                   status: Any = None) -> str: ...
+    async def join(self, key: Any, call_id: str, opts: MemberOptions,
+                   caller: Any = None, status: Any = None) -> str: ...
 
 
 class Recorder(Protocol):

@@ -32,7 +32,7 @@ from gateway.interpreter import run_actions
 from gateway.media_cache import MediaError
 from gateway.recordings import AlreadyRecording, RecordingRefused
 from gateway.webhook_events import ActionsEvent, LifecycleEvent
-from media.rooms import Link, RoomKey
+from media.rooms import Link, MemberOptions, RoomKey
 from sip import commands as cmd
 from sip import events as ev
 from sip.engine import SipCommandError
@@ -205,14 +205,14 @@ class CallSession:
         self.rec.hangup_reason = reason
         await self.end_call(603, "hangup_action", reason or "")
 
-    async def conference(self, room: str, *, mute: bool, end_on_exit: bool) -> None:
+    async def conference(self, room: str, options: MemberOptions) -> None:
         self.rec.room = room
         status = StatusHook(self._status_url, self.app.id) if self._status_url else None
         self._status_url = None
         try:
+            # with itself as the room's caller: its timeline, its digits (DTMF controls)
             why = await self.services.rooms.join(RoomKey(self.customer_id, room), self.call_id,
-                                                 mute=mute, end_on_exit=end_on_exit,
-                                                 status=status)
+                                                 options, caller=self, status=status)
             self.note("conference.left", room=room, why=why)
         finally:
             self.rec.room = None

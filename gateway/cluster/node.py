@@ -46,7 +46,7 @@ from gateway.cluster.ownership import (
 from gateway.cluster.redis_store import ClusterStore
 from gateway.conferences import Conferences
 from gateway.config import Application
-from media.rooms import RoomKey
+from media.rooms import MemberOptions, RoomKey
 from sip import commands as cmd
 from sip import events as ev
 from sip.engine import SipCommandError
@@ -54,6 +54,10 @@ from sip.engine import SipCommandError
 log = logging.getLogger("minivoice.cluster")
 
 INTERNAL_APP_ID = "app_cluster"
+
+
+# How a cascade leg (another node's share of the room) joins: always mixed, never beeps.
+CASCADE = MemberOptions(always_source=True)
 
 
 @dataclass
@@ -131,14 +135,14 @@ class ClusterNode:
         self._wake.set()
 
     # -- the rooms service (gateway.call.services.Rooms) -----------------------------------
-    async def join(self, key: RoomKey, call_id: str, **options: Any) -> str:
+    async def join(self, key: RoomKey, call_id: str, *args: Any, **options: Any) -> str:
         """Conferences.join, with the room made cluster-wide; its options pass through."""
         st = self.rooms.setdefault(key, RoomState())
         st.callers.add(call_id)
         added = self._spawn(self._redis_quiet(self.store.add_member(key, call_id, self.me)))
         self.kick(key)
         try:
-            return await self.conferences.join(key, call_id, **options)
+            return await self.conferences.join(key, call_id, *args, **options)
         finally:
             st.callers.discard(call_id)
             self._spawn(self._remove_member(added, key, call_id))
@@ -290,8 +294,7 @@ class ClusterNode:
             await leg.answered_or_ended()
             if leg.ended.is_set():
                 return
-            await self.conferences.join(key, leg.call_id, mute=False, end_on_exit=False,
-                                        always_source=True)
+            await self.conferences.join(key, leg.call_id, CASCADE)
             # The local room ended under it: hang the leg up; the plan decides what next.
             await leg.end_call(200, "room_ended", "")
         finally:
@@ -343,8 +346,7 @@ class ClusterNode:
     async def _serve(self, key: RoomKey, st: RoomState, session: CallSession) -> None:
         try:
             await session.answer()
-            await self.conferences.join(key, session.call_id, mute=False, end_on_exit=False,
-                                        always_source=True)
+            await self.conferences.join(key, session.call_id, CASCADE)
             await session.end_call(200, "room_ended", "")
         except SipCommandError as exc:  # could not answer: the leg is ended, its node retries
             log.warning("cluster.leg_failed", extra={"call_id": session.call_id,
