@@ -4,7 +4,7 @@ Used only by bench experiments (`--patch`), to measure a lever before anyone edi
 sip/ or media/. The change lives in this process alone; MINIVOICE_BENCH_PATCH is a
 JSON object:
 
-    poll_ms        sip.engine.POLL_MS (libHandleEvents timeout of the SIP thread)
+    poll_ms        sip.thread.POLL_MS (libHandleEvents timeout of the SIP thread)
     media          {MediaConfig attribute: value}, set after sip.pjconfig builds it,
                    e.g. {"jbInit": 1, "jbMinPre": 1, "jbMaxPre": 4}
 
@@ -21,10 +21,10 @@ from typing import Any
 
 
 def apply(patch: dict[str, Any]) -> None:
-    from sip import engine, pjconfig
+    from sip import pjconfig, thread
 
     if "poll_ms" in patch:
-        engine.POLL_MS = int(patch["poll_ms"])
+        thread.POLL_MS = int(patch["poll_ms"])
     media = patch.get("media") or {}
     if media:
         original = pjconfig.endpoint_config

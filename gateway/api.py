@@ -38,6 +38,7 @@ from gateway.keys import (
     STATUS,
     STORE,
 )
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.recordings import AlreadyRecording, RecordingRefused, public_view
 from gateway.room_requests import (
     MAX_ANNOUNCEMENT_LOOP,
@@ -159,7 +160,7 @@ async def metrics(request: web.Request) -> web.Response:
     if not admin:
         raise ApiError(403, "forbidden", "metrics need an admin token")
     return web.Response(body=request.app[METRICS].render(),
-                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+                        headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 # -- calls --------------------------------------------------------------------------------
@@ -515,6 +516,41 @@ ROUTES = (
 )
 
 
+def _streams(error: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The operations served outside ROUTES because they answer something other than JSON:
+    the Prometheus scrape and the console's event stream (only with `http.console: true`)."""
+    def failure(description: str) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": error}}}
+
+    text = {"type": "string"}
+    return {
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics in the text exposition format 0.0.4; an admin "
+                       "token only (the numbers are gateway-wide)",
+            "operationId": "metrics", "parameters": [], "security": [{"bearer": []}],
+            "responses": {
+                "200": {"description": "The metrics",
+                        "content": {METRICS_CONTENT_TYPE: {"schema": text}}},
+                "401": failure("Missing or unknown token"),
+                "403": failure("A customer's token"),
+            }}},
+        "/v1/console/stream": {"get": {
+            "summary": "The web console's live view, as server-sent events: one `snapshot` "
+                       "event every 0.5 s whose data is one line of JSON (rooms with their "
+                       "participants' levels, mute and hold; live calls; recent calls). "
+                       "Served only with http.console: true; a customer's token sees its "
+                       "own rooms and calls",
+            "operationId": "console_stream", "parameters": [], "security": [{"bearer": []}],
+            "responses": {
+                "200": {"description": "The stream (until the client closes it)",
+                        "content": {"text/event-stream": {"schema": text}}},
+                "401": failure("Missing or unknown token"),
+                "404": failure("The console is off (http.console: false)"),
+                "429": failure("Too many console streams open (too_many_streams)"),
+            }}},
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     error = {"type": "object", "properties": {"error": {"type": "object", "properties": {
         "code": {"type": "string"}, "message": {"type": "string"},
@@ -552,6 +588,7 @@ def openapi_document() -> dict[str, Any]:
             op["requestBody"] = {"required": True,
                                  "content": {"application/json": {"schema": r.body}}}
         paths.setdefault(r.path, {})[r.method.lower()] = op
+    paths.update(_streams(error))
     return {
         "openapi": "3.0.3",
         "info": {"title": "MiniVoice gateway API", "version": __version__},

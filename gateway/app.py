@@ -14,7 +14,6 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, cast
 
 from aiohttp import web
 
@@ -34,11 +33,9 @@ from gateway.media_cache import MediaCache
 from gateway.metrics import Live, Metrics
 from gateway.outbox import Outbox
 from gateway.recordings import Recordings, completed_data
-from gateway.store import Recording, Store
-from gateway.timestamps import iso
-from gateway.webhook_events import RoomEvent
+from gateway.room_events import RoomEvents
+from gateway.store import Store
 from media import tones
-from media.rooms import RoomKey
 from sip import commands as cmd
 from sip import events as ev
 from sip.engine import SipEngine
@@ -68,8 +65,6 @@ class Gateway:
             if cfg.cluster.enabled else None
         self.status = keys.Status()
         self.metrics = Metrics()
-        # Participants of rooms with a status_url: their call, for events after it ended.
-        self._participants: dict[str, CallSession] = {}
         self.recordings: Recordings
         self.drain_deadline = 0.0
         self.store: Store
@@ -122,11 +117,13 @@ class Gateway:
         self.outbox = app[keys.OUTBOX] = Outbox(
             self.store, pools.webhook, self.cfg.hooks, self.cfg.applications,
             dead_keep_s=self.cfg.records.retention_days * 86400, guarded_http=pools.action)
+        self.room_events = RoomEvents(self.outbox, self.calls, self.conferences,
+                                      self.cfg.applications)
         self.recordings = app[keys.RECORDINGS] = Recordings(
             self.cfg, self.store, self.conferences.book, self.engine.send,
-            self.recording_event, self.conferences.status.get)
+            self.room_events.recording, self.conferences.status.get)
         self.conferences.on_room_ended = self.recordings.room_ended
-        self.conferences.on_event = self.room_event
+        self.conferences.on_event = self.room_events.room
         self.outbox.observer = self.metrics.webhook_result
         hooks = HookClient(pools.answer, self.cfg.hooks, pools.action, pools.policy)
         hooks.observer = self.metrics.hook_done
@@ -144,7 +141,7 @@ class Gateway:
     async def _outbox_ctx(self, app: web.Application) -> AsyncIterator[None]:
         self.calls.recover_lost(self.cfg.applications, self.outbox)
         for row in self.recordings.recover():  # left running by a process that died
-            self.recording_event(row, completed_data(row))
+            self.room_events.recording(row, completed_data(row))
         task = asyncio.create_task(self.outbox.run())
         yield
         await self.outbox.stop()
@@ -239,46 +236,6 @@ class Gateway:
     def send_quiet(self, command: cmd.Command) -> None:
         self.engine.send(command).add_done_callback(log_failure)
 
-    # -- room events (to a room's status_url) -----------------------------------------------
-    def recording_event(self, row: Recording, data: dict[str, Any]) -> None:
-        """Queue recording.completed: to the room's status_url if it had one, else to the
-        recording application's event_url; ordered with the room's other events."""
-        app = next((a for a in self.cfg.applications if a.id == row.app_id), None)
-        url = row.status_url or (app.event_url if app else None)
-        if app is None or url is None:
-            return
-        key = RoomKey(row.customer_id, row.room)
-        room = self.conferences.room(key)
-        self._queue_room_event(key, url, app.id, "recording.completed", None,
-                               len(room.members) if room else 0, data)
-
-    def room_event(self, key: RoomKey, event: str, call_id: str | None, participants: int,
-                   data: dict[str, Any]) -> None:
-        """A conference event of a room with a status_url (gateway.conferences)."""
-        hook = self.conferences.status.get(key)
-        if hook is None:
-            return
-        session = None
-        if call_id is not None:
-            # A participant's call may have ended before it left the room: kept from its join.
-            session = self.calls.get(call_id) or self._participants.get(call_id)
-            if event == "participant.joined" and session is not None:
-                self._participants[call_id] = session
-            elif event == "participant.left":
-                self._participants.pop(call_id, None)
-        self._queue_room_event(key, hook.url, hook.app_id, cast(RoomEvent, event), session,
-                               participants, data)
-
-    def _queue_room_event(self, key: RoomKey, url: str, app_id: str, event: RoomEvent,
-                          session: CallSession | None, participants: int,
-                          data: dict[str, Any]) -> None:
-        payload = {"event": event, "created_at": iso(),
-                   "call": session.rec.call_view() if session is not None else None,
-                   "variables": {}, "data": data,
-                   "conference": {"room": key.name, "customer_id": key.customer_id,
-                                  "participants": participants}}
-        self.outbox.add(room_stream(key.customer_id, key.name), url, app_id, payload)
-
     # -- events from the SIP thread -----------------------------------------------------
     def on_sip_event(self, event: ev.Event) -> None:
         try:
@@ -324,11 +281,6 @@ class Gateway:
         session = CallSession.inbound(self.services, event, app)
         self.calls.admit(session)
         session.task = asyncio.create_task(session.run(), name=event.call_id)
-
-
-def room_stream(customer_id: str, room: str) -> str:
-    """The outbox's ordering key of a room's events (its MiniVoice-Call-Id header too)."""
-    return f"room:{customer_id}:{room}"
 
 
 async def serve(cfg: Config, drain_s: float | None = None,

@@ -17,10 +17,10 @@ from sip.sdp import check_offer, sdp_body
 from sip.sipmsg import request_uri, uri_user, x_headers
 
 
-class _SipThread(Protocol):
-    """What the pj objects here need from the engine's SIP thread (sip.engine._SipThread).
+class Owner(Protocol):
+    """What the pj objects here need from the SIP thread that owns them (sip.thread.SipThread).
 
-    A Protocol rather than an import, so that calls.py does not import engine.py (engine.py
+    A Protocol rather than an import, so that calls.py does not import thread.py (thread.py
     imports this module): no cycle between the two, not even a TYPE_CHECKING one.
     """
 
@@ -37,16 +37,16 @@ log = logging.getLogger("minivoice.sip")
 
 
 class GatewayAccount(pj.Account):  # type: ignore[misc]
-    def __init__(self, engine: _SipThread) -> None:
+    def __init__(self, thread: Owner) -> None:
         super().__init__()
-        self.engine = engine
+        self.thread = thread
 
     def onIncomingCall(self, prm: Any) -> None:
         call: GatewayCall | None = None
         try:
-            call = GatewayCall(self.engine, self, prm.callId)
+            call = GatewayCall(self.thread, self, prm.callId)
             # Kept until DISCONNECTED whatever happens next: the object must outlive the call.
-            self.engine.calls[call.call_id] = call
+            self.thread.calls[call.call_id] = call
             msg = prm.rdata.wholeMsg
             problem = check_offer(sdp_body(msg))
             if problem is not None:
@@ -70,7 +70,7 @@ class GatewayAccount(pj.Account):  # type: ignore[misc]
             )
             log.info("invite", extra={"call_id": call.call_id, "sip_call_id": event.sip_call_id,
                                       "from": event.from_uri, "dialed": event.dialed})
-            self.engine.post(event)
+            self.thread.post(event)
         except Exception:
             log.exception("incoming call handling failed",
                           extra={"call_id": call.call_id if call else None})
@@ -80,10 +80,10 @@ class GatewayAccount(pj.Account):  # type: ignore[misc]
 
 
 class GatewayCall(pj.Call):  # type: ignore[misc]
-    def __init__(self, engine: _SipThread, acc: pj.Account, pj_call_id: int = -1,
+    def __init__(self, thread: Owner, acc: pj.Account, pj_call_id: int = -1,
                  call_id: str | None = None) -> None:
         super().__init__(acc, pj_call_id)
-        self.engine = engine
+        self.thread = thread
         self.call_id = call_id or new_call_id()
         self.outbound = call_id is not None
         self.audio: Any = None  # pj.AudioMedia once media is active
@@ -115,10 +115,10 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
         try:
             info = self.getInfo()
             if self.outbound and info.state == pj.PJSIP_INV_STATE_EARLY:
-                self.engine.post(ev.CallProgress(self.call_id, int(info.lastStatusCode)))
+                self.thread.post(ev.CallProgress(self.call_id, int(info.lastStatusCode)))
             if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
                 self.confirmed = True
-                self.engine.post(ev.CallAnswered(self.call_id))
+                self.thread.post(ev.CallAnswered(self.call_id))
             elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 self.audio = None
                 # pjsua destroyed the streams before this callback (onStreamDestroyed took
@@ -128,11 +128,11 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
                     quality = self.quality.freeze()
                 code = int(info.lastStatusCode)
                 final = None if self.outbound else (200 if self.confirmed else code)
-                self.engine.post(
+                self.thread.post(
                     ev.CallEnded(self.call_id, code, info.lastReason, self.by_gateway,
                                  self.cause, quality, final)
                 )
-                self.engine.call_gone(self)
+                self.thread.call_gone(self)
         except Exception:
             log.exception("call state handling failed", extra={"call_id": self.call_id})
 
@@ -147,11 +147,11 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
                     # After a hold or another re-INVITE the bridge port may have been
                     # re-created, even under the same slot number: connect it again on
                     # every ACTIVE report (connecting an existing link is harmless).
-                    self.engine.relink(self.call_id)
+                    self.thread.relink(self.call_id)
                     if not self.media_reported:
                         self.media_reported = True
                         codec = self.getStreamInfo(i).codecName
-                        self.engine.post(ev.MediaReady(self.call_id, codec))
+                        self.thread.post(ev.MediaReady(self.call_id, codec))
                     return
         except Exception:
             log.exception("media state handling failed", extra={"call_id": self.call_id})
@@ -196,7 +196,7 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
         # May run on a media thread: only post an event, touch no pj object.
         try:
             method = "info" if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc4733"
-            self.engine.post(ev.DtmfDigit(self.call_id, prm.digit, method))
+            self.thread.post(ev.DtmfDigit(self.call_id, prm.digit, method))
         except Exception:
             log.exception("dtmf handling failed", extra={"call_id": self.call_id})
 
@@ -214,29 +214,29 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
 
 
 class PromptPlayer(pj.AudioMediaPlayer):  # type: ignore[misc]
-    """Plays one file once to one call. End of file is reported through the engine."""
+    """Plays one file once to one call. End of file is reported through the SIP thread."""
 
-    def __init__(self, engine: _SipThread, call_id: str, play_id: int) -> None:
+    def __init__(self, thread: Owner, call_id: str, play_id: int) -> None:
         super().__init__()
-        self.engine = engine
+        self.thread = thread
         self.key = (call_id, play_id)
 
     def onEof2(self) -> None:
         # Called on the media clock thread: hand the key to the SIP thread, nothing more
         # (a player must not be destroyed inside its own callback).
-        self.engine.finished_players.put(self.key)
+        self.thread.finished_players.put(self.key)
 
 
 class RoomPlayer(pj.AudioMediaPlayer):  # type: ignore[misc]
     """A beep or announcement played once into a room, a bridge source shared by its
-    listeners; its end is reported through the engine. (Looping wait music is a plain
+    listeners; its end is reported through the SIP thread. (Looping wait music is a plain
     pj.AudioMediaPlayer: nothing to report.)"""
 
-    def __init__(self, engine: _SipThread, name: str) -> None:
+    def __init__(self, thread: Owner, name: str) -> None:
         super().__init__()
-        self.engine = engine
+        self.thread = thread
         self.name = name
 
     def onEof2(self) -> None:
         # pjmedia's event thread: only hand the name over (see PromptPlayer).
-        self.engine.finished_room_players.put(self.name)
+        self.thread.finished_room_players.put(self.name)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway import api, keys
+from gateway import api, console, keys
 from gateway.config import ApiConfig, ApiToken, Config
 from tests.audio import levels
 from tests.harness import AppServer, GatewayProc, Phonebank, app_config
@@ -33,19 +33,30 @@ async def secured(app: AppServer, gateway_factory: Any) -> GatewayProc:
 
 
 def test_openapi_document_matches_the_routes() -> None:
+    """Every route served under /v1 (the console's stream included) and /metrics is in the
+    document, and nothing else is."""
     app = web.Application()
     app[keys.CONFIG] = Config(applications=(), api=ApiConfig(tokens=(ApiToken("x" * 20),)))
     api.setup(app)
+    console.setup(app, api.scope)  # as the app does with http.console: true
     served = {(r.method, r.resource.canonical) for r in app.router.routes()  # type: ignore[union-attr]
-              if r.resource is not None and r.resource.canonical.startswith("/v1/")
-              and r.method != "HEAD"}
+              if r.resource is not None and r.method != "HEAD"
+              and (r.resource.canonical.startswith("/v1/") or r.resource.canonical == "/metrics")}
     served.discard(("GET", "/v1/openapi.json"))
     doc = api.openapi_document()
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert served == documented
     for ops in doc["paths"].values():
         for op in ops.values():
-            assert op["summary"] and op["operationId"]
+            assert op["summary"] and op["operationId"] and op["security"] == [{"bearer": []}]
+    ok = {p: doc["paths"][p]["get"]["responses"]["200"]["content"]
+          for p in ("/metrics", "/v1/console/stream")}
+    assert set(ok["/metrics"]) == {"text/plain; version=0.0.4; charset=utf-8"}
+    assert set(ok["/v1/console/stream"]) == {"text/event-stream"}
+    assert "403" in doc["paths"]["/metrics"]["get"]["responses"]
+    assert "429" in doc["paths"]["/v1/console/stream"]["get"]["responses"]
+    assert len({op["operationId"] for ops in doc["paths"].values() for op in ops.values()}) \
+        == len(documented)
 
 
 async def test_auth_and_customer_scope(

@@ -1,6 +1,7 @@
 """The live web console (`http.console`): its static files, its token-scoped snapshot stream,
 and the page itself in Debian's headless chromium (Selenium): two callers in a room, the page
-shows both and the talker, and its mute button silences the talker at the other caller."""
+shows both and the talker, and its mute and hold buttons silence the talker at the other caller
+(and unmute and resume bring it back)."""
 
 from __future__ import annotations
 
@@ -81,6 +82,37 @@ async def _first_snapshot(resp: aiohttp.ClientResponse) -> dict[str, Any]:
 async def test_console_is_off_by_default(gateway: GatewayProc) -> None:
     assert (await _get(gateway, "/"))[0] == 404
     assert (await _get(gateway, "/v1/console/stream"))[0] == 404
+
+
+def test_the_readme_matches_the_demo_config() -> None:
+    """What README's "Watch it live" tells a newcomer after `make run` holds for the config
+    `make run` uses: the console on at http://127.0.0.1:8080/, no tokens to type."""
+    from gateway.config import load
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load(root / "configs" / "demo.yaml")
+    assert cfg.http.console and (cfg.http.host, cfg.http.port) == ("127.0.0.1", 8080)
+    assert cfg.api.tokens == ()
+    readme = (root / "README.md").read_text()
+    assert "open <http://127.0.0.1:8080/>" in readme
+    assert "curl -s http://127.0.0.1:8080/metrics" in readme
+    assert "--config configs/demo.yaml" in (root / "Makefile").read_text()
+
+
+@pytest.mark.sip
+async def test_with_the_demos_settings_no_token_is_needed(
+    app: AppServer, gateway_factory: Callable[..., Awaitable[GatewayProc]],
+) -> None:
+    """The demo's settings (console on, no api.tokens, loopback): the page, its stream and
+    /metrics all answer without a token, as README says."""
+    gw = await gateway_factory([app_config(app)], http={"console": True})
+    assert (await _get(gw, "/"))[0] == 200
+    status, headers, body = await _get(gw, "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain"), status
+    assert b"minivoice_calls_active" in body
+    async with aiohttp.ClientSession() as s, s.get(gw.http + "/v1/console/stream") as r:
+        assert r.status == 200
+        assert (await _first_snapshot(r))["rooms"] == []
 
 
 @pytest.mark.sip
@@ -202,7 +234,7 @@ async def browser() -> AsyncIterator[Any]:
 
 
 @pytest.mark.sip
-async def test_the_page_shows_the_room_and_its_mute_button_silences_the_talker(
+async def test_the_page_shows_the_room_and_its_mute_and_hold_buttons_silence_the_talker(
     app: AppServer, gateway_factory: Callable[..., Awaitable[GatewayProc]], phones: Phonebank,
     tmp_path: Path, browser: Any,
 ) -> None:
@@ -241,30 +273,43 @@ async def test_the_page_shows_the_room_and_its_mute_button_silences_the_talker(
     await _until(lambda: talking(talker), what="the talker talking")
     assert not await asyncio.to_thread(talking, listener)  # silence is not talk
 
-    # the listener hears the talker for a couple of seconds before the click (the window
-    # the "before" level is measured in)
+    # Each button is clicked on the talker's row, then the listener's recording is measured
+    # over a window after the click: Mute silences the talker, Unmute brings it back, Hold
+    # silences it again (held: heard by nobody), Resume brings it back. A window starts 0.8 s
+    # after the click (the PATCH and the SIP thread's relink) and lasts 1.5 s.
+    loop = asyncio.get_running_loop()
     heard_since = float(phones.find("media", "listener")["at"])  # type: ignore[index]
-    await asyncio.sleep(max(0.0, heard_since + 2.5 - asyncio.get_running_loop().time()))
-    mute_at = asyncio.get_running_loop().time()
-    await asyncio.to_thread(
-        lambda: rows()[talker].find_element(By.CSS_SELECTOR, "button.mute").click())
-    await _until(lambda: rows()[talker].get_attribute("data-muted") == "true",
-                 what="the talker muted")
-    assert await asyncio.to_thread(
-        lambda: rows()[talker].find_element(By.CSS_SELECTOR, "button.mute").text) == "Unmute"
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(max(0.0, heard_since + 2.5 - loop.time()))
+    steps = (("mute", "data-muted", "true", "Unmute", False),
+             ("mute", "data-muted", "false", "Mute", True),
+             ("hold", "data-held", "true", "Resume", False),
+             ("hold", "data-held", "false", "Hold", True))
+    clicked: list[tuple[str, float, bool]] = [("start", heard_since + 2.5, True)]
+    for button, attr, value, label, heard in steps:
+        at = loop.time()
+        await asyncio.to_thread(
+            lambda b=button: rows()[talker].find_element(By.CSS_SELECTOR, f"button.{b}").click())
+        await _until(lambda a=attr, v=value: rows()[talker].get_attribute(a) == v,
+                     what=f"the talker's {attr}={value}")
+        assert await asyncio.to_thread(
+            lambda b=button: rows()[talker].find_element(By.CSS_SELECTOR, f"button.{b}").text
+        ) == label
+        clicked.append((f"{button}->{value}", at, heard))
+        await asyncio.sleep(max(0.0, at + 2.5 - loop.time()))
     for cid in ("talker", "listener"):
         phones.hangup(cid)
     for cid in ("talker", "listener"):
         await phones.wait("ended", cid)
 
-    # the listener heard the talker before the click and nothing of it after
-    muted_from = mute_at - heard_since
-    before = levels(rec, 440, start_s=max(0.3, muted_from - 2.0), end_s=muted_from - 0.2)
-    after = levels(rec, 440, start_s=muted_from + 0.8, end_s=muted_from + 2.3)
-    print(f"listener's 440 Hz: {before[440]:.1f} dBFS before the click, {after[440]:.1f} after")
-    assert before[440] > HEARD_DB, before
-    assert after[440] < SILENT_DB, after
+    # the listener heard the talker before the first click, and after each click as expected
+    windows = [(what, max(0.3, at - heard_since - 2.0), at - heard_since - 0.2, heard)
+               if what == "start" else
+               (what, at - heard_since + 0.8, at - heard_since + 2.3, heard)
+               for what, at, heard in clicked]
+    for what, start_s, end_s, heard in windows:
+        got = levels(rec, 440, start_s=start_s, end_s=end_s)[440]
+        print(f"listener's 440 Hz after {what}: {got:.1f} dBFS")
+        assert (got > HEARD_DB) if heard else (got < SILENT_DB), (what, got)
 
     # the finished calls appear under recent calls, with their quality
     def recent_mos() -> list[str]:
@@ -281,14 +326,14 @@ async def test_the_page_shows_the_room_and_its_mute_button_silences_the_talker(
     assert "call.completed" in detail and "quality:" in detail
 
 
-def test_participant_view_shows_hold_only_where_rooms_have_it() -> None:
+def test_participant_view_shows_mute_and_hold() -> None:
     from types import SimpleNamespace
 
-    member = SimpleNamespace(muted=True, end_on_exit=False, joined_at=0.0)
+    member = SimpleNamespace(muted=True, held=False, end_on_exit=False, joined_at=0.0)
     room = SimpleNamespace(members={"call_a": member})
     view = console.participant_view(room, "call_a", 40, "alice", 10)  # type: ignore[arg-type]
-    assert view["talking"] and view["muted"] and "hold" not in view
-    member.held = True  # type: ignore[attr-defined]
+    assert view["talking"] and view["muted"] and view["hold"] is False
+    member.held = True
     assert console.participant_view(room, "call_a", 3, None, 10)["hold"] is True  # type: ignore[arg-type]
 
 
@@ -305,7 +350,7 @@ async def test_snapshot_is_bounded_however_many_rooms_and_calls() -> None:
     from media.rooms import RoomKey
 
     def room(i: int, size: int) -> Any:
-        members = {f"call_{i}_{j}": SimpleNamespace(muted=False, end_on_exit=False,
+        members = {f"call_{i}_{j}": SimpleNamespace(muted=False, held=False, end_on_exit=False,
                                                      joined_at=0.0) for j in range(size)}
         return SimpleNamespace(key=RoomKey("cust", f"r{i:04d}"), created_at=0.0,
                                members=members)

@@ -4,6 +4,7 @@ land in `call.completed` and in the stored call record."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,48 @@ async def test_pcap_jitter_shows_in_the_call_record(
     # scheduling and a loaded machine add to it
     assert 2.0 <= q["jitter_ms"] <= 15.0, q
     assert q["packets_lost"] <= 2, q
+
+
+# pjmedia sends RTCP every PJMEDIA_RTCP_INTERVAL (5 s, a compile-time constant pjsua2 does not
+# expose), randomised by +-0.5 s, the first one an interval after the stream's first frame.
+# A round trip is measured when a receiver report comes back carrying the LSR/DLSR of one of
+# our sender reports, so the gateway's first sample needs its own first SR (4.5-5.5 s) and then
+# the phone's next report after it: by about 11 s in the worst case.
+RTT_CALL_S = 14.0
+
+
+@pytest.mark.sip
+async def test_rtt_from_rtcp_in_the_call_record(
+    app: AppServer, gateway: GatewayProc, phones: Phonebank
+) -> None:
+    """Two pjsua2 phones in a room long enough for RTCP both ways: each call's record has a
+    round trip from pjmedia's RTCP (a loopback one: well under a few ms, but measured), and
+    the MOS that includes it."""
+    app.answer = lambda p: {"actions": [{"conference": {"room": "rtt"}}]}
+    phones.call("a", gateway.uri("1001"), tone_hz=440)
+    phones.call("b", gateway.uri("1001"), tone_hz=880)
+    for cid in ("a", "b"):
+        await phones.wait("media", cid, timeout=15)
+    await asyncio.sleep(RTT_CALL_S)
+    for cid in ("a", "b"):
+        phones.hangup(cid)
+    for cid in ("a", "b"):
+        await phones.wait("ended", cid)
+    done = await app.completed(count=2, timeout=15)
+    rtts = []
+    for hook in done:
+        q = hook["data"]["quality"]
+        print(f"call {hook['call']['id']}: rtt {q['rtt_ms']} ms, jitter {q['jitter_ms']} ms, "
+              f"mos {q['mos']}")
+        assert q["rtt_ms"] is not None, q
+        # loopback: about 0.1 ms. pjmedia measures in units of 1/65536 s (15 us) and keeps
+        # the mean in whole microseconds, so one call's mean could in principle be 0; the
+        # pair of calls must show a round trip above 0.
+        assert 0.0 <= q["rtt_ms"] < 100.0, q
+        rtts.append(q["rtt_ms"])
+        assert q["packets_received"] > 500 and q["mos"] > 4.0, q
+        assert q["mos"] == pytest.approx(
+            mos(q["codec"], q["loss_pct"], q["rtt_ms"], q["jitter_ms"]), abs=0.02), q
+        status, record = await gateway.get(f"/v1/calls/{hook['call']['id']}")
+        assert status == 200 and record["quality"] == q, record
+    assert max(rtts) > 0.0, rtts

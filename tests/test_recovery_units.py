@@ -112,12 +112,13 @@ def test_a_call_that_cannot_be_hung_up_is_finished_anyway() -> None:
     import time
 
     from sip import events as ev
-    from sip.engine import ZOMBIE_AFTER_S, SipEngine, _SipThread
+    from sip.engine import SipEngine
+    from sip.thread import ZOMBIE_AFTER_S, SipThread
 
     posted: list[object] = []
     cfg = SipConfig()
-    thread = _SipThread(cfg, queue.SimpleQueue(), posted.append,
-                        SipEngine(cfg, lambda e: None))
+    thread = SipThread(cfg, queue.SimpleQueue(), posted.append,
+                       SipEngine(cfg, lambda e: None))
     call = Unhangable()
     thread.calls[call.call_id] = call
     thread._hangup(call, 500, "x")  # logged, not raised

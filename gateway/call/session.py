@@ -135,16 +135,27 @@ class CallSession:
 
     async def _flow(self) -> None:
         self.webhook("call.initiated", self.rec.sip)
-        self.documents += 1
         urls = [self.app.answer_url] + ([self.app.fallback_url] if self.app.fallback_url else [])
+        actions = await self._answer_document(urls, guarded=False)
+        if actions is not None:
+            await self._run_list(actions)
+
+    async def _answer_document(self, urls: list[str], *, guarded: bool
+                               ) -> tuple[Action, ...] | None:
+        """The actions the answer_url (or its fallback) returns; None when it failed, and
+        the call is then being ended (answer_url_error)."""
+        self.documents += 1
         try:
-            actions = await self.services.hooks.fetch_actions(
-                urls, self.app.secret, self.rec.envelope("call.answer", time.time(),
-                                                         self.rec.sip), self.call_id)
+            return await self.services.hooks.fetch_actions(
+                urls, self.app.secret,
+                self.rec.envelope("call.answer", time.time(), self.rec.sip), self.call_id,
+                guarded=guarded)
         except AnswerUrlError as exc:
             self._failed(exc)
             await self.end_call(500, "answer_url_error", "Answer URL Error")
-            return
+            return None
+
+    async def _run_list(self, actions: tuple[Action, ...]) -> None:
         self.note("actions", actions=[a.name for a in actions])
         await run_actions(actions, self)
         if not self.rec.ending:
@@ -165,22 +176,11 @@ class CallSession:
         self._answer_sent = True  # the far end answered: actions must not answer again
         if actions is None:
             assert answer_url is not None
-            self.documents += 1
-            try:
-                # The URL came with the API request, not from the config: it follows the
-                # network rules of response URLs.
-                actions = await self.services.hooks.fetch_actions(
-                    [answer_url], self.app.secret,
-                    self.rec.envelope("call.answer", time.time(), self.rec.sip), self.call_id,
-                    guarded=True)
-            except AnswerUrlError as exc:
-                self._failed(exc)
-                await self.end_call(500, "answer_url_error", "Answer URL Error")
-                return
-        self.note("actions", actions=[a.name for a in actions])
-        await run_actions(actions, self)
-        if not self.rec.ending:
-            await self.end_call(603, "actions_exhausted", "")
+            # The URL came with the API request, not from the config: it follows the
+            # network rules of response URLs.
+            actions = await self._answer_document([answer_url], guarded=True)
+        if actions is not None:
+            await self._run_list(actions)
 
     def _failed(self, exc: AnswerUrlError) -> None:
         self.rec.error = exc.as_error()

@@ -89,13 +89,9 @@ async def _close_streams(app: web.Application) -> None:
 def participant_view(room: Room, cid: str, level: int, from_user: str | None,
                      speaker_level: int) -> dict[str, Any]:
     m = room.members[cid]
-    view = {"call_id": cid, "from": from_user, "muted": m.muted, "end_on_exit": m.end_on_exit,
-            "joined_at": iso(m.joined_at), "level": level, "talking": level >= speaker_level}
-    # Where rooms have a hold state (PATCH {"hold": ...}), the page shows it and a button.
-    held = getattr(m, "held", None)
-    if held is not None:
-        view["hold"] = bool(held)
-    return view
+    return {"call_id": cid, "from": from_user, "muted": m.muted, "hold": m.held,
+            "end_on_exit": m.end_on_exit, "joined_at": iso(m.joined_at), "level": level,
+            "talking": level >= speaker_level}
 
 
 def recent_view(record: dict[str, Any]) -> dict[str, Any]:

@@ -143,7 +143,7 @@ function renderParticipants(card, room) {
           el("span", { class: "badge hold" }, "held")),
         el("span", { class: "actions" },
           el("button", { class: "mute", type: "button" }, "Mute"),
-          el("button", { class: "hold", type: "button", hidden: true }, "Hold"),
+          el("button", { class: "hold", type: "button", title: "Put on hold / take off hold" }, "Hold"),
           el("button", { class: "remove danger", type: "button", title: "Take out of the room" }, "Remove")));
       people.append(row);
     }
@@ -157,10 +157,7 @@ function renderParticipants(card, room) {
     row.dataset.muted = p.muted ? "true" : "false";
     row.dataset.talking = p.talking ? "true" : "false";
     row.querySelector("button.mute").textContent = p.muted ? "Unmute" : "Mute";
-    // Hold appears only where the server reports a hold state for participants.
-    const hold = row.querySelector("button.hold");
-    hold.hidden = !("hold" in p);
-    hold.textContent = p.hold ? "Resume" : "Hold";
+    row.querySelector("button.hold").textContent = p.hold ? "Resume" : "Hold";
     row.dataset.held = p.hold ? "true" : "false";
   }
   for (const row of people.querySelectorAll(".participant")) {
