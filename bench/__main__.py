@@ -9,6 +9,13 @@ Phases, each on a fresh gateway process (so one phase's leftovers never bias ano
 2. mixer delay: tone bursts in at one probe leg, timed out of another (bench/audio.py);
 3. big rooms: one room of N probe legs, every one checked for audio (bench/audio.py).
 Writes bench/results/<stamp>.json and the generated block of BENCHMARKS.md.
+
+Feature modes (`--mode`), each on its own gateway and with its own generated block:
+- recording: rooms of SIPp callers, unrecorded, then recorded (bench/recording.py)
+    .venv/bin/python -m bench --mode recording     # 100 rooms of 10: 50, then 100 recorded
+    .venv/bin/python -m bench --mode recording --rooms 3 --room-size 4
+- room-features: one room, plain vs hold + coach + announcement (bench/roomfeatures.py)
+    .venv/bin/python -m bench --mode room-features # a room of 250
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import audio, gateway, load, report, sipp
+from bench import audio, gateway, load, recording, report, roomfeatures, sipp
 from bench.procstat import Sample, Window
+from bench.receiver import Receiver
 from gateway.logs import KeyValueFormatter
 
 log = logging.getLogger("bench")
@@ -36,7 +44,19 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few minutes: small ramp, small room")
-    p.add_argument("--room-size", type=int, help="callers per room in the ramp (10)")
+    p.add_argument("--mode", choices=["recording", "room-features"],
+                   help="a feature mode instead of the ramp/delay/room phases")
+    p.add_argument("--rooms", type=int, help="recording mode: rooms of SIPp callers (100)")
+    p.add_argument("--record", type=int, action="append",
+                   help="recording mode: rooms recorded in a window (repeatable, cumulative; "
+                        "default half the rooms, then all)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="feature modes: rounds of feature windows, each between plain ones (3)")
+    p.add_argument("--settle", type=float, default=3.0,
+                   help="feature modes: seconds between a change and its window (3)")
+    p.add_argument("--room-size", type=int,
+                   help="callers per room in the ramp and the recording mode (10); "
+                        "the room-features mode's room (250)")
     p.add_argument("--rooms-per-step", type=int, help="rooms added per ramp step")
     p.add_argument("--steps", type=int, help="ramp steps at most")
     p.add_argument("--rate", type=float, default=50.0, help="calls per second (50)")
@@ -63,13 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _start(args: argparse.Namespace, work: Path, name: str) -> gateway.Gateway:
+async def _start(args: argparse.Namespace, work: Path, name: str,
+                 sections: dict[str, dict[str, Any]] | None = None,
+                 event_url: str | None = None) -> gateway.Gateway:
     overrides: dict[str, Any] = {}
     if args.conf_threads:
         overrides["conf_threads"] = args.conf_threads
     return await gateway.start(work / name, log_level=args.log_level, sip_overrides=overrides,
                                patch=json.loads(args.patch) if args.patch else None,
-                               pjsua2_dir=args.pjsua2_dir)
+                               pjsua2_dir=args.pjsua2_dir, sections=sections,
+                               event_url=event_url)
 
 
 async def _stop(gw: gateway.Gateway) -> dict[str, Any]:
@@ -83,7 +106,76 @@ async def _stop(gw: gateway.Gateway) -> dict[str, Any]:
     return {"exit_code": code, "stop_s": stop_s, "error_lines": problems}
 
 
+async def run_mode(args: argparse.Namespace) -> dict[str, Any]:
+    """One feature mode on a fresh gateway (see bench/recording.py, bench/roomfeatures.py)."""
+    work = Path(tempfile.mkdtemp(prefix="minivoice-bench-"))
+    result: dict[str, Any] = {"mode": args.mode, "label": args.label, "workdir": str(work),
+                              "gateway_log_level": args.log_level, "patch": args.patch,
+                              "pjsua2_dir": str(args.pjsua2_dir or "")}
+    tone = sipp.alaw_tone(work / "tone.wav", 1000, 2.0, volume=0.25)
+    stopped: dict[str, Any] = {}
+    # The application's webhooks go to the bench's receiver, which accepts them as a working
+    # application would; it also serves the announcement file.
+    app = Receiver()
+    await app.start()
+    try:
+        if args.mode == "recording":
+            await _recording_mode(args, work, tone, app, result, stopped)
+        else:
+            await _features_mode(args, work, tone, app, result, stopped)
+    finally:
+        await app.close()
+    result["webhooks_received"] = dict(app.events)
+    result["summary"] = summarize(result)
+    return result
+
+
+async def _recording_mode(args: argparse.Namespace, work: Path, tone: Path, app: Receiver,
+                          result: dict[str, Any], stopped: dict[str, Any]) -> None:
+    rooms = args.rooms or 100
+    plan = recording.RecordingPlan(
+        rooms=rooms, room_size=args.room_size or 10,
+        record=tuple(args.record or sorted({max(1, rooms // 2), rooms})),
+        rate=args.rate, window_s=args.window or 10.0, settle_s=args.settle, rounds=args.rounds)
+    files = work / "recording" / "recordings"
+    # recordings.max_concurrent (100 by default) must not refuse the rooms asked for
+    gw = await _start(args, work, "recording", {"recordings": {
+        "dir": str(files), "max_concurrent": max(100, *plan.record)}}, app.event_url)
+    result["gateway_command"] = gw.command
+
+    async def stop_gateway() -> None:
+        stopped.update(await _stop(gw))
+
+    try:
+        result["recording"] = await recording.run(gw, work / "recording", tone, plan, files,
+                                                  app, stop_gateway)
+    finally:
+        result["recording_gateway"] = stopped or await _stop(gw)
+
+
+async def _features_mode(args: argparse.Namespace, work: Path, tone: Path, app: Receiver,
+                         result: dict[str, Any], stopped: dict[str, Any]) -> None:
+    plan = roomfeatures.FeaturesPlan(room_size=args.room_size or 250, rate=args.rate,
+                                     window_s=args.window or 10.0, settle_s=args.settle,
+                                     rounds=args.rounds)
+    # the announcement is fetched from the bench's receiver on loopback
+    gw = await _start(args, work, "room-features",
+                      {"hooks": {"allow_private": ["127.0.0.0/8"]}}, app.event_url)
+    result["gateway_command"] = gw.command
+
+    async def stop_gateway() -> None:
+        stopped.update(await _stop(gw))
+
+    try:
+        result["room_features"] = await roomfeatures.run(gw, work / "room-features", tone,
+                                                         plan, app, stop_gateway)
+    finally:
+        result["room_features_gateway"] = stopped or await _stop(gw)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.mode:
+        return await run_mode(args)
     quick = args.quick
     plan = load.RampPlan(
         room_size=args.room_size or 10,
@@ -161,6 +253,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summarize(r: dict[str, Any]) -> dict[str, Any]:
+    if r["mode"] == "recording":
+        return {"rows": recording.summary_rows(r)}
+    if r["mode"] == "room-features":
+        return {"rows": roomfeatures.summary_rows(r)}
     t = report.TARGETS
     rows: list[dict[str, Any]] = []
     ramp = r.get("ramp")

@@ -48,7 +48,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def render_config(workdir: Path, sip_port: int, http_port: int,
-                  sip_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                  sip_overrides: dict[str, Any] | None = None,
+                  sections: dict[str, dict[str, Any]] | None = None,
+                  event_url: str | None = None) -> dict[str, Any]:
+    """configs/bench.yaml with this run's ports and paths; `sections` adds or replaces
+    settings per top-level section (e.g. {"hooks": {"allow_private": [...]}}); `event_url`
+    replaces the application's (the embedded demo app's)."""
     text = CONFIG.read_text()
     text = text.replace("{sip_port}", str(sip_port)).replace("{http_port}", str(http_port))
     text = text.replace("{database}", str(workdir / "gateway.db"))
@@ -56,6 +61,11 @@ def render_config(workdir: Path, sip_port: int, http_port: int,
     cfg["sip"]["port"] = int(cfg["sip"]["port"])
     cfg["http"]["port"] = int(cfg["http"]["port"])
     cfg["sip"].update(sip_overrides or {})
+    for name, values in (sections or {}).items():
+        cfg.setdefault(name, {}).update(values)
+    if event_url:
+        for app in cfg["applications"]:
+            app["event_url"] = event_url
     return cfg
 
 
@@ -79,6 +89,19 @@ class Gateway:
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(timeout=timeout) as s, s.get(self.base + path) as r:
             return await r.json()
+
+    async def call_api(self, method: str, path: str,
+                       body: Any = None) -> tuple[int, Any]:
+        """One REST request (the bench config has no API tokens: loopback, admin);
+        the status and the JSON body (None when the body is empty or not JSON)."""
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(timeout=timeout) as s, s.request(
+                method, self.base + path, json=body) as r:
+            text = await r.text()
+            try:
+                return r.status, json.loads(text) if text else None
+            except ValueError:
+                return r.status, None
 
     async def participants(self) -> dict[str, int]:
         """Room name -> member count, from the gateway's own view (GET /v1/conferences)."""
@@ -107,11 +130,13 @@ class Gateway:
 async def start(workdir: Path, *, log_level: str = "WARNING",
                 sip_overrides: dict[str, Any] | None = None,
                 patch: dict[str, Any] | None = None,
-                pjsua2_dir: Path | None = None) -> Gateway:
+                pjsua2_dir: Path | None = None,
+                sections: dict[str, dict[str, Any]] | None = None,
+                event_url: str | None = None) -> Gateway:
     """Start a gateway and wait for /healthz. `patch` and `pjsua2_dir` are experiments."""
     workdir.mkdir(parents=True, exist_ok=True)
     sip_port, http_port = free_port(), free_port()
-    cfg = render_config(workdir, sip_port, http_port, sip_overrides)
+    cfg = render_config(workdir, sip_port, http_port, sip_overrides, sections, event_url)
     cfg_path = workdir / "gateway.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ)

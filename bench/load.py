@@ -68,7 +68,7 @@ class RampPlan:
     settle_s: float = 2.0
 
 
-async def _wait_answered(inst: sipp.Instance, gw: Gateway, expected_in_rooms: int,
+async def wait_answered(inst: sipp.Instance, gw: Gateway, expected_in_rooms: int,
                          deadline: float) -> tuple[int, int]:
     """Wait until SIPp has all its 200 OKs and the gateway lists everyone in rooms."""
     answered = in_rooms = 0
@@ -115,7 +115,7 @@ async def ramp(gw: Gateway, workdir: Path, tone: Path, plan: RampPlan, baseline_
             log.info("step started", extra={"step": n + 1, "legs": legs})
             setup_start = Sample.take(gw.pid)
             deadline = time.monotonic() + calls / plan.rate + 20
-            answered, in_rooms = await _wait_answered(inst, gw, legs + len(probes), deadline)
+            answered, in_rooms = await wait_answered(inst, gw, legs + len(probes), deadline)
             setup = Window(setup_start, Sample.take(gw.pid))
             python_s = setup.by_thread().get("python", 0.0) * setup.seconds
             # a listener in one of this step's rooms: does the mixed audio reach a caller?

@@ -82,3 +82,18 @@ class Window:
             used = t - self.start.threads.get(key, 0.0)
             out[name] = out.get(name, 0.0) + used / self.seconds
         return {k: round(v, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
+def write_bytes(pid: int) -> int:
+    """Bytes the process caused to be written to storage (/proc/<pid>/io `write_bytes`).
+
+    Counted when pages are dirtied, so page-cache writes count at once; socket traffic
+    (RTP) does not count, unlike `wchar`. 0 where the kernel keeps no I/O accounting.
+    """
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0

@@ -31,6 +31,30 @@ TARGETS = {
 }
 
 
+MODE_NOTES = {
+    "recording": "rooms of SIPp callers sending G.711 RTP (the ramp's caller) held up; gateway "
+                 "CPU from /proc/<pid>/stat in windows with the same calls up: no room "
+                 "recorded, then, per round, rooms recorded through `POST "
+                 "/v1/conferences/{room}/recordings` (cumulative windows), all stopped "
+                 "(`DELETE`), a plain window. Added CPU per recorded room = (cores recorded - "
+                 "mean of the plain windows before and after the round) / rooms recorded, "
+                 "median over the rounds. Disk rate: growth of the recordings directory's "
+                 "files, and /proc/<pid>/io write_bytes (all the gateway's storage writes: "
+                 "WAV, SQLite, log). Every recording is then fetched through the API and must "
+                 "be complete and carry the callers' tone; its `recording.completed` must "
+                 "arrive (bench/recording.py).",
+    "room-features": "one room of SIPp callers sending G.711 RTP plus one listening probe "
+                     "leg; gateway CPU from /proc/<pid>/stat in windows with the same calls "
+                     "up: plain, then per round: one caller on hold (PATCH hold), one "
+                     "coaching another (PATCH speak_to) and an announcement playing (POST "
+                     "announcements, `play` of a 500 Hz WAV from the bench's HTTP server, "
+                     "which the probe must hear throughout the window), then all off and a "
+                     "plain window. Ratio = the feature window / the mean of the plain "
+                     "windows before and after it, median over the rounds "
+                     "(bench/roomfeatures.py).",
+}
+
+
 def machine() -> dict[str, Any]:
     model = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -78,12 +102,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"load average at start {', '.join(f'{x:.2f}' for x in m['load_avg_at_start'])}",
         f"- Command: `{result['command']}`",
         "- Gateway: `python -m gateway serve --config <configs/bench.yaml with free ports> "
-        f"--log-level {result['gateway_log_level']}`, a fresh process per phase; answer_url "
-        "and event_url are its embedded demo app, over loopback HTTP",
+        f"--log-level {result['gateway_log_level']}`, a fresh process per phase; "
+        + ("answer_url and event_url are its embedded demo app, over loopback HTTP"
+           if result["mode"] not in MODE_NOTES else
+           "answer_url is its embedded demo app; event_url (and the announcement file) the "
+           "bench's own HTTP server, which accepts every webhook; both over loopback HTTP"),
         f"- Raw result: `bench/results/{result['stamp']}.json`",
         *(["- Quick mode runs at a tenth of the scale to check the harness and spot "
            "regressions; the targets are for the full mode."] if result["mode"] == "quick"
           else []),
+        *([f"- Method: {MODE_NOTES[result['mode']]}"] if result["mode"] in MODE_NOTES else []),
         "",
         "| Measure | Target | Result | Met |",
         "|---|---|---|---|",
@@ -123,6 +151,14 @@ def markdown(result: dict[str, Any]) -> str:
             f"{room['min_loud_ratio']:.0%}), {room['failed']} failed calls, gateway "
             f"{room['gateway'].get('cpu_cores', 0):.2f} cores; "
             f"threads {room['gateway'].get('threads', {})}")
+    if result["mode"] == "recording":
+        from bench import recording
+
+        lines += recording.markdown_lines(result)
+    if result["mode"] == "room-features":
+        from bench import roomfeatures
+
+        lines += roomfeatures.markdown_lines(result)
     lines += [end]
     return "\n".join(lines)
 

@@ -1,0 +1,67 @@
+"""The benchmark's feature modes at toy scale, so they cannot rot.
+
+Only the plumbing is asserted (calls answered, recordings complete and carrying the tone,
+features applied and the announcement heard, numbers present), never a performance
+figure: this runs on loaded CI boxes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import ROOT
+
+pytestmark = pytest.mark.sip
+
+
+def _bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench", *args, "--window", "2", "--settle", "1", "--rounds", "1",
+           "--rate", "20", "--no-markdown", "--label", "smoke", "--results-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=55)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [path] = tmp_path.glob("*.json")
+    result: dict[str, Any] = json.loads(path.read_text())
+    return result
+
+
+def test_recording_mode_at_toy_scale(tmp_path: Path) -> None:
+    r = _bench(tmp_path, "--mode", "recording", "--rooms", "2", "--room-size", "3",
+               "--record", "1", "--record", "2")
+    rec = r["recording"]
+    assert rec["problems"] == [] and rec["failed_calls"] == 0, rec["problems"]
+    assert [w["label"] for w in rec["windows"]] == [
+        "plain", "1 rooms recorded, round 1", "2 rooms recorded, round 1",
+        "plain, after round 1"]
+    assert all(w["in_rooms"] == 6 for w in rec["windows"]), rec["windows"]
+    assert [row["recorded_rooms"] for row in rec["derived"]["recorded"]] == [1, 2]
+    # WAV files grow while recorded (16 kB/s per room at 8 kHz), not before or after
+    growth = [w["extra"]["file_growth_bytes_per_s"] for w in rec["windows"]]
+    assert growth[0] == 0 and growth[1] > 0 and growth[2] > 0 and growth[3] == 0, growth
+    files = rec["files"]
+    assert files["recordings"] == files["ok"] == 2, files
+    assert all(f["status"] == "completed" and f["reason"] == "api" for f in files["each"])
+    assert rec["recording_completed_events"] == 2
+    assert r["recording_gateway"]["exit_code"] == 0, r["recording_gateway"]
+    assert not r["recording_gateway"]["error_lines"], r["recording_gateway"]
+    assert {row["measure"].split(" (")[0] for row in r["summary"]["rows"]} >= {
+        "Failed calls", "Added gateway CPU per recorded room", "Disk write rate"}
+
+
+def test_room_features_mode_at_toy_scale(tmp_path: Path) -> None:
+    r = _bench(tmp_path, "--mode", "room-features", "--room-size", "6")
+    f = r["room_features"]
+    assert f["problems"] == [] and f["failed_calls"] == 0, f["problems"]
+    assert f["feature_answers"] == {"hold": 200, "speak_to": 200, "announcement": 202}
+    assert f["state_during"]["hold"] is True and len(f["state_during"]["speak_to"]) == 1
+    heard = [w["extra"]["probe_hears_announcement"] for w in f["windows"]]
+    assert heard[0] == 0 and heard[1] >= 0.9 and heard[2] == 0, heard  # only while it plays
+    assert all(w["in_rooms"] == 7 for w in f["windows"]), f["windows"]  # 6 SIPp + the probe
+    assert f["derived"]["rounds"] == 1 and f["derived"]["ratio"] > 0
+    assert r["room_features_gateway"]["exit_code"] == 0, r["room_features_gateway"]
+    assert not r["room_features_gateway"]["error_lines"], r["room_features_gateway"]
