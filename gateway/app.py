@@ -43,6 +43,7 @@ from sip.engine import SipEngine
 
 log = logging.getLogger("minivoice.gateway")
 
+SHUTDOWN_HTTP_S = 3.0  # at stop, how long HTTP requests under way may finish
 LIVE_TOUCH_S = 5.0  # how often live calls are marked live (the error on a lost call's end)
 
 
@@ -196,7 +197,10 @@ class Gateway:
 
     # -- start and stop --------------------------------------------------------------------
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.make_app(), access_log=None)
+        self._runner = web.AppRunner(self.make_app(), access_log=None,
+                                     # calls are already ended here: an open HTTP
+                                     # connection must not hold the exit for a minute
+                                     shutdown_timeout=SHUTDOWN_HTTP_S)
         await self._runner.setup()  # runs the cleanup contexts' set-up halves
         site = web.TCPSite(self._runner, self.cfg.http.host, self.cfg.http.port)
         await site.start()

@@ -112,12 +112,15 @@ class ClusterNode:
                 await self._task
         if self._tasks:  # members' removals, legs being hung up
             await asyncio.wait(set(self._tasks), timeout=2.0)
-        # Leaving cleanly: free our rooms now rather than when their leases lapse.
-        for key, st in list(self.rooms.items()):
-            if st.owned_epoch is not None:
-                with contextlib.suppress(Exception):
-                    await self.store.release(key, self.me, st.owned_epoch)
-        await self.store.close()
+        # Leaving cleanly: free our rooms now rather than when their leases lapse. Bounded:
+        # an unreachable Redis must not hold the exit (the leases lapse anyway).
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5.0):
+                for key, st in list(self.rooms.items()):
+                    if st.owned_epoch is not None:
+                        with contextlib.suppress(Exception):
+                            await self.store.release(key, self.me, st.owned_epoch)
+                await self.store.close()
 
     def start(self, services: Services, sip_address: str, http_url: str) -> None:
         self.services = services
