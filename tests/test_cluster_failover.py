@@ -138,6 +138,19 @@ async def _has(gw, caller: str):  # type: ignore[no-untyped-def]
     return {p["call_id"]: p["node"] for p in body["participants"]}
 
 
+async def room_across(phones: Phonebank, a, b, store: ClusterStore,  # type: ignore[no-untyped-def]
+                      tmp: Path, seen_from) -> dict[str, Path]:
+    """x calls node a, which claims the room; then y calls node b, which bridges to a. Returns
+    the callers' recordings once `seen_from` shows both in the room."""
+    recs = {"x": dial(phones, "x", a, tmp)}
+    await phones.wait("media", "x")
+    await eventually(lambda: claim_of(store), timeout=10)
+    recs["y"] = dial(phones, "y", b, tmp)
+    await phones.wait("media", "y")
+    await eventually(lambda: _count(seen_from, 2), timeout=10)
+    return recs
+
+
 async def _taken_over(store: ClusterStore):  # type: ignore[no-untyped-def]
     got = await claim_of(store)
     return got if got is not None and got.owner != "a" else None
@@ -155,12 +168,7 @@ async def test_stale_owner_cannot_act_and_rejoins_as_a_bridge(
     b = await cluster.start_node("b")
     store = ClusterStore(cluster.redis.url)
     try:
-        recs = {"x": dial(phones, "x", a, tmp_path)}
-        await phones.wait("media", "x")
-        await eventually(lambda: claim_of(store), timeout=10)
-        recs["y"] = dial(phones, "y", b, tmp_path)
-        await phones.wait("media", "y")
-        await eventually(lambda: _count(b, 2), timeout=10)
+        recs = await room_across(phones, a, b, store, tmp_path, seen_from=b)
         a.proc.send_signal(signal.SIGSTOP)
         try:
             taken = await eventually(lambda: _taken_over(store), timeout=10)
@@ -193,12 +201,7 @@ async def test_redis_restart_drops_no_call_and_rooms_are_reclaimed(
     b = await cluster.start_node("b")
     store = ClusterStore(cluster.redis.url)
     try:
-        recs = {"x": dial(phones, "x", a, tmp_path)}
-        await phones.wait("media", "x")
-        await eventually(lambda: claim_of(store), timeout=10)
-        recs["y"] = dial(phones, "y", b, tmp_path)
-        await phones.wait("media", "y")
-        await eventually(lambda: _count(a, 2), timeout=10)
+        recs = await room_across(phones, a, b, store, tmp_path, seen_from=a)
         before = await store.get_claim(KEY)
         cluster.redis.stop()
         if down_s:
