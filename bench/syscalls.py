@@ -278,7 +278,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--settle", type=float, default=2.0, help="seconds after set-up (2)")
     p.add_argument("--only", choices=["gateway", "pjsua"], action="append",
                    help="measure only these servers (repeatable)")
-    p.add_argument("--media-port", type=int, default=17600, help="SIPp's RTP base port")
+    p.add_argument("--media-port", type=int, default=sipp.media_port(200),
+                   help="SIPp's RTP base port")
     p.add_argument("--pjsua-rtp-port", type=int, default=14000, help="pjsua's RTP base port")
     p.add_argument("--results-dir", type=Path, default=report.RESULTS)
     return p
