@@ -16,6 +16,9 @@ Feature modes (`--mode`), each on its own gateway and with its own generated blo
     .venv/bin/python -m bench --mode recording --rooms 3 --room-size 4
 - room-features: one room, plain vs hold + coach + announcement (bench/roomfeatures.py)
     .venv/bin/python -m bench --mode room-features # a room of 250
+- setup: set-up latency at a call rate, answer_url in its own process (bench/setuplatency.py)
+    .venv/bin/python -m bench --mode setup         # 100 calls/s for 10 s, each held 10 s
+    .venv/bin/python -m bench --mode setup --rate 20 --duration 10 --hold 5
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import audio, gateway, load, recording, report, roomfeatures, sipp
+from bench import audio, gateway, load, recording, report, roomfeatures, setuplatency, sipp
 from bench.procstat import Sample, Window
 from bench.receiver import Receiver
 from gateway.logs import KeyValueFormatter
@@ -44,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few minutes: small ramp, small room")
-    p.add_argument("--mode", choices=["recording", "room-features"],
+    p.add_argument("--mode", choices=["recording", "room-features", "setup"],
                    help="a feature mode instead of the ramp/delay/room phases")
     p.add_argument("--rooms", type=int, help="recording mode: rooms of SIPp callers (100)")
     p.add_argument("--record", type=int, action="append",
@@ -59,7 +62,14 @@ def _parser() -> argparse.ArgumentParser:
                         "the room-features mode's room (250)")
     p.add_argument("--rooms-per-step", type=int, help="rooms added per ramp step")
     p.add_argument("--steps", type=int, help="ramp steps at most")
-    p.add_argument("--rate", type=float, default=50.0, help="calls per second (50)")
+    p.add_argument("--rate", type=float,
+                   help="calls per second (50; the setup mode's 100)")
+    p.add_argument("--duration", type=float, default=10.0,
+                   help="setup mode: seconds of calls placed at --rate (10)")
+    p.add_argument("--hold", type=float, default=10.0,
+                   help="setup mode: seconds each call is held, sending RTP (10)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="setup mode: the application does not check request signatures")
     p.add_argument("--window", type=float, help="seconds of steady state measured per step")
     p.add_argument("--big-room", type=int, action="append",
                    help="room sizes to audit (repeatable); the next runs only if one passes")
@@ -85,14 +95,15 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _start(args: argparse.Namespace, work: Path, name: str,
                  sections: dict[str, dict[str, Any]] | None = None,
-                 event_url: str | None = None) -> gateway.Gateway:
+                 event_url: str | None = None,
+                 answer_url: str | None = None) -> gateway.Gateway:
     overrides: dict[str, Any] = {}
     if args.conf_threads:
         overrides["conf_threads"] = args.conf_threads
     return await gateway.start(work / name, log_level=args.log_level, sip_overrides=overrides,
                                patch=json.loads(args.patch) if args.patch else None,
                                pjsua2_dir=args.pjsua2_dir, sections=sections,
-                               event_url=event_url)
+                               event_url=event_url, answer_url=answer_url)
 
 
 async def _stop(gw: gateway.Gateway) -> dict[str, Any]:
@@ -116,6 +127,10 @@ async def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     stopped: dict[str, Any] = {}
     # The application's webhooks go to the bench's receiver, which accepts them as a working
     # application would; it also serves the announcement file.
+    if args.mode == "setup":
+        await _setup_mode(args, work, tone, result, stopped)
+        result["summary"] = summarize(result)
+        return result
     app = Receiver()
     await app.start()
     try:
@@ -171,6 +186,32 @@ async def _features_mode(args: argparse.Namespace, work: Path, tone: Path, app: 
                                                          plan, app, stop_gateway)
     finally:
         result["room_features_gateway"] = stopped or await _stop(gw)
+
+
+async def _setup_mode(args: argparse.Namespace, work: Path, tone: Path,
+                      result: dict[str, Any], stopped: dict[str, Any]) -> None:
+    plan = setuplatency.SetupPlan(rate=args.rate, duration_s=args.duration, hold_s=args.hold,
+                                  room_size=args.room_size or 10, verify=not args.no_verify)
+    # answer_url and event_url: an application in a process of its own (its CPU is not the
+    # gateway's), checking signatures as the demo app does
+    app = await setuplatency.start_app(work / "setup", setuplatency.bench_secret(),
+                                       plan.verify)
+    result["app_command"] = app.command
+    try:
+        gw = await _start(args, work, "setup", event_url=f"{app.base}/events",
+                          answer_url=f"{app.base}/answer")
+        result["gateway_command"] = gw.command
+
+        async def stop_gateway() -> None:
+            stopped.update(await _stop(gw))
+
+        try:
+            result["setup"] = await setuplatency.run(gw, app, work / "setup", tone, plan,
+                                                     stop_gateway)
+        finally:
+            result["setup_gateway"] = stopped or await _stop(gw)
+    finally:
+        result["app_exit_code"] = app.stop()
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -257,6 +298,8 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         return {"rows": recording.summary_rows(r)}
     if r["mode"] == "room-features":
         return {"rows": roomfeatures.summary_rows(r)}
+    if r["mode"] == "setup":
+        return {"rows": setuplatency.summary_rows(r)}
     t = report.TARGETS
     rows: list[dict[str, Any]] = []
     ramp = r.get("ramp")
@@ -308,6 +351,8 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.rate is None:
+        args.rate = 100.0 if args.mode == "setup" else 50.0
     if args.from_json:
         earlier: dict[str, Any] = json.loads(args.from_json.read_text())
         earlier["summary"] = summarize(earlier)

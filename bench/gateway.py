@@ -50,10 +50,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 def render_config(workdir: Path, sip_port: int, http_port: int,
                   sip_overrides: dict[str, Any] | None = None,
                   sections: dict[str, dict[str, Any]] | None = None,
-                  event_url: str | None = None) -> dict[str, Any]:
+                  event_url: str | None = None,
+                  answer_url: str | None = None) -> dict[str, Any]:
     """configs/bench.yaml with this run's ports and paths; `sections` adds or replaces
     settings per top-level section (e.g. {"hooks": {"allow_private": [...]}}); `event_url`
-    replaces the application's (the embedded demo app's)."""
+    and `answer_url` replace the application's (the embedded demo app's; with `answer_url`
+    the demo app is switched off)."""
     text = CONFIG.read_text()
     text = text.replace("{sip_port}", str(sip_port)).replace("{http_port}", str(http_port))
     text = text.replace("{database}", str(workdir / "gateway.db"))
@@ -66,6 +68,10 @@ def render_config(workdir: Path, sip_port: int, http_port: int,
     if event_url:
         for app in cfg["applications"]:
             app["event_url"] = event_url
+    if answer_url:
+        cfg["demo"] = False
+        for app in cfg["applications"]:
+            app["answer_url"] = answer_url
     return cfg
 
 
@@ -132,11 +138,13 @@ async def start(workdir: Path, *, log_level: str = "WARNING",
                 patch: dict[str, Any] | None = None,
                 pjsua2_dir: Path | None = None,
                 sections: dict[str, dict[str, Any]] | None = None,
-                event_url: str | None = None) -> Gateway:
+                event_url: str | None = None,
+                answer_url: str | None = None) -> Gateway:
     """Start a gateway and wait for /healthz. `patch` and `pjsua2_dir` are experiments."""
     workdir.mkdir(parents=True, exist_ok=True)
     sip_port, http_port = free_port(), free_port()
-    cfg = render_config(workdir, sip_port, http_port, sip_overrides, sections, event_url)
+    cfg = render_config(workdir, sip_port, http_port, sip_overrides, sections, event_url,
+                        answer_url)
     cfg_path = workdir / "gateway.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ)

@@ -52,6 +52,15 @@ MODE_NOTES = {
                      "plain window. Ratio = the feature window / the mean of the plain "
                      "windows before and after it, median over the rounds "
                      "(bench/roomfeatures.py).",
+    "setup": "one SIPp process places calls at the stated rate for the stated time, each "
+             "held (sending G.711 RTP) for the stated time, in rooms of 10; set-up = SIPp's "
+             "INVITE -> 200 OK of every call (`-trace_rtt`). The answer_url and event_url are "
+             "`bench/answerapp.py`, a separate process that checks every request's signature "
+             "and answers one `conference` action, so its CPU is its own, not the gateway's. "
+             "CPU from /proc/<pid>/stat of the gateway, the application and SIPp over the "
+             "set-up window (first INVITE to the last 200 OK); Python ms per call = the "
+             "gateway's `python`-named threads (asyncio loop, SIP thread, outbox database "
+             "thread) over that window / calls answered (bench/setuplatency.py).",
 }
 
 
@@ -105,6 +114,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"--log-level {result['gateway_log_level']}`, a fresh process per phase; "
         + ("answer_url and event_url are its embedded demo app, over loopback HTTP"
            if result["mode"] not in MODE_NOTES else
+           "answer_url and event_url are `bench/answerapp.py` in a process of its own "
+           "(the embedded demo app is off), over loopback HTTP"
+           if result["mode"] == "setup" else
            "answer_url is its embedded demo app; event_url (and the announcement file) the "
            "bench's own HTTP server, which accepts every webhook; both over loopback HTTP"),
         f"- Raw result: `bench/results/{result['stamp']}.json`",
@@ -159,6 +171,10 @@ def markdown(result: dict[str, Any]) -> str:
         from bench import roomfeatures
 
         lines += roomfeatures.markdown_lines(result)
+    if result["mode"] == "setup":
+        from bench import setuplatency
+
+        lines += setuplatency.markdown_lines(result)
     lines += [end]
     return "\n".join(lines)
 

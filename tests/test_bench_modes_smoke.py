@@ -13,9 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from bench import report
+from bench.answerapp import MAX_BODY, AnswerApp
+from gateway import signing
 from tests.harness import ROOT
+from tests.httpkit import serve
 
 pytestmark = pytest.mark.sip
 
@@ -65,3 +70,62 @@ def test_room_features_mode_at_toy_scale(tmp_path: Path) -> None:
     assert f["derived"]["rounds"] == 1 and f["derived"]["ratio"] > 0
     assert r["room_features_gateway"]["exit_code"] == 0, r["room_features_gateway"]
     assert not r["room_features_gateway"]["error_lines"], r["room_features_gateway"]
+
+
+def test_setup_mode_at_toy_scale(tmp_path: Path) -> None:
+    r = _bench(tmp_path, "--mode", "setup", "--duration", "2", "--hold", "1",
+               "--room-size", "4")
+    s = r["setup"]
+    assert s["problems"] == [] and s["failed_calls"] == 0, s["problems"]
+    assert s["calls"] == s["answered"] == 40
+    # the application is a process of its own: it answered every call and got every
+    # call's three webhooks, every request signed (it checks)
+    assert s["app_received"] == {"answer": 40, "call.initiated": 40, "call.answered": 40,
+                                 "call.completed": 40}, s["app_received"]
+    assert r["app_command"][1:3] == ["-m", "bench.answerapp"]
+    assert 0 < s["setup_p50_ms"] <= s["setup_p95_ms"] <= s["setup_p99_ms"] <= s["setup_max_ms"]
+    w = s["setup_window"]
+    assert w["python_ms_per_call"] > 0 and w["gateway_cores"] > 0 and w["app_cores"] >= 0
+    assert r["setup_gateway"]["exit_code"] == 0, r["setup_gateway"]
+    assert not r["setup_gateway"]["error_lines"], r["setup_gateway"]
+    assert r["app_exit_code"] == 0
+    assert {row["measure"].split(" (")[0] for row in r["summary"]["rows"]} >= {
+        "Set-up INVITE->200 incl. answer_url", "Failed calls / retransmissions",
+        "Gateway's Python threads, CPU per call set up"}
+    block = report.markdown(r)  # what --from-json renders into BENCHMARKS.md
+    assert block.startswith("<!-- bench:setup:begin") and "bench/answerapp.py" in block
+
+
+async def test_setup_mode_app_refuses_what_is_not_a_signed_call() -> None:
+    """The bench's answer app: unsigned, badly signed, non-JSON, wrong-shape and oversized
+    requests get no actions (and are counted), a signed call.answer gets its room."""
+    runner, port = await serve(AnswerApp("s3cret").app())
+    base = f"http://127.0.0.1:{port}"
+
+    def signed(body: bytes, secret: str = "s3cret") -> dict[str, str]:
+        return {signing.HEADER: signing.sign(secret, body)}
+
+    good = b'{"call": {"id": "c1", "to": "10001"}}'
+    try:
+        async with aiohttp.ClientSession() as s:
+            async def post(path: str, body: bytes, headers: dict[str, str]) -> int:
+                async with s.post(base + path, data=body, headers=headers) as r:
+                    return r.status
+
+            assert await post("/answer", good, {}) == 401
+            assert await post("/answer", good, signed(good, "other")) == 401
+            assert await post("/answer", b"\xff{", signed(b"\xff{")) == 401
+            assert await post("/answer", b"[1]", signed(b"[1]")) == 401
+            assert await post("/answer", b'{"call": 3}', signed(b'{"call": 3}')) == 400
+            big = b'{"call": {"to": "' + b"1" * MAX_BODY + b'"}}'
+            assert await post("/answer", big, signed(big)) == 413
+            assert await post("/events", b'{"event": "x"}', {}) == 401
+            async with s.post(base + "/answer", data=good, headers=signed(good)) as r:
+                assert r.status == 200
+                assert await r.json() == {
+                    "actions": [{"conference": {"room": "support-room-10001"}}]}
+            async with s.get(base + "/stats") as r:
+                assert await r.json() == {"bad_signature": 3, "not_json": 1, "not_object": 1,
+                                          "answer": 1}
+    finally:
+        await runner.cleanup()
