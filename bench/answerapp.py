@@ -6,7 +6,9 @@ POST /answer answers like the gateway's embedded demo app (gateway/demo.py): the
 signature is checked with `secret` (HMAC-SHA256 over the raw body, gateway.signing.verify;
 `--no-verify` skips it), then dialing N puts the caller in room `support-room-N` with one
 `conference` action. POST /events accepts every webhook with 204 (signature checked the
-same way) and counts it by event. GET /stats returns the counts as JSON.
+same way) and counts it by event. GET /stats returns the counts as JSON, with the number of
+TCP connections the requests came on (`connections`: keep-alive makes it far below the
+number of requests).
 
 Running it outside the gateway is the point: with the embedded demo app both ends of the
 answer_url round trip are charged to the gateway's CPU, here its own pid carries its cost.
@@ -28,6 +30,7 @@ from gateway import signing
 from gateway.demo import room_for
 
 MAX_BODY = 64 * 1024  # a call.answer envelope is ~1 kB; anything far bigger is not ours
+MAX_CONNECTIONS_COUNTED = 100_000
 
 
 class AnswerApp:
@@ -35,8 +38,17 @@ class AnswerApp:
         self.secret = secret
         self.verify = verify
         self.counts: Counter[str] = Counter()
+        # TCP connections seen: far fewer than requests when the gateway keeps them alive
+        self._connections: set[str] = set()
+
+    def _seen(self, request: web.Request) -> None:
+        if len(self._connections) < MAX_CONNECTIONS_COUNTED:
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            self._connections.add(str(peer))
+            self.counts["connections"] = len(self._connections)
 
     async def _doc(self, request: web.Request) -> dict[str, object] | None:
+        self._seen(request)
         body = await request.read()
         if self.verify and not signing.verify(self.secret, body,
                                               request.headers.get(signing.HEADER)):

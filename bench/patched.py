@@ -7,6 +7,10 @@ JSON object:
     poll_ms        sip.thread.POLL_MS (libHandleEvents timeout of the SIP thread)
     media          {MediaConfig attribute: value}, set after sip.pjconfig builds it,
                    e.g. {"jbInit": 1, "jbMinPre": 1, "jbMaxPre": 4}
+    outbox_coalesce_ms   gateway.outbox.COALESCE_S in ms (0: every write commits at once)
+    outbox_synchronous   the outbox connection's synchronous ("NORMAL": no fsync per commit;
+                         an experiment bounding the fsync's cost, never a setting to ship)
+    strict_cache   false: gateway.strict works out a dataclass's type hints at every build
 
 (Big-room topology experiments were done here too; media/rooms.py now mixes only the
 current speakers of large rooms, see BENCHMARKS.md.)
@@ -25,6 +29,19 @@ def apply(patch: dict[str, Any]) -> None:
 
     if "poll_ms" in patch:
         thread.POLL_MS = int(patch["poll_ms"])
+    if "outbox_coalesce_ms" in patch:
+        from gateway import outbox
+
+        outbox.COALESCE_S = float(patch["outbox_coalesce_ms"]) / 1000
+    if "outbox_synchronous" in patch:
+        from gateway import outbox
+
+        defaults = outbox.Outbox.__init__.__kwdefaults__ or {}
+        defaults["synchronous"] = str(patch["outbox_synchronous"])
+    if patch.get("strict_cache") is False:
+        from gateway import strict
+
+        strict._shape = strict._work_out
     media = patch.get("media") or {}
     if media:
         original = pjconfig.endpoint_config

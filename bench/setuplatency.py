@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import socket
 import subprocess
 import sys
 import time
@@ -143,6 +144,26 @@ def _cpu(gw_w: Window, app_w: Window, sipp_w: Window | None, calls: int) -> dict
     }
 
 
+def free_media_port() -> int:
+    """SIPp's -mp: the first slot whose ports are free now (another run's SIPp on this
+    machine may hold slot 0's; SIPp then fails every call with "Unable to bind")."""
+    for slot in range(500):
+        base = sipp.media_port(slot)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + 4):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free SIPp media ports")
+
+
 def _take(pid: int) -> Sample | None:
     try:
         return Sample.take(pid)
@@ -164,7 +185,7 @@ async def run(gw: Gateway, app: AppProcess, workdir: Path, tone: Path, plan: Set
     inst = sipp.start(workdir, f"127.0.0.1:{gw.sip_port}", scenario,
                       sipp.dial_plan(workdir / "dial.csv", numbers), calls=calls,
                       rate=plan.rate, hold_ms=round(plan.hold_s * 1000),
-                      sip_port=free_port(), media_port=sipp.media_port(0),
+                      sip_port=free_port(), media_port=free_media_port(),
                       control_port=free_port())
     sipp0 = _take(inst.proc.pid)
     try:

@@ -9,7 +9,17 @@ Pending events survive a crash: the worker picks them up on start.
 All outbox SQL runs on one thread with its own connection: the loop hands it batches and
 awaits answers, so a big backlog costs the loop nothing. Whatever is enqueued or finished
 while one commit runs goes into the next (one transaction, one fsync with FULL). The
-dispatcher reads only due heads, per destination, from an index.
+dispatcher reads only due heads, per destination, from an index. A write waits COALESCE_S
+(5 ms) for others to join its transaction, so at a steady call rate several calls' events
+share one commit.
+
+What is guaranteed: an event is committed (synchronous=FULL: fsynced) before any attempt to
+send it, so whatever was sent, or reported delivered, survives a crash; `flushed()` returns
+only once everything enqueued before it is committed, and `stop()` waits for that. An event
+enqueued in the last few milliseconds before a crash (not yet committed, never sent) is
+lost, as it was before the coalescing window (then the window was the commit in progress);
+a call's call.completed is never lost that way: its live row goes in the same transaction,
+so the next process finds the row and sends call.completed (gateway_restart).
 
 Fairness: each destination (scheme://host:port) has its own concurrency limit, and all of
 them together `max_in_flight`. A destination's limit starts at PER_HOST_START, grows by one
@@ -64,6 +74,11 @@ DELIVERED_KEEP_S = 86400.0
 PRUNE_EVERY_S = 3600.0
 CHECKPOINT_EVERY_S = 30.0
 PRUNE_BATCH = 2000  # rows per transaction: the loop's call-record writes wait at most that
+# A write waits this long for company before its transaction starts: at a steady call rate
+# the events and delivery results of several calls then share one commit (one fsync) and one
+# trip to the database thread, instead of one each (BENCHMARKS.md, "Call set-up"). Nothing
+# is sent before its commit, so this delays a delivery by as much, never loses one more.
+COALESCE_S = 0.005
 
 
 def backoff_s(attempts: int, cap_s: float) -> float:
@@ -205,6 +220,8 @@ class Outbox:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
+        if COALESCE_S > 0 and not self._stopping:
+            await asyncio.sleep(COALESCE_S)
         while self._adds or self._outcomes:
             adds, self._adds = self._adds, []
             outcomes, self._outcomes = self._outcomes, []

@@ -123,14 +123,33 @@ def _convert(tp: Any, value: Any, path: str, errors: list[Detail]) -> Any:
     return None
 
 
+Shape = tuple[dict[str, Any], dict[str, "dataclasses.Field[Any]"]]
+
+
+def _work_out(cls: type[Any]) -> Shape:
+    return get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+# A dataclass's resolved type hints and init fields, worked out once per class: they cannot
+# change, and `get_type_hints` re-evaluates every annotation string each time (it was most of
+# an answer_url document's validation). Bounded by the dataclasses defined in the code.
+_SHAPES: dict[type[Any], Shape] = {}
+
+
+def _shape(cls: type[Any]) -> Shape:
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        shape = _SHAPES[cls] = _work_out(cls)
+    return shape
+
+
 def build(cls: type[T], data: Any, path: str, errors: list[Detail]) -> T:
     """Build `cls` from `data`, appending problems to `errors` (returns a dummy on error)."""
     if not isinstance(data, dict):
         errors.append(Detail(path, "must be an object"))
         return typing.cast(T, None)
     start = len(errors)
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(typing.cast(Any, cls)) if f.init}
+    hints, fields = _shape(cls)
     kwargs: dict[str, Any] = {}
     sub = (lambda n: f"{path}.{n}") if path else (lambda n: n)
     for key in data:

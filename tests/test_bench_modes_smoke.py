@@ -80,8 +80,11 @@ def test_setup_mode_at_toy_scale(tmp_path: Path) -> None:
     assert s["calls"] == s["answered"] == 40
     # the application is a process of its own: it answered every call and got every
     # call's three webhooks, every request signed (it checks)
-    assert s["app_received"] == {"answer": 40, "call.initiated": 40, "call.answered": 40,
-                                 "call.completed": 40}, s["app_received"]
+    got = dict(s["app_received"])
+    connections = got.pop("connections")
+    assert got == {"answer": 40, "call.initiated": 40, "call.answered": 40,
+                   "call.completed": 40}, s["app_received"]
+    assert 1 <= connections < 160  # 160 requests, connections kept alive
     assert r["app_command"][1:3] == ["-m", "bench.answerapp"]
     assert 0 < s["setup_p50_ms"] <= s["setup_p95_ms"] <= s["setup_p99_ms"] <= s["setup_max_ms"]
     w = s["setup_window"]
@@ -125,7 +128,9 @@ async def test_setup_mode_app_refuses_what_is_not_a_signed_call() -> None:
                 assert await r.json() == {
                     "actions": [{"conference": {"room": "support-room-10001"}}]}
             async with s.get(base + "/stats") as r:
-                assert await r.json() == {"bad_signature": 3, "not_json": 1, "not_object": 1,
+                got = await r.json()
+                assert got.pop("connections") >= 1
+                assert got == {"bad_signature": 3, "not_json": 1, "not_object": 1,
                                           "answer": 1}
     finally:
         await runner.cleanup()
