@@ -7,7 +7,8 @@ JSON object:
     poll_ms        sip.thread.POLL_MS (libHandleEvents timeout of the SIP thread)
     media          {MediaConfig attribute: value}, set after sip.pjconfig builds it,
                    e.g. {"jbInit": 1, "jbMinPre": 1, "jbMaxPre": 4}
-    outbox_coalesce_ms   gateway.outbox.COALESCE_S in ms (0: every write commits at once)
+    outbox_coalesce_ms   gateway.outbox.COALESCE_S in ms, the least time between two commits
+                         (0: every write commits as soon as the last commit is done)
     outbox_synchronous   the outbox connection's synchronous ("NORMAL": no fsync per commit;
                          an experiment bounding the fsync's cost, never a setting to ship)
     strict_cache   false: gateway.strict works out a dataclass's type hints at every build

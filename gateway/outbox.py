@@ -9,15 +9,15 @@ Pending events survive a crash: the worker picks them up on start.
 All outbox SQL runs on one thread with its own connection: the loop hands it batches and
 awaits answers, so a big backlog costs the loop nothing. Whatever is enqueued or finished
 while one commit runs goes into the next (one transaction, one fsync with FULL). The
-dispatcher reads only due heads, per destination, from an index. A write waits COALESCE_S
-(5 ms) for others to join its transaction, so at a steady call rate several calls' events
-share one commit.
+dispatcher reads only due heads, per destination, from an index. Commits start at most
+every COALESCE_S (20 ms): under load the writes of that interval share one commit, and a
+quiet outbox still commits at once.
 
 What is guaranteed: an event is committed (synchronous=FULL: fsynced) before any attempt to
 send it, so whatever was sent, or reported delivered, survives a crash; `flushed()` returns
 only once everything enqueued before it is committed, and `stop()` waits for that. An event
 enqueued in the last few milliseconds before a crash (not yet committed, never sent) is
-lost, as it was before the coalescing window (then the window was the commit in progress);
+lost, as it was before the commits were spaced (then the window was the commit in progress);
 a call's call.completed is never lost that way: its live row goes in the same transaction,
 so the next process finds the row and sends call.completed (gateway_restart).
 
@@ -74,11 +74,12 @@ DELIVERED_KEEP_S = 86400.0
 PRUNE_EVERY_S = 3600.0
 CHECKPOINT_EVERY_S = 30.0
 PRUNE_BATCH = 2000  # rows per transaction: the loop's call-record writes wait at most that
-# A write waits this long for company before its transaction starts: at a steady call rate
-# the events and delivery results of several calls then share one commit (one fsync) and one
-# trip to the database thread, instead of one each (BENCHMARKS.md, "Call set-up"). Nothing
-# is sent before its commit, so this delays a delivery by as much, never loses one more.
-COALESCE_S = 0.005
+# Commits start at most this often: a write arriving sooner after the last commit started
+# waits for the rest of the interval, so under load the events and delivery results of many
+# calls share one transaction (one fsync) and one trip to the database thread instead of
+# one each; a quiet outbox commits at once (BENCHMARKS.md, "Call set-up"). Nothing is sent
+# before its commit, so a delivery waits at most this much longer; none is lost for it.
+COALESCE_S = 0.02
 
 
 def backoff_s(attempts: int, cap_s: float) -> float:
@@ -129,6 +130,7 @@ class Outbox:
         self._adds: list[NewEvent] = []
         self._outcomes: list[Outcome] = []
         self._flush_task: asyncio.Task[None] | None = None
+        self._last_commit = 0.0  # time.monotonic() when the last commit started
         self._hosts: dict[str, _Host] = {}
         self._flight: dict[int, str] = {}  # seq -> host, for every row in a host's `busy`
         self._busy = 0
@@ -220,9 +222,11 @@ class Outbox:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
-        if COALESCE_S > 0 and not self._stopping:
-            await asyncio.sleep(COALESCE_S)
         while self._adds or self._outcomes:
+            wait = self._last_commit + COALESCE_S - time.monotonic()
+            if wait > 0 and not self._stopping:
+                await asyncio.sleep(wait)
+            self._last_commit = time.monotonic()
             adds, self._adds = self._adds, []
             outcomes, self._outcomes = self._outcomes, []
             try:
