@@ -10,8 +10,8 @@ All outbox SQL runs on one thread with its own connection: the loop hands it bat
 awaits answers, so a big backlog costs the loop nothing. Whatever is enqueued or finished
 while one commit runs goes into the next (one transaction, one fsync with FULL). The
 dispatcher reads only due heads, per destination, from an index. Commits start at most
-every COALESCE_S (20 ms): under load the writes of that interval share one commit, and a
-quiet outbox still commits at once.
+every COALESCE_S (20 ms): under load the writes of that interval share one commit, while a
+quiet outbox, or one with a burst waiting (COALESCE_MAX), commits at once.
 
 What is guaranteed: an event is committed (synchronous=FULL: fsynced) before any attempt to
 send it, so whatever was sent, or reported delivered, survives a crash; `flushed()` returns
@@ -80,6 +80,10 @@ PRUNE_BATCH = 2000  # rows per transaction: the loop's call-record writes wait a
 # one each; a quiet outbox commits at once (BENCHMARKS.md, "Call set-up"). Nothing is sent
 # before its commit, so a delivery waits at most this much longer; none is lost for it.
 COALESCE_S = 0.02
+# ... unless this many writes are waiting (a burst of events), or a destination has every
+# one of its delivery slots waiting for its result's commit (a backlog draining): then the
+# commit starts at once, so a destination is never capped at `per_host` per COALESCE_S.
+COALESCE_MAX = 32
 
 
 def backoff_s(attempts: int, cap_s: float) -> float:
@@ -95,6 +99,7 @@ class _Host:
     # Events enqueued or handed a call's head, ever: a round that started with every one of
     # them committed and ends with the same count saw all there is.
     touched: int = 0
+    finished: int = 0  # deliveries whose result waits for its commit (still in `busy`)
 
 
 class Outbox:
@@ -131,6 +136,7 @@ class Outbox:
         self._outcomes: list[Outcome] = []
         self._flush_task: asyncio.Task[None] | None = None
         self._last_commit = 0.0  # time.monotonic() when the last commit started
+        self._batch_full = asyncio.Event()  # commit now, without waiting for COALESCE_S
         self._hosts: dict[str, _Host] = {}
         self._flight: dict[int, str] = {}  # seq -> host, for every row in a host's `busy`
         self._busy = 0
@@ -218,15 +224,19 @@ class Outbox:
 
     # -- writes -------------------------------------------------------------------------
     def _flush_soon(self) -> None:
+        if len(self._adds) + len(self._outcomes) >= COALESCE_MAX:
+            self._batch_full.set()
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         while self._adds or self._outcomes:
             wait = self._last_commit + COALESCE_S - time.monotonic()
-            if wait > 0 and not self._stopping:
-                await asyncio.sleep(wait)
+            if wait > 0 and not self._stopping and not self._batch_full.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._batch_full.wait(), wait)
             self._last_commit = time.monotonic()
+            self._batch_full.clear()
             adds, self._adds = self._adds, []
             outcomes, self._outcomes = self._outcomes, []
             try:
@@ -246,6 +256,7 @@ class Outbox:
                 name = self._flight.pop(o.seq, None)
                 if name is not None and name in self._hosts:
                     self._hosts[name].busy.pop(o.seq, None)
+                    self._hosts[name].finished -= 1
                     self._busy -= 1
                 if o.next_at is None:
                     self._delta -= 1
@@ -371,6 +382,11 @@ class Outbox:
         # The slot stays taken until the result is committed: until then the row is still
         # a due head in the database and the next round must not send it again.
         self._outcomes.append(outcome)
+        h = self._hosts.get(self._flight.get(outcome.seq, ""))
+        if h is not None:
+            h.finished += 1
+            if h.finished >= h.limit:
+                self._batch_full.set()
         self._flush_soon()
 
     # -- retention ------------------------------------------------------------------------

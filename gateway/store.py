@@ -9,9 +9,9 @@ NORMAL. FULL fsyncs the WAL at every commit, so a queued event survives a power 
 kernel crash too, not only a crash of the process; the outbox commits in batches on its
 own thread, so that costs the loop nothing and delivery about a millisecond at the median
 (`python -m bench.outbox --only sync`, BENCHMARKS.md "Webhook outbox"), plus up to 20 ms
-under load, where commits are spaced to share them between calls (outbox.COALESCE_S). Call records stay
-NORMAL: an fsync per call end would block the event loop, and the next FULL commit of the
-outbox syncs them along (one WAL for both).
+under load, where commits are spaced to share them between calls (outbox.COALESCE_S).
+Call records stay NORMAL: an fsync per call end would block the event loop, and the next
+FULL commit of the outbox syncs them along (one WAL for both).
 
 Schema changes are MIGRATIONS entries, applied in order inside one transaction and
 recorded in `PRAGMA user_version`; a file from before versioning has version 0 and the

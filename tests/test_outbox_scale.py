@@ -372,3 +372,47 @@ async def test_a_call_whose_events_go_to_two_receivers_keeps_order_and_loses_non
         await eventually(lambda: [r[0] for r in other.requests] == [second], timeout=30)
         assert rx.requests[-1][0] == first
     await runner.cleanup()
+
+
+async def test_commits_are_shared_under_load_and_a_burst_is_not_held_back(
+        tmp_path: Path, rx: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events enqueued a few at a time (calls at a steady rate) share commits, spaced
+    COALESCE_S apart; a burst of a thousand is committed and delivered in big batches, and
+    every event arrives exactly once, in order per call. Counted, not timed: the commits
+    (transactions on the outbox's thread) per event; the burst must merely finish within a
+    generous timeout that commits spaced 5 s apart could not meet."""
+    from gateway import outbox as outbox_mod
+
+    monkeypatch.setattr(outbox_mod, "COALESCE_S", 0.05)  # wide: a loaded box still batches
+    batches: list[tuple[int, int]] = []  # (events, results) per commit
+    real_apply = Outbox._apply
+
+    def counting(self: Outbox, adds: list[NewEvent], outcomes: list[Any]) -> set[str]:
+        batches.append((len(adds), len(outcomes)))
+        return real_apply(self, adds, outcomes)
+
+    monkeypatch.setattr(Outbox, "_apply", counting)
+    async with Running(tmp_path / "o.db") as ob:
+        paced = []
+        for i in range(60):  # 3 events every 5 ms: well inside one 50 ms interval each
+            for event in ("call.initiated", "call.answered", "call.completed"):
+                paced.append(ob.add(f"call_p{i}", rx.url, APP1.id,
+                                    payload(APP1, f"call_p{i}", event)))
+            await asyncio.sleep(0.005)
+        await eventually(lambda: len(rx.requests) == 180, timeout=60)
+        paced_commits = len(batches)
+        # 180 events and 180 results: one commit each without the spacing (360)
+        assert paced_commits < 180 / 2, batches
+        batches.clear()
+        # Spaced 5 s apart, a thousand events at PER_HOST per commit would take minutes:
+        # they arrive within the wait below only because a burst does not wait.
+        monkeypatch.setattr(outbox_mod, "COALESCE_S", 5.0)
+        burst = [ob.add(f"call_b{i}", rx.url, APP1.id, payload(APP1, f"call_b{i}"))
+                 for i in range(1000)]
+        await eventually(lambda: len(rx.requests) == 1180, timeout=60)
+        assert sum(a for a, _ in batches) == 1000
+    ids = [r[0] for r in rx.requests]
+    assert sorted(ids) == sorted(paced + burst) and len(set(ids)) == 1180
+    for i in range(60):
+        assert [r[1]["event"] for r in rx.requests if r[1]["call"]["id"] == f"call_p{i}"] == [
+            "call.initiated", "call.answered", "call.completed"]
