@@ -5,6 +5,7 @@ nodes' outboxes (the event ID the application received is in exactly one node's 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 
@@ -146,3 +147,38 @@ async def test_node_back_before_any_survivor_ends_its_calls_itself(
 
 async def _published(store: ClusterStore, node: str, call_ids: list[str]) -> bool:
     return all([await store.redis.hexists(f"mv:calls:{node}", c) for c in call_ids])
+
+
+async def test_node_taken_for_dead_hangs_up_what_was_reported_lost(
+    cluster: Cluster, phones: Phonebank, tmp_path: Path  # noqa: F811
+) -> None:
+    """b is frozen (SIGSTOP) past node_ttl_s: a sends y's call.completed (gateway_lost).
+    When b wakes, it hangs y up and sends no second call.completed; x, on a, stays up."""
+    a = await cluster.start_node("a")
+    b = await cluster.start_node("b")
+    store = ClusterStore(cluster.redis.url)
+    try:
+        dial(phones, "x", a, tmp_path)
+        dial(phones, "y", b, tmp_path)
+        for cid in "xy":
+            await phones.wait("media", cid)
+        x_id, y_id = call_id_from(cluster, X), call_id_from(cluster, Y)
+        await eventually(lambda: _published(store, "b", [y_id]), timeout=10)
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            await cluster.app.completed(y_id, timeout=15)
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        await phones.wait("ended", "y", timeout=15)  # b hung y up when it woke
+        await eventually(lambda: "call.reported_lost" in b.log(), timeout=10)
+        await asyncio.sleep(2.0)
+        got = completions(cluster, y_id)
+        assert len(got) == 1 and senders(cluster, got[0][1]) == ["a"], got
+        assert got[0][0]["data"]["hangup_cause"] == "gateway_lost"
+        status, record = await b.get(f"/v1/calls/{y_id}")
+        assert status == 200 and record["hangup_cause"] == "gateway_lost", record
+        assert any(e["event"] == "call.completed_elsewhere" for e in record["timeline"])
+        assert await _live(a, x_id) and phones.find("ended", "x") is None
+        phones.hangup("x")
+    finally:
+        await store.close()

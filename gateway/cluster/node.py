@@ -223,6 +223,7 @@ class ClusterNode:
         if not self.redis_ok or not existed:
             # Redis is back (or lost our record): publish what it must know about us again.
             self.lost.resync = True
+            self.lost.fence = True  # were we taken for dead? (our record had expired)
             for key, st in list(self.rooms.items()):
                 for cid in list(st.callers):
                     await self._redis_quiet(self.store.add_member(key, cid, self.me))

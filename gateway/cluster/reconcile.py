@@ -11,6 +11,9 @@ gateway.cluster.lost (which holds every rule).
   database.
 - At start: the calls our SQLite left live are claimed (done markers) before we end them
   ourselves (`gateway_restart`): a survivor may have ended some already.
+- Taken for dead while alive (frozen, or cut off from Redis, past node_ttl_s): when our
+  liveness record turns out to have expired, the calls a survivor already reported lost are
+  hung up with no call.completed from here (it was sent), as a stale owner steps down.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class LostCalls:
         self.internal_app = internal_app
         self.pending: dict[str, str | None] = {}  # call id -> record, or None: delete it
         self.resync = True  # the first write replaces whatever an earlier process left
+        self.fence = False  # our liveness record had expired: see `_fence`
         self.calls: CallTable | None = None
         self.db: Store | None = None
         self.outbox: Outbox | None = None
@@ -53,6 +57,7 @@ class LostCalls:
         self._wake = asyncio.Event()
         self._failing = False
         self._full_logged = False
+        self._ending: set[asyncio.Task[None]] = set()
 
     def attach(self, calls: CallTable, db: Store, outbox: Outbox,
                applications: Iterable[Application]) -> None:
@@ -89,6 +94,8 @@ class LostCalls:
                 next_tick = now + self.tick_s
             self._wake.clear()
             try:
+                if self.fence:
+                    await self._fence()
                 if self.pending or self.resync or tick:
                     await self.flush()
                 if tick:
@@ -123,6 +130,24 @@ class LostCalls:
             raise
         if replace:
             self.resync = False
+
+    async def _fence(self) -> None:
+        """Our liveness record had expired (told after the heartbeat that put it back, so
+        no survivor takes anything of ours from now on): the calls a survivor took in the
+        meantime got their call.completed from it. They end here without another."""
+        sessions = [s for s in self.calls or () if s.app.id != self.internal_app
+                    and s.rec.ended_at is None]
+        marks = await self.store.done_marks([s.call_id for s in sessions])
+        self.fence = False
+        for s in sessions:
+            by = marks.get(s.call_id)
+            if by is None or by == self.me:
+                continue
+            log.warning("call.reported_lost", extra={"call_id": s.call_id, "by": by})
+            s.completed_elsewhere = by
+            task = asyncio.create_task(s.end_call(503, "gateway_lost", "Service Unavailable"))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
 
     def _all_records(self) -> dict[str, str]:
         out: dict[str, str] = {}

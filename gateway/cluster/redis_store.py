@@ -308,3 +308,12 @@ class ClusterStore:
             got = await self._mark(keys=[], args=[me, f"{self.p}:done:", CALLS_TTL_MS, *chunk])
             out.update({c: None if v is None else _s(v) for c, v in zip(chunk, got, strict=True)})
         return out
+
+    async def done_marks(self, call_ids: list[str]) -> dict[str, str | None]:
+        """Who sent each call's call.completed (None: nobody yet), without claiming any."""
+        out: dict[str, str | None] = {}
+        for i in range(0, len(call_ids), 500):
+            chunk = call_ids[i:i + 500]
+            got = await self.redis.mget([f"{self.p}:done:{c}" for c in chunk])
+            out.update({c: None if v is None else _s(v) for c, v in zip(chunk, got, strict=True)})
+        return out
