@@ -120,6 +120,19 @@ def test_due_is_the_dead_nodes_with_records_but_never_us() -> None:
     assert lost.due("a", ["a", "b", "c", "d"], {"a": False, "b": True, "c": False}) == ["c", "d"]
     assert lost.due("a", [], {}) == []
     assert lost.due("a", ["a"], {"a": False}) == []  # our own: taken once, at start
+    junk = ["x" * 65, "a b", "", "\u00e9", "n:1"]
+    assert lost.due("a", [*junk, "ok"], {}) == ["ok"]  # not node ids: not ours to take
+    many = [f"n{i:03}" for i in range(100)]
+    assert lost.due("a", many, {}) == many[:lost.MAX_DEAD]
+
+
+async def test_a_huge_hash_costs_one_batch(store: ClusterStore) -> None:
+    await store.redis.hset("mv:calls:b", mapping={f"j{i}": "x" for i in range(20000)})
+    await store.redis.hset("mv:calls:b", mapping={"y" * 300: good().decode()})
+    await store.redis.sadd("mv:callnodes", "b")
+    got = await store.take_calls("a", "b", 50)
+    assert got.state == "ok" and len(got.pairs) <= 50 and got.remaining == 20001 - 50
+    assert lost.settle(got.pairs, got.seen, NOW).send == []  # all garbage: dropped
 
 
 def test_at_start_ends_only_what_nobody_else_did() -> None:

@@ -32,6 +32,8 @@ MAX_TEXT = 256  # from / to / room are cut to this many characters when written
 MAX_ID = 128  # call, application and customer ids (ours are far shorter)
 BATCH = 100  # records taken from Redis by one script call
 PER_TICK = 300  # records reconciled per tick, all dead nodes together
+MAX_DEAD = 32  # dead nodes looked at per tick
+NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # as cluster.node_id
 CALL_ID = re.compile(r"[A-Za-z0-9_.:@+-]{1,128}")
 _TEXT_KEYS = ("from", "to")
 _ID_KEYS = ("customer_id", "application_id")
@@ -147,8 +149,10 @@ def seen_time(raw: Any, now: float) -> float:
 # -- decisions ------------------------------------------------------------------------------
 def due(me: str, with_records: Iterable[str], alive: Mapping[str, bool]) -> list[str]:
     """The nodes whose calls this node should take now: they have records, their liveness
-    record is gone, and they are not us (our own records are taken once, at start)."""
-    return sorted(n for n in set(with_records) if n != me and not alive.get(n, False))
+    record is gone, and they are not us (our own records are taken once, at start). Names
+    that are no node id (not written by a node) are skipped; at most MAX_DEAD a tick."""
+    return sorted(n for n in set(with_records) if n != me and NODE_ID.fullmatch(n)
+                  and not alive.get(n, False))[:MAX_DEAD]
 
 
 @dataclass(frozen=True)

@@ -105,11 +105,12 @@ if ARGV[7] ~= '1' then
   redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[6])
 end
 local out = {'ok', redis.call('GET', KEYS[3]) or '', 0}
-local names = redis.call('HKEYS', KEYS[2])
+-- HRANDFIELD, not HKEYS: a hash grown huge (not by us) costs a batch's work, not all of it
+local page = redis.call('HRANDFIELD', KEYS[2], ARGV[3], 'WITHVALUES')
 local n = tonumber(ARGV[3])
-for i = 1, math.min(n, #names) do
-  local f = names[i]
-  local v = redis.call('HGET', KEYS[2], f)
+for i = 1, math.min(n, #page / 2) do
+  local f = page[2 * i - 1]
+  local v = page[2 * i]
   redis.call('HDEL', KEYS[2], f)
   if string.len(f) <= 128 and redis.call('SET', ARGV[4] .. f, ARGV[1], 'NX', 'PX', ARGV[5]) then
     out[#out + 1] = f
