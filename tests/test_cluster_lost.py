@@ -9,13 +9,20 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from gateway import recovery
+from gateway.call.session import CallSession
+from gateway.call.table import CallTable
 from gateway.cluster import lost
+from gateway.cluster.reconcile import LostCalls
 from gateway.cluster.redis_store import ClusterStore
+from gateway.config import Application
+from gateway.store import Store
 from gateway.timestamps import parse_iso
+from tests.fakes import Fakes, incoming
 from tests.redisproc import RedisProc
 
 NOW = parse_iso("2026-11-24T10:05:00Z")
@@ -231,3 +238,87 @@ async def test_a_survivor_that_died_midway_is_replaced(store: ClusterStore) -> N
     await asyncio.sleep(0.05)
     rest = await store.take_calls("c", "b", 100)
     assert rest.state == "ok" and len(rest.pairs) == 7 and rest.remaining == 0
+
+
+# -- publishing: the call table's watch and the writer (fakes; no Redis) --------------------
+class _Watch:
+    def __init__(self, fail: bool = False) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.fail = fail
+
+    def live(self, session: CallSession) -> None:
+        self.seen.append(("live", session.call_id))
+        if self.fail:
+            raise RuntimeError("boom")
+
+    def gone(self, session: CallSession) -> None:
+        self.seen.append(("gone", session.call_id))
+        if self.fail:
+            raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_the_call_table_tells_its_watch_and_a_failing_one_stops_nothing(
+        tmp_path: Path, fail: bool) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    try:
+        table = CallTable(store)
+        table.watch = watch = _Watch(fail)
+        fakes = Fakes()
+        session = fakes.session()
+        table.admit(session)
+        table.remember(session)
+        table.finish(session, 200, "", False, "normal")
+        assert watch.seen == [("live", "call_1"), ("live", "call_1"), ("gone", "call_1")]
+        assert store.call_get("call_1") is not None  # the call ended as ever
+        assert fakes.outbox.names("call_1")[-1] == "call.completed"
+    finally:
+        store.close()
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.fail = True
+        self.writes: list[tuple[dict[str, str], list[str], bool]] = []
+
+    async def publish_calls(self, node: str, put: dict[str, str], gone: list[str],
+                            now: float, *, replace: bool = False) -> None:
+        if self.fail:
+            raise ConnectionError("redis down")
+        self.writes.append((put, gone, replace))
+
+
+async def test_a_failed_write_is_made_good_by_rewriting_everything() -> None:
+    fakes = Fakes()
+    live, ended, leg = (fakes.session(incoming(c)) for c in ("call_1", "call_2", "call_3"))
+    leg.app = Application(id="app_cluster", customer_id="c", answer_url="http://x/",
+                          secret="s")
+    store = _Store()
+    calls = LostCalls("a", cast(Any, store), 1.0, "app_cluster")
+    calls.calls = cast(Any, [live, ended, leg])
+    calls.resync = False
+    for s in (live, ended, leg):
+        calls.live(s)  # memory only: never raises, never waits
+    assert set(calls.pending) == {"call_1", "call_2"}  # cascade legs are not published
+    with pytest.raises(ConnectionError):
+        await calls.flush()
+    assert calls.resync and not calls.pending
+    ended.rec.ended_at = NOW
+    calls.gone(ended)
+    store.fail = False
+    await calls.flush()  # everything live now, replacing what Redis had
+    put, gone, replace = store.writes[-1]
+    assert replace and set(put) == {"call_1"} and gone == [] and not calls.resync
+    calls.gone(live)
+    await calls.flush()
+    assert store.writes[-1] == ({}, ["call_1"], False)
+
+
+def test_a_call_completed_elsewhere_sends_none_from_here() -> None:
+    fakes = Fakes()
+    session = fakes.session()
+    session.completed_elsewhere = "a"
+    fakes.calls.finish(session, 503, "", True, "gateway_lost")
+    assert "call.completed" not in fakes.outbox.names("call_1")
+    assert session.rec.timeline[-1]["event"] == "call.completed_elsewhere"
+    assert session.rec.timeline[-1]["node"] == "a"
