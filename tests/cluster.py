@@ -123,6 +123,11 @@ def completions(c: Cluster, call_id: str) -> list[tuple[dict[str, Any], str]]:
             and r.json["event"] == "call.completed"]
 
 
-def call_id_from(c: Cluster, caller: str) -> str:
-    """The call ID of the (first) call the application saw from `caller`."""
-    return next(w["call"]["id"] for w in c.app.webhooks() if w["call"]["from"] == caller)
+async def call_id_from(c: Cluster, caller: str, timeout: float = 10.0) -> str:
+    """The call ID of the (first) call the application saw from `caller` (its webhooks
+    come through an outbox: they may trail the call's media)."""
+    def find() -> str | None:
+        return next((w["call"]["id"] for w in c.app.webhooks() if w["call"]["from"] == caller),
+                    None)
+    found: str = await c.app.wait_for(find, timeout)
+    return found

@@ -120,7 +120,7 @@ async def test_owner_killed_survivors_take_over_and_new_callers_join(
 
         # x's call.completed came from a survivor; node a, back on its own database,
         # does not send it again.
-        x_id = call_id_from(cluster, "+1555000300")
+        x_id = await call_id_from(cluster, "+1555000300")
         done = await cluster.app.completed(x_id, timeout=15)
         assert done[0]["data"]["hangup_cause"] == "gateway_lost"
         a2 = await cluster.start_node("a")

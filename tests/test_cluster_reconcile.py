@@ -41,7 +41,7 @@ async def test_killed_node_call_completed_sent_once_by_the_survivor(
     store = ClusterStore(cluster.redis.url)
     try:
         await room_across(phones, a, b, store, tmp_path, seen_from=a)
-        x_id, y_id = call_id_from(cluster, X), call_id_from(cluster, Y)
+        x_id, y_id = await call_id_from(cluster, X), await call_id_from(cluster, Y)
         await eventually(lambda: store.redis.hexists("mv:calls:b", y_id), timeout=10)
         assert not await store.redis.hexists("mv:calls:b", x_id)  # a's call is a's
         cluster.kill("b")
@@ -89,7 +89,7 @@ async def test_racing_survivors_and_the_restarted_node_send_each_once(
         dial(phones, "w", c, tmp_path)
         for cid in "xyzw":
             await phones.wait("media", cid)
-        lost = [call_id_from(cluster, Z), call_id_from(cluster, W)]
+        lost = [await call_id_from(cluster, Z), await call_id_from(cluster, W)]
         await eventually(lambda: _published(store, "c", lost), timeout=10)
         cluster.kill("c")
         for cid in lost:
@@ -129,7 +129,7 @@ async def test_node_back_before_any_survivor_ends_its_calls_itself(
         dial(phones, "y", b, tmp_path)
         for cid in "xy":
             await phones.wait("media", cid)
-        y_id = call_id_from(cluster, Y)
+        y_id = await call_id_from(cluster, Y)
         await eventually(lambda: _published(store, "b", [y_id]), timeout=10)
         cluster.kill("b")
         await cluster.start_node("b", node_ttl_s=60)
@@ -162,7 +162,7 @@ async def test_node_taken_for_dead_hangs_up_what_was_reported_lost(
         dial(phones, "y", b, tmp_path)
         for cid in "xy":
             await phones.wait("media", cid)
-        x_id, y_id = call_id_from(cluster, X), call_id_from(cluster, Y)
+        x_id, y_id = await call_id_from(cluster, X), await call_id_from(cluster, Y)
         await eventually(lambda: _published(store, "b", [y_id]), timeout=10)
         b.proc.send_signal(signal.SIGSTOP)
         try:
