@@ -28,6 +28,7 @@ from tests.compose_kit import (  # noqa: F401 (docker: a fixture)
     app_events,
     docker,
     free_host_port,
+    free_udp_blocks,
     options_ok,
     wait_edge,
 )
@@ -51,6 +52,10 @@ def stack(docker: None) -> Iterator[Compose]:  # noqa: F811
            "MINIVOICE_TLS_PORT": str(free_host_port()),
            "MINIVOICE_HTTP_PORT": str(free_host_port()),
            "MINIVOICE_APP_PORT": str(free_host_port())}
+    # the RTP range, published as it is: a free one, not the file's 10000-10099
+    span = CONFIG["sip"]["rtp_port_range"]
+    [start] = free_udp_blocks(1, span)
+    env["MINIVOICE_RTP_START"], env["MINIVOICE_RTP_END"] = str(start), str(start + span - 1)
     c = Compose(PROJECT, "docker-compose.yml", "minivoice", env, work)
     c.build()
     c.run("down", "-v", "--remove-orphans", check=False)  # leftovers of an interrupted run
