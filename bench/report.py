@@ -52,6 +52,21 @@ MODE_NOTES = {
                      "plain window. Ratio = the feature window / the mean of the plain "
                      "windows before and after it, median over the rounds "
                      "(bench/roomfeatures.py).",
+    "cluster": "a redis-server and two gateway nodes (`cluster:` section, node ids a and b) on "
+               "this machine, each phase on a fresh cluster; SIPp callers sending G.711 RTP "
+               "are sent straight to a node (no edge: the edge's hash would put a room on one "
+               "node), those on node a send 1 kHz, those on b 500 Hz. Ramp: blocks of rooms, "
+               "each room split over both nodes (a cascade leg per room); a step is good with "
+               "every 200 OK, no failed call, every caller listed with its node by `GET "
+               "/v1/conferences/{room}` (asked of a and b in turn) and a probe on the "
+               "non-owner node hearing the owner's callers. CPU: utime+stime of both nodes' "
+               "pids over a steady window. Extra CPU per remote participant: blocks of rooms "
+               "added in the order local, split, split, local (local: every caller of a room "
+               "on one node, half the rooms on each; split: the same legs per node, every "
+               "room on both), (mean CPU a split block adds - mean a local block adds) / the "
+               "block's callers not on their room's owner. Redis: `INFO commandstats` "
+               "deltas. Delay: bench.audio.mixer_delay with both legs on node a, then leg B on "
+               "node b, alternately (bench/cluster.py).",
 }
 
 
@@ -107,7 +122,7 @@ def markdown(result: dict[str, Any]) -> str:
            if result["mode"] not in MODE_NOTES else
            "answer_url is its embedded demo app; event_url (and the announcement file) the "
            "bench's own HTTP server, which accepts every webhook; both over loopback HTTP"),
-        f"- Raw result: `bench/results/{result['stamp']}.json`",
+        f"- Raw result: `bench/results/{result.get('result_name', result['stamp'])}.json`",
         *(["- Quick mode runs at a tenth of the scale to check the harness and spot "
            "regressions; the targets are for the full mode."] if result["mode"] == "quick"
           else []),
@@ -159,6 +174,10 @@ def markdown(result: dict[str, Any]) -> str:
         from bench import roomfeatures
 
         lines += roomfeatures.markdown_lines(result)
+    if result["mode"] == "cluster":
+        from bench import cluster
+
+        lines += cluster.markdown_lines(result)
     lines += [end]
     return "\n".join(lines)
 
