@@ -62,11 +62,12 @@ MODE_NOTES = {
                "non-owner node hearing the owner's callers. CPU: utime+stime of both nodes' "
                "pids over a steady window. Extra CPU per remote participant: blocks of rooms "
                "added in the order local, split, split, local (local: every caller of a room "
-               "on one node, half the rooms on each; split: the same legs per node, every "
-               "room on both), (mean CPU a split block adds - mean a local block adds) / the "
+               "on one node, half the rooms on each; split: the same legs, every room on "
+               "both), (mean CPU a split block adds - mean a local block adds) / the "
                "block's callers not on their room's owner. Redis: `INFO commandstats` "
                "deltas. Delay: bench.audio.mixer_delay with both legs on node a, then leg B on "
-               "node b, alternately (bench/cluster.py).",
+               "node b, per round; added = the round's median across - its median on one "
+               "node (bench/cluster.py).",
 }
 
 
@@ -116,12 +117,17 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['kernel']}, Python {m['python']}, SIPp {m['sipp']}, pjsua2 {m['pjsua2']}; "
         f"load average at start {', '.join(f'{x:.2f}' for x in m['load_avg_at_start'])}",
         f"- Command: `{result['command']}`",
-        "- Gateway: `python -m gateway serve --config <configs/bench.yaml with free ports> "
-        f"--log-level {result['gateway_log_level']}`, a fresh process per phase; "
-        + ("answer_url and event_url are its embedded demo app, over loopback HTTP"
-           if result["mode"] not in MODE_NOTES else
+        ("- Gateway: two nodes per phase, each `python -m gateway serve --config "
+         "<configs/bench.yaml with free ports and a cluster: section> --log-level "
+         f"{result['gateway_log_level']}`, fresh per phase, and a redis-server; answer_url "
+         "and event_url are each node's embedded demo app, over loopback HTTP"
+         if result["mode"] == "cluster" else
+         "- Gateway: `python -m gateway serve --config <configs/bench.yaml with free ports> "
+         f"--log-level {result['gateway_log_level']}`, a fresh process per phase; "
+         + ("answer_url and event_url are its embedded demo app, over loopback HTTP"
+            if result["mode"] not in MODE_NOTES else
            "answer_url is its embedded demo app; event_url (and the announcement file) the "
-           "bench's own HTTP server, which accepts every webhook; both over loopback HTTP"),
+           "bench's own HTTP server, which accepts every webhook; both over loopback HTTP")),
         f"- Raw result: `bench/results/{result.get('result_name', result['stamp'])}.json`",
         *(["- Quick mode runs at a tenth of the scale to check the harness and spot "
            "regressions; the targets are for the full mode."] if result["mode"] == "quick"

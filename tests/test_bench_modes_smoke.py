@@ -101,6 +101,7 @@ def test_cluster_mode_at_toy_scale(tmp_path: Path) -> None:
     assert step["redis_ops_setup"] > 0 and step["window"]["redis_ops_per_s"] > 0
     dl = c["delay"]
     assert dl["bursts"]["one_node"] >= 1 and dl["bursts"]["cascade"] >= 1
+    assert len(dl["added_per_round_ms"]) == 1
     for phase in ("compare", "ramp", "delay"):
         for node, stop in c[f"{phase}_nodes"].items():
             assert stop["exit_code"] == 0 and not stop["error_lines"], (phase, node, stop)
