@@ -8,8 +8,10 @@ figure: this runs on loaded CI boxes.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +115,63 @@ def test_cluster_mode_at_toy_scale(tmp_path: Path) -> None:
     block = report.markdown(r)
     assert "bench:cluster:begin" in block and "CPU comparison" in block, block
     assert f"bench/results/{path.stem}.json" in block
+
+
+def _children(pid: int) -> set[int]:
+    """Every descendant of `pid` now (from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(text[text.rindex(")") + 2:].split()[1])
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cluster_mode_interrupted_stops_everything(tmp_path: Path, sig: signal.Signals) -> None:
+    """Interrupted with nodes, redis-server and SIPp up: every one of them is stopped."""
+    cmd = [sys.executable, "-m", "bench", "--mode", "cluster", "--only", "ramp",
+           "--room-size", "2", "--remote", "1", "--steps", "1", "--rooms-per-step", "1",
+           "--window", "8", "--settle", "1", "--rate", "20", "--no-markdown",
+           "--results-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 40
+        seen: set[int] = set()
+        names: set[str] = set()
+        while time.monotonic() < deadline and proc.poll() is None:
+            seen |= _children(proc.pid)
+            names = {_comm(p) for p in seen}
+            if "sipp" in names and "redis-server" in names:
+                break
+            time.sleep(0.2)
+        assert {"sipp", "redis-server"} <= names and len(seen) >= 4, (names, seen)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted" in err
+    assert not [p for p in seen if Path(f"/proc/{p}").exists()
+                and Path(f"/proc/{p}/stat").read_text().split()[2] != "Z"], seen
+    assert not list(tmp_path.glob("*.json"))
