@@ -29,7 +29,7 @@ cascade it hears. Each phase has a fresh cluster (redis and both nodes):
 
 Every process started here (redis, nodes, SIPp) is stopped in a `finally`, including on
 Ctrl-C, SIGTERM and SIGHUP (the run is cancelled; see run()), and by an atexit hook as a
-last resort.
+last resort. After a SIGKILL of the bench, <run directory>/pids lists what to kill.
 """
 
 from __future__ import annotations
@@ -73,8 +73,18 @@ FIRST_ROOM = 40_000
 RTP = {"a": (12000, 4000), "b": (16000, 4000)}
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# Last resort for processes a crash left behind: killed when the interpreter exits.
+# Last resort for processes a crash left behind: killed when the interpreter exits. Their
+# pids are also listed in <run directory>/pids, for the one case nothing here can handle:
+# the bench itself killed with SIGKILL.
 _LIVE: list[subprocess.Popen[bytes]] = []
+_PIDS: list[Path] = []
+
+
+def _track(proc: subprocess.Popen[bytes], what: str) -> None:
+    _LIVE.append(proc)
+    for path in _PIDS:
+        with path.open("a") as f:
+            f.write(f"{proc.pid} {what}\n")
 
 
 def _kill_leftovers() -> None:
@@ -123,7 +133,7 @@ class Redis:
              "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "yes"],
             stdout=(workdir / "redis.log").open("ab"), stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
-        _LIVE.append(self.proc)
+        _track(self.proc, "redis-server")
         self.client: aioredis.Redis | None = None
 
     @property
@@ -203,7 +213,7 @@ async def cluster_up(workdir: Path, log_level: str) -> AsyncIterator[Cluster]:
                 sip_overrides={"rtp_port_start": start, "rtp_port_range": span},
                 sections={"cluster": {"node_id": name, "redis_url": redis.url,
                                       "secret": SECRET}})
-            _LIVE.append(gw.proc)
+            _track(gw.proc, f"node {name}")
             c.nodes[name] = gw
             ua = ProbeUA(("127.0.0.1", gw.sip_port))
             await ua.start()
@@ -306,7 +316,7 @@ async def add_block(c: Cluster, workdir: Path, tones: dict[str, Path], block: Bl
                           rate=rate, hold_ms=HOLD_MS, sip_port=free_port(),
                           media_port=sipp.media_port(media_slot(c.media_slots)),
                           control_port=free_port())
-        _LIVE.append(inst.proc)
+        _track(inst.proc, "sipp")
         c.sipps.append(inst)
         started.append(inst)
     deadline = t0 + max(block.calls.values()) / rate + 30
@@ -556,6 +566,7 @@ async def run(workdir: Path, plan: ClusterPlan, log_level: str) -> dict[str, Any
     for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, task.cancel)
+    _PIDS[:] = [workdir / "pids"]
     tones = {n: sipp.alaw_tone(workdir / f"tone-{n}.wav", hz, 2.0, volume=0.25)
              for n, hz in TONES.items()}
     out: dict[str, Any] = {"plan": asdict(plan)}

@@ -7,7 +7,9 @@ figure: this runs on loaded CI boxes.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -167,9 +169,16 @@ def test_cluster_mode_interrupted_stops_everything(tmp_path: Path, sig: signal.S
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # the test failed: still nothing may be left behind
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            for p in seen | _children(proc.pid):
+                with contextlib.suppress(OSError):
+                    os.kill(p, signal.SIGKILL)
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted" in err
     assert not [p for p in seen if Path(f"/proc/{p}").exists()
