@@ -1,13 +1,15 @@
 """`python -m bench [--quick]`: load the gateway, measure it, publish the numbers.
 
-    .venv/bin/python -m bench --quick     # ~2 minutes: 200 legs, delay, a room of 50
-    .venv/bin/python -m bench             # full: ramp to 1400 legs, rooms of 250 and 500
+    .venv/bin/python -m bench --quick     # ~3 minutes: 200 legs, delay, a room of 50, ratio
+    .venv/bin/python -m bench             # full: ramp to 2200 legs, rooms of 500 and 1000
 
 Phases, each on a fresh gateway process (so one phase's leftovers never bias another):
 1. ramp: rooms of SIPp callers sending G.711 RTP, step by step (bench/load.py):
    capacity, set-up latency at the stated call rate, CPU per leg-second, RSS per leg;
 2. mixer delay: tone bursts in at one probe leg, timed out of another (bench/audio.py);
-3. big rooms: one room of N probe legs, every one checked for audio (bench/audio.py).
+3. big rooms: one room of N probe legs, every one checked for audio (bench/audio.py);
+4. ratio: the same SIPp load on the gateway and on pjproject's own pjsua app of the same
+   build, one after the other: gateway CPU per leg-second over pjsua's (bench/ratio.py).
 Writes bench/results/<stamp>.json and the generated block of BENCHMARKS.md.
 
 Feature modes (`--mode`), each on its own gateway and with its own generated block:
@@ -16,9 +18,7 @@ Feature modes (`--mode`), each on its own gateway and with its own generated blo
     .venv/bin/python -m bench --mode recording --rooms 3 --room-size 4
 - room-features: one room, plain vs hold + coach + announcement (bench/roomfeatures.py)
     .venv/bin/python -m bench --mode room-features # a room of 250
-- setup: set-up latency at a call rate, answer_url in its own process (bench/setuplatency.py)
-    .venv/bin/python -m bench --mode setup         # 100 calls/s for 10 s, each held 10 s
-    .venv/bin/python -m bench --mode setup --rate 20 --duration 10 --hold 5
+    p.add_argument("--mode", choices=["recording", "room-features", "cluster", "setup"],
 """
 
 from __future__ import annotations
@@ -35,7 +35,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import audio, gateway, load, recording, report, roomfeatures, setuplatency, sipp
+from bench import (
+    audio,
+    cluster,
+    gateway,
+    load,
+    ratio,
+    recording,
+    report,
+    roomfeatures,
+    setuplatency,
+    sipp,
+)
 from bench.procstat import Sample, Window
 from bench.receiver import Receiver
 from gateway.logs import KeyValueFormatter
@@ -47,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few minutes: small ramp, small room")
-    p.add_argument("--mode", choices=["recording", "room-features", "setup"],
+    p.add_argument("--mode", choices=["recording", "room-features", "cluster", "setup"],
                    help="a feature mode instead of the ramp/delay/room phases")
     p.add_argument("--rooms", type=int, help="recording mode: rooms of SIPp callers (100)")
     p.add_argument("--record", type=int, action="append",
@@ -61,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="callers per room in the ramp and the recording mode (10); "
                         "the room-features mode's room (250)")
     p.add_argument("--rooms-per-step", type=int, help="rooms added per ramp step")
+    p.add_argument("--remote", type=int,
+                   help="cluster mode: callers of a room on node b, the rest on a (half)")
+    p.add_argument("--compare-rooms", type=int,
+                   help="cluster mode: rooms per block of the local/split CPU comparison (30)")
     p.add_argument("--steps", type=int, help="ramp steps at most")
     p.add_argument("--rate", type=float,
                    help="calls per second (50; the setup mode's 100)")
@@ -74,8 +89,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--big-room", type=int, action="append",
                    help="room sizes to audit (repeatable); the next runs only if one passes")
     p.add_argument("--bursts", type=int, help="tone bursts timed for the mixer delay")
-    p.add_argument("--only", choices=["ramp", "delay", "room"], action="append",
-                   help="run only these phases (repeatable)")
+    p.add_argument("--ratio-legs", type=int,
+                   help="ratio phase: SIPp callers on the gateway, then on pjsua (1000)")
+    p.add_argument("--floor-build", type=Path, action="append", default=[],
+                   help="ratio phase: another build's pjsua to compare with (repeatable), "
+                        "e.g. one without sip/build/patches")
+    p.add_argument("--only", choices=["ramp", "delay", "room", "ratio", "compare"],
+                   action="append",
+                   help="run only these phases (repeatable); cluster mode: compare, ramp, "
+                        "delay")
     p.add_argument("--log-level", default="WARNING",
                    help="the gateway's --log-level (WARNING keeps logging off per-call paths)")
     p.add_argument("--conf-threads", type=int, help="sip.conf_threads for the gateway")
@@ -117,8 +139,31 @@ async def _stop(gw: gateway.Gateway) -> dict[str, Any]:
     return {"exit_code": code, "stop_s": stop_s, "error_lines": problems}
 
 
+async def _cluster_mode(args: argparse.Namespace) -> dict[str, Any]:
+    """Redis and two nodes per phase (bench/cluster.py)."""
+    work = Path(tempfile.mkdtemp(prefix="minivoice-bench-"))
+    size = args.room_size or 10
+    phases = tuple(p for p in ("compare", "ramp", "delay") if p in (args.only or [
+        "compare", "ramp", "delay"]))
+    if not phases:
+        raise SystemExit("--only: cluster mode has the phases compare, ramp, delay")
+    plan = cluster.ClusterPlan(
+        room_size=size, remote=args.remote or size // 2,
+        rooms_per_step=args.rooms_per_step or 20, steps=args.steps or 6,
+        compare_rooms=args.compare_rooms or 30, rate=args.rate,
+        window_s=args.window or 10.0, settle_s=args.settle, bursts=args.bursts or 10,
+        delay_rounds=args.rounds, phases=phases)
+    result: dict[str, Any] = {"mode": "cluster", "label": args.label, "workdir": str(work),
+                              "gateway_log_level": args.log_level}
+    result["cluster"] = await cluster.run(work, plan, args.log_level)
+    result["summary"] = summarize(result)
+    return result
+
+
 async def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     """One feature mode on a fresh gateway (see bench/recording.py, bench/roomfeatures.py)."""
+    if args.mode == "cluster":
+        return await _cluster_mode(args)
     work = Path(tempfile.mkdtemp(prefix="minivoice-bench-"))
     result: dict[str, Any] = {"mode": args.mode, "label": args.label, "workdir": str(work),
                               "gateway_log_level": args.log_level, "patch": args.patch,
@@ -221,13 +266,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = load.RampPlan(
         room_size=args.room_size or 10,
         rooms_per_step=args.rooms_per_step or (10 if quick else 20),
-        max_steps=args.steps or (2 if quick else 7),
+        max_steps=args.steps or (2 if quick else 11),
         rate=args.rate,
         window_s=args.window or (5.0 if quick else 10.0),
     )
-    rooms_to_try = args.big_room or ([50] if quick else [250, 500])
+    rooms_to_try = args.big_room or ([50] if quick else [500, 1000])
     bursts = args.bursts or (5 if quick else 10)
-    phases = set(args.only or ["ramp", "delay", "room"])
+    phases = set(args.only or ["ramp", "delay", "room", "ratio"])
     work = Path(tempfile.mkdtemp(prefix="minivoice-bench-"))
     result: dict[str, Any] = {"mode": "quick" if quick else "full", "label": args.label,
                               "plan": asdict(plan), "workdir": str(work),
@@ -289,6 +334,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 result[f"room_{n}_gateway"] = await _stop(gw)
             if not audit.ok:
                 break
+
+    if "ratio" in phases:
+        result["ratio"] = await ratio.run(
+            work, tone, legs=args.ratio_legs or (100 if quick else 1000),
+            room_size=args.room_size or 10, rate=args.rate,
+            seconds=args.window or (5.0 if quick else 20.0), floor_builds=args.floor_build)
     result["summary"] = summarize(result)
     return result
 
@@ -300,6 +351,8 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         return {"rows": roomfeatures.summary_rows(r)}
     if r["mode"] == "setup":
         return {"rows": setuplatency.summary_rows(r)}
+    if r["mode"] == "cluster":
+        return {"rows": cluster.summary_rows(r)}
     t = report.TARGETS
     rows: list[dict[str, Any]] = []
     ramp = r.get("ramp")
@@ -346,6 +399,8 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         rows.append({"measure": "Largest single room with audio to every participant",
                      "target": f">= {t['big_room']} (stretch {t['big_room_stretch']})",
                      "result": f"{best} (tried {tried})", "met": best >= t["big_room"]})
+    if r.get("ratio"):
+        rows += ratio.summary_rows(r["ratio"], t["floor_ratio"])
     return {"rows": rows}
 
 
@@ -367,8 +422,15 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([".venv/bin/python -m bench",
                              shlex.join(sys.argv[1:] if argv is None else argv)]).strip(),
         "machine": report.machine()}
-    result.update(asyncio.run(run(args)))
-    path = report.write_json(result, stamp, args.results_dir)
+    if args.mode == "cluster":
+        result["result_name"] = f"cluster-{stamp}"
+    try:
+        result.update(asyncio.run(run(args)))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # Ctrl-C, or SIGTERM in cluster mode: the finally blocks stopped what was started
+        print("interrupted: no result written", file=sys.stderr)
+        return 130
+    path = report.write_json(result, result.get("result_name", stamp), args.results_dir)
     if not args.no_markdown:
         report.update_markdown(result)
     for row in result["summary"]["rows"]:

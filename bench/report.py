@@ -22,12 +22,13 @@ def _markers(mode: str) -> tuple[str, str]:
             f"<!-- bench:{mode}:end -->")
 
 TARGETS = {
-    "legs": 1000,
+    "legs": 2000,
     "cpu_ms_per_leg_s": 0.5,
     "setup_p99_ms": 50.0,
     "mixer_delay_ms": 40.0,
-    "big_room": 250,
-    "big_room_stretch": 500,
+    "big_room": 500,
+    "big_room_stretch": 1000,
+    "floor_ratio": 0.5,  # gateway CPU per leg-second over pjsua's, same load and run
 }
 
 
@@ -61,6 +62,22 @@ MODE_NOTES = {
              "set-up window (first INVITE to the last 200 OK); Python ms per call = the "
              "gateway's `python`-named threads (asyncio loop, SIP thread, outbox database "
              "thread) over that window / calls answered (bench/setuplatency.py).",
+    "cluster": "a redis-server and two gateway nodes (`cluster:` section, node ids a and b) on "
+               "this machine, each phase on a fresh cluster; SIPp callers sending G.711 RTP "
+               "are sent straight to a node (no edge: the edge's hash would put a room on one "
+               "node), those on node a send 1 kHz, those on b 500 Hz. Ramp: blocks of rooms, "
+               "each room split over both nodes (a cascade leg per room); a step is good with "
+               "every 200 OK, no failed call, every caller listed with its node by `GET "
+               "/v1/conferences/{room}` (asked of a and b in turn) and a probe on the "
+               "non-owner node hearing the owner's callers. CPU: utime+stime of both nodes' "
+               "pids over a steady window. Extra CPU per remote participant: blocks of rooms "
+               "added in the order local, split, split, local (local: every caller of a room "
+               "on one node, half the rooms on each; split: the same legs, every room on "
+               "both), (mean CPU a split block adds - mean a local block adds) / the "
+               "block's callers not on their room's owner. Redis: `INFO commandstats` "
+               "deltas. Delay: bench.audio.mixer_delay with both legs on node a, then leg B on "
+               "node b, per round; added = the round's median across - its median on one "
+               "node (bench/cluster.py).",
 }
 
 
@@ -110,16 +127,21 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['kernel']}, Python {m['python']}, SIPp {m['sipp']}, pjsua2 {m['pjsua2']}; "
         f"load average at start {', '.join(f'{x:.2f}' for x in m['load_avg_at_start'])}",
         f"- Command: `{result['command']}`",
-        "- Gateway: `python -m gateway serve --config <configs/bench.yaml with free ports> "
-        f"--log-level {result['gateway_log_level']}`, a fresh process per phase; "
-        + ("answer_url and event_url are its embedded demo app, over loopback HTTP"
-           if result["mode"] not in MODE_NOTES else
-           "answer_url and event_url are `bench/answerapp.py` in a process of its own "
-           "(the embedded demo app is off), over loopback HTTP"
-           if result["mode"] == "setup" else
-           "answer_url is its embedded demo app; event_url (and the announcement file) the "
-           "bench's own HTTP server, which accepts every webhook; both over loopback HTTP"),
-        f"- Raw result: `bench/results/{result['stamp']}.json`",
+        ("- Gateway: two nodes per phase, each `python -m gateway serve --config "
+         "<configs/bench.yaml with free ports and a cluster: section> --log-level "
+         f"{result['gateway_log_level']}`, fresh per phase, and a redis-server; answer_url "
+         "and event_url are each node's embedded demo app, over loopback HTTP"
+         if result["mode"] == "cluster" else
+         "- Gateway: `python -m gateway serve --config <configs/bench.yaml with free ports> "
+         f"--log-level {result['gateway_log_level']}`, a fresh process per phase; "
+         + ("answer_url and event_url are its embedded demo app, over loopback HTTP"
+            if result["mode"] not in MODE_NOTES else
+            "answer_url and event_url are `bench/answerapp.py` in a process of its own "
+            "(the embedded demo app is off), over loopback HTTP"
+            if result["mode"] == "setup" else
+            "answer_url is its embedded demo app; event_url (and the announcement file) the "
+            "bench's own HTTP server, which accepts every webhook; both over loopback HTTP")),
+        f"- Raw result: `bench/results/{result.get('result_name', result['stamp'])}.json`",
         *(["- Quick mode runs at a tenth of the scale to check the harness and spot "
            "regressions; the targets are for the full mode."] if result["mode"] == "quick"
           else []),
@@ -175,6 +197,10 @@ def markdown(result: dict[str, Any]) -> str:
         from bench import setuplatency
 
         lines += setuplatency.markdown_lines(result)
+    if result["mode"] == "cluster":
+        from bench import cluster
+
+        lines += cluster.markdown_lines(result)
     lines += [end]
     return "\n".join(lines)
 

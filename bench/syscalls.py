@@ -194,7 +194,11 @@ async def _measure(target: str, build: Build, pid: int, inst: sipp.Instance, leg
     answered = await _wait_answered(inst, legs, legs / args.rate + 20)
     await asyncio.sleep(args.settle)
     before, switches = Sample.take(pid), voluntary_switches(pid)
-    counts = await asyncio.to_thread(perf_stat, pid, args.seconds)
+    if getattr(args, "perf", True):
+        counts = await asyncio.to_thread(perf_stat, pid, args.seconds)
+    else:  # CPU only (bench/ratio.py): no perf attached to the server, no tracepoint cost
+        await asyncio.sleep(args.seconds)
+        counts = {}
     counts["wakeups"] = voluntary_switches(pid) - switches
     win = Window(before, Sample.take(pid))
     m = Measured(target=target, build=build.name, legs=legs, answered=answered,

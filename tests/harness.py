@@ -37,8 +37,10 @@ PYTHON = sys.executable
 GATEWAY_ENV = {**os.environ, "PYTHONFAULTHANDLER": "1"}
 SECRET = "test-secret-123456"
 
-# RTP port blocks handed out to gateways and phonebanks, below Linux's ephemeral range.
-_rtp_blocks = itertools.cycle(range(20000 + 200 * random.randrange(0, 30), 32000, 200))
+# RTP port blocks handed out to gateways and phonebanks. A gateway takes random ports in
+# [block, block + 1000) (rtp_port_range below): the last block ends below 32768, where Linux's
+# ephemeral ports (free_port(), clients) begin.
+_rtp_blocks = itertools.cycle(range(20000 + 200 * random.randrange(0, 30), 31700, 200))
 
 
 def rtp_block() -> int:
@@ -223,8 +225,10 @@ async def start_gateway(tmp: Path, applications: list[dict[str, Any]],
         # short drain, so a test that fails with calls up still tears down quickly
         "shutdown": {"drain_s": 2},
         # every test's application is on loopback: action_url, redirect and play URLs
-        # from its responses must be allowed to reach it (the default refuses them)
+        # from its responses must be allowed to reach it (the default refuses them), and so
+        # must the SIP URIs tests transfer to or call through POST /v1/calls
         "hooks": {"allow_private": ["127.0.0.0/8"]},
+        "dialing": {"allow_private": ["127.0.0.0/8"]},
     }
     for name, values in sections.items():
         cfg[name] = {**cfg.get(name, {}), **values}

@@ -43,6 +43,7 @@ from gateway.cluster.ownership import (
     admit_leg,
     plan,
 )
+from gateway.cluster.reconcile import LostCalls
 from gateway.cluster.redis_store import ClusterStore
 from gateway.conferences import Conferences
 from gateway.config import Application
@@ -64,6 +65,7 @@ CASCADE = MemberOptions(always_source=True)
 class RoomState:
     callers: set[str] = field(default_factory=set)
     inbound: dict[str, CallSession] = field(default_factory=dict)  # legs taken in as owner
+    inbound_node: dict[str, str] = field(default_factory=dict)  # their call ID -> their node
     owned_epoch: int | None = None
     bridge: Claim | None = None
     bridge_leg: CallSession | None = None
@@ -91,6 +93,9 @@ class ClusterNode:
         self.me: str = cfg.node_id
         self.conferences = conferences
         self.store = ClusterStore(cfg.redis_url)
+        # Our live calls in Redis, and the calls of nodes that died (gateway.cluster.lost).
+        self.lost = LostCalls(self.me, self.store, cfg.tick_s, INTERNAL_APP_ID)
+        self._lost_task: asyncio.Task[None] | None = None
         self.rooms: dict[RoomKey, RoomState] = {}
         self.services: Services | None = None
         self.sip_address = ""
@@ -106,16 +111,20 @@ class ClusterNode:
     async def ctx(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: the loop runs from `start` (once SIP is up) to here."""
         yield
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._lost_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._tasks:  # members' removals, legs being hung up
             await asyncio.wait(set(self._tasks), timeout=2.0)
         # Leaving cleanly: free our rooms now rather than when their leases lapse. Bounded:
         # an unreachable Redis must not hold the exit (the leases lapse anyway).
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5.0):
+                # Calls that ended on the way out must not be taken for lost ones.
+                self.lost.resync = True
+                await self.lost.flush()
                 for key, st in list(self.rooms.items()):
                     if st.owned_epoch is not None:
                         with contextlib.suppress(Exception):
@@ -127,6 +136,7 @@ class ClusterNode:
         self.sip_address = self.cfg.sip_address or sip_address
         self.http_url = self.cfg.http_url or http_url
         self._task = asyncio.create_task(self._run(), name="cluster")
+        self._lost_task = asyncio.create_task(self.lost.run(), name="cluster-calls")
         log.info("cluster.node", extra={"node": self.me, "sip": self.sip_address,
                                         "http": self.http_url})
 
@@ -185,6 +195,7 @@ class ClusterNode:
             if now >= next_tick:
                 next_tick = now + self.cfg.tick_s
                 await self._heartbeat()
+                await self._end_legs_of_dead_nodes()
                 keys = set(self.rooms)
             else:
                 keys = set(self._dirty)
@@ -213,6 +224,8 @@ class ClusterNode:
             return
         if not self.redis_ok or not existed:
             # Redis is back (or lost our record): publish what it must know about us again.
+            self.lost.resync = True
+            self.lost.fence = True  # were we taken for dead? (our record had expired)
             for key, st in list(self.rooms.items()):
                 for cid in list(st.callers):
                     await self._redis_quiet(self.store.add_member(key, cid, self.me))
@@ -222,6 +235,34 @@ class ClusterNode:
             # record missing: the owners get their lease's time to put their claims back.
             self._redis_back_at = asyncio.get_running_loop().time()
             self.redis_ok = True
+
+    async def _end_legs_of_dead_nodes(self) -> None:
+        """A node that dies sends no BYE: its cascade legs into rooms we own would stay up
+        until the media timeout, keeping our part of the room (and our drain at shutdown)
+        alive. End them once the node's liveness record has expired. Not while Redis may be
+        empty after a restart (every node re-registers within a tick of finding its record
+        gone), nor when our own record is missing (then Redis, not the node, is the news)."""
+        senders = {n for st in self.rooms.values() for n in st.inbound_node.values()}
+        loop = asyncio.get_running_loop()
+        if not senders or not self.redis_ok \
+                or loop.time() - self._redis_back_at < self.cfg.node_ttl_s:
+            return
+        try:
+            live = set(await self.store.nodes())
+        except Exception as exc:
+            self._redis_down(exc)
+            return
+        if self.me not in live or senders <= live:
+            return
+        for key, st in self.rooms.items():
+            for cid, node in list(st.inbound_node.items()):
+                leg = st.inbound.get(cid)
+                if node in live or leg is None or leg.ended.is_set():
+                    continue
+                st.inbound_node.pop(cid, None)  # once: ending takes longer than a tick
+                log.warning("cluster.leg_of_dead_node", extra={
+                    "call_id": cid, "room": key.name, "from_node": node})
+                self._spawn(leg.end_call(200, "cluster_node_lost", "Node Lost"))
 
     async def _reconcile(self, key: RoomKey) -> None:
         st = self.rooms.get(key)
@@ -355,6 +396,7 @@ class ClusterNode:
         session = CallSession.inbound(self.services, event, internal_app(offer.key))
         self.services.calls.admit(session)
         st.inbound[event.call_id] = session
+        st.inbound_node[event.call_id] = offer.node
         session.note("cluster.leg", room=offer.key.name, from_node=offer.node,
                      epoch=offer.epoch)
         session.task = asyncio.create_task(self._serve(offer.key, st, session))
@@ -370,4 +412,5 @@ class ClusterNode:
             await session.end_call(500, "sip_error", "Server Internal Error")
         finally:
             st.inbound.pop(session.call_id, None)
+            st.inbound_node.pop(session.call_id, None)
             self.kick(key)
