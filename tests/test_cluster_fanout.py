@@ -1,0 +1,182 @@
+"""The call list and recordings from any node of a cluster (real nodes, real redis-server,
+real SIP and RTP): GET /v1/calls merges every node's calls, each with its `node`, and says
+`partial` when a node does not answer; a room whose callers are on two nodes is recorded by
+its owner when asked through the other node, and the file (fetched through the other node)
+has both callers' tones. A customer's token reaches no other customer's calls or recordings
+through a forward; crafted ids, queries and bodies get 4xx answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.audio import levels
+from tests.cluster import Cluster, cluster, room_nodes  # noqa: F401 (cluster: a fixture)
+from tests.harness import GatewayProc, Phonebank
+from tests.test_cluster_steering import ADMIN, API, MINE, OTHER, forged
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.sip
+
+HEARD_DB = -25.0
+
+
+async def _room_of(gw: GatewayProc, n: int) -> dict[str, str] | None:
+    got = await room_nodes(gw, "r1")
+    return got if len(got) == n else None
+
+
+async def _raw(gw: GatewayProc, method: str, path: str, token: str | None = MINE,
+               body: bytes | None = None, headers: dict[str, str] | None = None
+               ) -> tuple[int, bytes, dict[str, str]]:
+    h = {"Authorization": f"Bearer {token}"} if token else {}
+    h.update(headers or {})
+    async with aiohttp.ClientSession() as s, s.request(method, gw.http + path, data=body,
+                                                       headers=h) as r:
+        return r.status, await r.read(), dict(r.headers)
+
+
+async def test_call_list_from_any_node(cluster: Cluster, phones: Phonebank  # noqa: F811
+                                       ) -> None:
+    a = await cluster.start_node("a", sections=API)
+    b = await cluster.start_node("b", sections=API)
+    for gw in (a, b):
+        gw.token = MINE
+    phones.call("x", a.uri(), tone_hz=440, **{"from": "+15550001"})
+    await phones.wait("media", "x")
+    phones.call("y", b.uri(), tone_hz=700, **{"from": "+15550002"})
+    await phones.wait("media", "y")
+    nodes = await eventually(lambda: _room_of(b, 2), timeout=10, message="room incomplete")
+
+    # Either node lists both callers, each with the node it is on.
+    for gw in (a, b):
+        status, body = await gw.get("/v1/calls")
+        assert status == 200 and "partial" not in body, body
+        listed = {c["id"]: c["node"] for c in body["calls"]}
+        assert {cid: listed.get(cid) for cid in nodes} == nodes, (listed, nodes)
+        assert len(listed) == len(body["calls"])  # each call once
+    status, body = await b.request("GET", "/v1/calls", token=ADMIN)
+    assert status == 200 and set(nodes) <= {c["id"] for c in body["calls"]}
+    # Another customer sees none of them, through either node or a forged forward's scope.
+    for gw in (a, b):
+        status, body = await gw.request("GET", "/v1/calls", token=OTHER)
+        assert status == 200 and body == {"calls": []}, body
+        status, body = await gw.request("GET", "/v1/calls?state=ended", token=OTHER)
+        assert status == 200 and body == {"calls": []}, body
+    assert await forged(a, "GET", "/v1/calls", "customer:cust_other") == 200
+
+    # Crafted queries: refused by the node asked, before any other node is.
+    for query in ("state=bogus", "state=ended&limit=0", "state=ended&limit=1001",
+                  "state=ended&limit=abc", "state=ended&limit=" + "9" * 5000,
+                  "state=" + "x" * 6000, "state=%00"):
+        status, body = await b.get("/v1/calls?" + query)
+        assert status == 400 and body["error"]["code"] == "invalid_query", (query, body)
+
+    # Ended calls: the newest of every node, up to `limit` in all.
+    x_id = next(c for c, n in nodes.items() if n == "a")
+    y_id = next(c for c, n in nodes.items() if n == "b")
+    phones.hangup("x")
+    await phones.wait("ended", "x")
+    await cluster.app.completed(x_id, timeout=15)
+    phones.hangup("y")
+    await phones.wait("ended", "y")
+    await cluster.app.completed(y_id, timeout=15)
+    for gw in (a, b):
+        status, body = await gw.get("/v1/calls?state=ended&limit=50")
+        assert status == 200, body
+        ended = {c["id"]: c["node"] for c in body["calls"]}
+        assert ended.get(x_id) == "a" and ended.get(y_id) == "b", ended
+        stamps = [c["ended_at"] for c in body["calls"]]
+        assert stamps == sorted(stamps, reverse=True)
+        newest = body["calls"][0]["id"]
+        status, body = await gw.get("/v1/calls?state=ended&limit=1")
+        assert status == 200 and [c["id"] for c in body["calls"]] == [newest], body
+
+    # A node that is registered but does not answer: the list says so.
+    cluster.kill("a")
+    status, body = await b.get("/v1/calls?state=ended")
+    assert status == 200 and body.get("partial") is True, body
+    assert y_id in {c["id"] for c in body["calls"]}
+
+
+async def test_record_a_room_through_the_node_that_does_not_own_it(
+    cluster: Cluster, phones: Phonebank, tmp_path: Path  # noqa: F811
+) -> None:
+    a = await cluster.start_node("a", sections=API)
+    b = await cluster.start_node("b", sections=API)
+    for gw in (a, b):
+        gw.token = MINE
+    phones.call("x", a.uri(), tone_hz=440, **{"from": "+15550001"})
+    await phones.wait("media", "x")  # x first: node a owns the room
+    phones.call("y", b.uri(), tone_hz=700, **{"from": "+15550002"})
+    await phones.wait("media", "y")
+    await eventually(lambda: _room_of(b, 2), timeout=10, message="room incomplete")
+    await asyncio.sleep(1.0)  # the cascade leg's audio flowing
+
+    # Crafted requests through node b: another customer, bad bodies, bad ids.
+    rec = "/v1/conferences/r1/recordings"
+    assert (await b.request("POST", rec, token=OTHER))[0] == 404
+    status, body = await b.request("POST", rec, [])
+    assert status == 400 and body["error"]["code"] == "invalid_body", body
+    status, _, _ = await _raw(b, "POST", rec, body=b"{" * (2 * 1024 * 1024),
+                              headers={"Content-Type": "application/json"})
+    assert status == 413
+    assert (await b.request("POST", "/v1/conferences/" + "r" * 3000 + "/recordings"))[0] \
+        == 404
+    for bad in ("rec_nope", "x" * 5000, "rec_%00", "..%2F..%2Fetc"):
+        assert (await b.get(f"/v1/recordings/{bad}"))[0] == 404, bad
+        assert (await b.get(f"/v1/recordings/{bad}/audio"))[0] == 404, bad
+        assert (await b.request("DELETE", f"{rec}/{bad}"))[0] == 404, bad
+
+    status, body = await b.request("POST", rec, {})
+    assert status == 201 and body["status"] == "recording", body
+    rec_id = body["id"]
+    started = time.monotonic()
+    assert "recording.started" in a.log() and rec_id in a.log()  # by the owner
+    assert "recording.started" not in b.log()
+    status, body = await a.request("POST", rec, {})  # one recording per room, cluster-wide
+    assert status == 409, body
+    assert (await b.request("POST", rec, {}))[0] == 409
+    status, body = await b.get(f"/v1/recordings/{rec_id}/audio")
+    assert status == 409 and body["error"]["code"] == "not_ready", body
+    # Another customer's token reaches it through no node, nor through a forged forward.
+    for gw in (a, b):
+        assert (await gw.request("GET", f"/v1/recordings/{rec_id}", token=OTHER))[0] == 404
+        assert (await gw.request("DELETE", f"{rec}/{rec_id}", token=OTHER))[0] == 404
+    assert await forged(a, "GET", f"/v1/recordings/{rec_id}", "customer:cust_other") == 404
+    assert await forged(a, "DELETE", f"{rec}/{rec_id}", "customer:cust_other") == 404
+
+    await asyncio.sleep(max(0.0, 5.0 - (time.monotonic() - started)))
+    status, body = await b.request("DELETE", f"{rec}/{rec_id}")
+    assert status == 200 and body["status"] == "completed" and body["reason"] == "api", body
+    assert (await b.request("DELETE", f"{rec}/{rec_id}"))[0] == 404  # not running any more
+    status, meta = await b.get(f"/v1/recordings/{rec_id}")
+    assert status == 200 and meta["status"] == "completed" and meta["duration_s"] > 4, meta
+
+    # The file, through node b: both callers (x on a, y on b by the cascade leg) are in it.
+    status, wav, headers = await _raw(b, "GET", f"/v1/recordings/{rec_id}/audio")
+    assert status == 200 and headers["Content-Type"] == "audio/wav", (status, headers)
+    path = tmp_path / "room.wav"
+    path.write_bytes(wav)
+    got = levels(path, 440, 700, start_s=1.0, end_s=meta["duration_s"] - 0.5)
+    print("the recording made through node b", got, meta["duration_s"])
+    assert got[440] > HEARD_DB and got[700] > HEARD_DB, got
+    status, part, headers = await _raw(b, "GET", f"/v1/recordings/{rec_id}/audio",
+                                       headers={"Range": "bytes=100-1099"})
+    assert status == 206 and part == wav[100:1100], (status, len(part))
+    assert headers["Content-Range"] == f"bytes 100-1099/{len(wav)}", headers
+    status, _, _ = await _raw(b, "GET", f"/v1/recordings/{rec_id}/audio",
+                              headers={"Range": f"bytes={len(wav) + 10}-"})
+    assert status == 416
+    status, _, _ = await _raw(b, "GET", f"/v1/recordings/{rec_id}/audio", token=OTHER)
+    assert status == 404
+    status, _, _ = await _raw(b, "GET", f"/v1/recordings/{rec_id}/audio", token=ADMIN)
+    assert status == 200
+    phones.hangup("x")
+    phones.hangup("y")
+    for cid in "xy":
+        await phones.wait("ended", cid)
