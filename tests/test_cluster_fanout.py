@@ -8,15 +8,20 @@ through a forward; crafted ids, queries and bodies get 4xx answers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from gateway.cluster.redis_store import ClusterStore
 from tests.audio import levels
 from tests.cluster import Cluster, cluster, room_nodes  # noqa: F401 (cluster: a fixture)
 from tests.harness import GatewayProc, Phonebank
+from tests.httpkit import Server
 from tests.test_cluster_steering import ADMIN, API, MINE, OTHER, forged
 from tests.waiting import eventually
 
@@ -180,3 +185,65 @@ async def test_record_a_room_through_the_node_that_does_not_own_it(
     phones.hangup("y")
     for cid in "xy":
         await phones.wait("ended", cid)
+
+
+async def test_broken_or_hostile_nodes_do_not_break_the_list(cluster: Cluster  # noqa: F811
+                                                             ) -> None:
+    """Nodes registered in Redis that answer too much, garbage, nothing in time, or the
+    wrong shapes: node b's list says `partial` and takes what is well formed, within its
+    timeout; what they were sent is signed and carries the caller's scope."""
+    b = await cluster.start_node("b", sections=API)
+    b.token = MINE
+    seen: list[dict[str, str]] = []
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        seen.append(dict(request.headers))
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        chunk = b"[" * (1024 * 1024)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(64):  # 64 MiB, over the 32 MiB read of a node's answer
+                await resp.write(chunk)
+        return resp
+
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(release.wait(), 60)
+        return web.json_response({"calls": []})
+
+    def fixed(status: int, body: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            seen.append(dict(request.headers))
+            return web.Response(status=status, body=body, content_type="application/json")
+        return handler
+
+    peers = {"huge": huge, "slow": slow, "garbage": fixed(200, b"not json {"),
+             "shape": fixed(200, b'{"calls": "all of them"}'),
+             "error": fixed(500, b'{"error": {}}'),
+             "mixed": fixed(200, b'{"calls": [1, "two", null, {"id": "call_fromMixed"}]}')}
+    runners = []
+    store = ClusterStore(cluster.redis.url)
+    try:
+        for name, handler in peers.items():
+            server = Server()
+            server.routes["/v1/calls"] = handler
+            runners.append(await server.start())
+            await store.heartbeat(name, 60, "127.0.0.1:9", server.url, 0, 0.0)
+        started = time.monotonic()
+        status, body = await b.get("/v1/calls")
+        took = time.monotonic() - started
+        assert status == 200 and body["partial"] is True, body
+        assert body["calls"] == [{"id": "call_fromMixed", "node": "mixed"}], body
+        print(f"the list with six broken nodes took {took:.2f} s")
+        assert took < 30, took  # the slow node is not waited for (5 s)
+        assert len(seen) == 5 and all(
+            h["X-MiniVoice-Scope"] == "customer:cust_test" and h["X-MiniVoice-Forwarded"]
+            for h in seen), seen
+        assert "Authorization" not in seen[0]  # the token never leaves the node
+    finally:
+        release.set()
+        await store.close()
+        for runner in runners:
+            await runner.cleanup()
