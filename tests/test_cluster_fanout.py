@@ -23,6 +23,7 @@ from tests.cluster import Cluster, cluster, room_nodes  # noqa: F401 (cluster: a
 from tests.harness import GatewayProc, Phonebank
 from tests.httpkit import Server
 from tests.test_cluster_steering import ADMIN, API, MINE, OTHER, forged
+from tests.test_conference_events import StatusReceiver
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.sip
@@ -247,3 +248,50 @@ async def test_broken_or_hostile_nodes_do_not_break_the_list(cluster: Cluster  #
         await store.close()
         for runner in runners:
             await runner.cleanup()
+
+
+async def test_room_events_once_per_room_across_nodes(
+    cluster: Cluster, phones: Phonebank, server: Server  # noqa: F811
+) -> None:
+    """x on node a gives the room a status_url, y on node b gives none: y's events still
+    reach it (sent by b), conference.started and conference.ended come once each (not
+    once per node), `participants` counts both nodes, and no event names a cascade leg."""
+    status = StatusReceiver(server)
+    url = server.url + "/status"
+    cluster.app.answer = lambda p: {"actions": [{"conference": {
+        "room": "r1", **({"status_url": url} if p["call"]["from"] == "+15550001" else {})}}]}
+    a = await cluster.start_node("a", sections=API)
+    b = await cluster.start_node("b", sections=API)
+    for gw in (a, b):
+        gw.token = MINE
+    phones.call("x", a.uri(), tone_hz=0, **{"from": "+15550001"})
+    await status.until("participant.joined")
+    phones.call("y", b.uri(), tone_hz=0, **{"from": "+15550002"})
+    await status.until("participant.joined", 2)
+    nodes = await eventually(lambda: _room_of(a, 2), timeout=10, message="room incomplete")
+    x_id = next(c for c, n in nodes.items() if n == "a")
+    y_id = next(c for c, n in nodes.items() if n == "b")
+    # Steered through the other node: each change is sent once, by the participant's node.
+    part = "/v1/conferences/r1/participants/"
+    assert (await a.request("PATCH", part + y_id, {"muted": True}))[0] == 200
+    assert (await b.request("PATCH", part + x_id, {"hold": True}))[0] == 200
+    assert (await b.request("PATCH", part + x_id, {"hold": False}))[0] == 200
+    await status.until("participant.unheld")
+    phones.hangup("y")
+    await status.until("participant.left")
+    phones.hangup("x")
+    await status.until("conference.ended")
+    await asyncio.sleep(2.0)  # time for a duplicate to show up
+    names = [n for n in status.names() if not n.startswith("participant.speaking")]
+    print("room events", names)
+    assert names == ["conference.started", "participant.joined", "participant.joined",
+                     "participant.muted", "participant.held", "participant.unheld",
+                     "participant.left", "participant.left", "conference.ended"], names
+    by = {(e["event"], (e["call"] or {}).get("id")): e["conference"]["participants"]
+          for e in status.events}
+    assert by[("participant.joined", x_id)] == 1 and by[("participant.joined", y_id)] == 2, by
+    assert by[("participant.muted", y_id)] == 2 and by[("participant.left", y_id)] == 1, by
+    assert by[("participant.left", x_id)] == 0 and by[("conference.ended", None)] == 0, by
+    assert {e["call"]["id"] for e in status.events if e["call"]} == {x_id, y_id}
+    assert status.bad_signatures == 0
+    assert {e["stream"] for e in status.events} == {"room:cust_test:r1"}

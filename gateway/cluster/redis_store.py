@@ -9,6 +9,7 @@ Keys (customer ids are percent-encoded, so a ':' in one cannot alias another's k
     mv:epoch:{customer}/{room}     int   the last epoch given out     TTL 1 day
     mv:members:{customer}/{room}   hash  call id -> node
     mv:rooms                       set   {customer}/{room} of rooms with a claim
+    mv:status:{customer}/{room}    hash  url, app: the room's status_url  TTL 1 day, per join
 """
 
 from __future__ import annotations
@@ -85,6 +86,53 @@ return existed
 """
 
 
+# KEYS: members, status. ARGV: call id, node, status url ('' for none), its app id, ttl ms.
+# A caller joins: its member entry, and the room's status_url, the first one given anywhere
+# (created = 1 for the join that set it). Returns url, app id (false: none), created, and
+# how many members other nodes have.
+_JOIN = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local created = 0
+if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('HSET', KEYS[2], 'url', ARGV[3], 'app', ARGV[4])
+  created = 1
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+local hook = redis.call('HMGET', KEYS[2], 'url', 'app')
+local others = 0
+local all = redis.call('HVALS', KEYS[1])
+for i = 1, #all do if all[i] ~= ARGV[2] then others = others + 1 end end
+return {hook[1], hook[2], created, others}
+"""
+
+# KEYS: members, status. ARGV: call id, node. A caller leaves; if it was the room's last
+# member on any node, the room's status_url is taken (deleted) by this leave, so that
+# exactly one node sends conference.ended. Returns ended (1/0), url, app id, others.
+_LEAVE = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+local all = redis.call('HVALS', KEYS[1])
+if #all == 0 then
+  local hook = redis.call('HMGET', KEYS[2], 'url', 'app')
+  if redis.call('DEL', KEYS[2]) == 1 then return {1, hook[1], hook[2], 0} end
+  return {0, false, false, 0}
+end
+local others = 0
+for i = 1, #all do if all[i] ~= ARGV[2] then others = others + 1 end end
+return {0, false, false, others}
+"""
+
+
+@dataclass(frozen=True)
+class RoomHook:
+    """The room's status_url as Redis has it (url None: none), and the members of other
+    nodes after a join or leave."""
+
+    url: str | None
+    app_id: str | None
+    first: bool  # this join set the status_url / this leave ended the room cluster-wide
+    others: int
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     node: str
@@ -109,6 +157,8 @@ class ClusterStore:
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
         self._heartbeat = self.redis.register_script(_HEARTBEAT)
+        self._join = self.redis.register_script(_JOIN)
+        self._leave = self.redis.register_script(_LEAVE)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -181,6 +231,24 @@ class ClusterStore:
     # -- members -----------------------------------------------------------------------
     async def add_member(self, key: RoomKey, call_id: str, node: str) -> None:
         await self.redis.hset(self._members(key), call_id, node)  # type: ignore[misc]
+
+    def _status(self, key: RoomKey) -> str:
+        return f"{self.p}:status:{encode_room(key)}"
+
+    async def join(self, key: RoomKey, call_id: str, node: str, url: str | None,
+                   app_id: str) -> RoomHook:
+        """add_member, and the room's status_url shared (the first one given wins)."""
+        got = await self._join(keys=[self._members(key), self._status(key)],
+                               args=[call_id, node, url or "", app_id, EPOCH_TTL_MS])
+        return RoomHook(_s(got[0]) if got[0] else None, _s(got[1]) if got[1] else None,
+                        int(got[2]) == 1, int(got[3]))
+
+    async def leave(self, key: RoomKey, call_id: str, node: str) -> RoomHook:
+        """remove_member; `first`: this was the room's last member on any node."""
+        got = await self._leave(keys=[self._members(key), self._status(key)],
+                                args=[call_id, node])
+        return RoomHook(_s(got[1]) if got[1] else None, _s(got[2]) if got[2] else None,
+                        int(got[0]) == 1, int(got[3]))
 
     async def remove_member(self, key: RoomKey, call_id: str) -> None:
         await self.redis.hdel(self._members(key), call_id)  # type: ignore[misc]
