@@ -255,7 +255,8 @@ async def test_room_events_once_per_room_across_nodes(
 ) -> None:
     """x on node a gives the room a status_url, y on node b gives none: y's events still
     reach it (sent by b), conference.started and conference.ended come once each (not
-    once per node), `participants` counts both nodes, and no event names a cascade leg."""
+    once per node), `participants` counts both nodes, and no event names a cascade leg.
+    speak_to naming a participant on another node is a 400 that says why."""
     status = StatusReceiver(server)
     url = server.url + "/status"
     cluster.app.answer = lambda p: {"actions": [{"conference": {
@@ -277,6 +278,17 @@ async def test_room_events_once_per_room_across_nodes(
     assert (await b.request("PATCH", part + x_id, {"hold": True}))[0] == 200
     assert (await b.request("PATCH", part + x_id, {"hold": False}))[0] == 200
     await status.until("participant.unheld")
+    # speak_to cannot name a participant on another node (400, saying why), through either
+    # node; crafted lists are refused before anything is forwarded or applied.
+    for gw in (a, b):
+        status_code, body = await gw.request("PATCH", part + x_id, {"speak_to": [y_id]})
+        assert status_code == 400, body
+        [detail] = body["error"]["details"]
+        assert detail["path"] == "speak_to[0]" and "same node" in detail["reason"], detail
+    for bad in ([f"call_{i}" for i in range(101)], ["../x"], ["call_" + "x" * 65], [1]):
+        assert (await b.request("PATCH", part + x_id, {"speak_to": bad}))[0] == 400
+    status_code, body = await a.request("PATCH", part + y_id, {"speak_to": []})
+    assert status_code == 200 and body["speak_to"] == [], body  # applied on y's node
     phones.hangup("y")
     await status.until("participant.left")
     phones.hangup("x")

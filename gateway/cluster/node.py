@@ -257,8 +257,11 @@ class ClusterNode:
         if not self.redis_ok or not existed:
             # Redis is back (or lost our record): publish what it must know about us again.
             for key, st in list(self.rooms.items()):
+                hook = self.conferences.status.get(key)  # the room's status_url, shared
                 for cid in list(st.callers):
-                    await self._redis_quiet(self.store.add_member(key, cid, self.me))
+                    await self._redis_quiet(self.store.join(
+                        key, cid, self.me, hook.url if hook else None,
+                        hook.app_id if hook else ""))
             if not self.redis_ok:
                 log.info("cluster.redis_back", extra={"node": self.me})
             # Even a restart quicker than a tick (no failed command seen) shows here, as our
