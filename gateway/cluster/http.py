@@ -8,6 +8,10 @@
   handful of nodes answer as cheaply.)
 
 - `GET /v1/conferences`: every node's rooms, merged by room, each participant with `node`.
+- `GET /v1/calls`: every live node's calls (the same query, forwarded to all at once),
+  each with `node`; bounded in time, bytes per node and calls merged.
+- Recordings: started by the room's owner (its mix has every node's callers); stopped,
+  described and downloaded (streamed through) from the node that has the recording.
 - Steering from any node (the `steer` middleware): PATCH and DELETE of a participant go to
   the node that has the participant (Redis: members); `DELETE /v1/calls/{id}` to the node
   that has the call (asked in turn); `DELETE /v1/conferences/{room}` to every node with
