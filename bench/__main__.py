@@ -1,13 +1,15 @@
 """`python -m bench [--quick]`: load the gateway, measure it, publish the numbers.
 
-    .venv/bin/python -m bench --quick     # ~2 minutes: 200 legs, delay, a room of 50
-    .venv/bin/python -m bench             # full: ramp to 1400 legs, rooms of 250 and 500
+    .venv/bin/python -m bench --quick     # ~3 minutes: 200 legs, delay, a room of 50, ratio
+    .venv/bin/python -m bench             # full: ramp to 2200 legs, rooms of 500 and 1000
 
 Phases, each on a fresh gateway process (so one phase's leftovers never bias another):
 1. ramp: rooms of SIPp callers sending G.711 RTP, step by step (bench/load.py):
    capacity, set-up latency at the stated call rate, CPU per leg-second, RSS per leg;
 2. mixer delay: tone bursts in at one probe leg, timed out of another (bench/audio.py);
-3. big rooms: one room of N probe legs, every one checked for audio (bench/audio.py).
+3. big rooms: one room of N probe legs, every one checked for audio (bench/audio.py);
+4. ratio: the same SIPp load on the gateway and on pjproject's own pjsua app of the same
+   build, one after the other: gateway CPU per leg-second over pjsua's (bench/ratio.py).
 Writes bench/results/<stamp>.json and the generated block of BENCHMARKS.md.
 
 Feature modes (`--mode`), each on its own gateway and with its own generated block:
@@ -32,7 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import audio, gateway, load, recording, report, roomfeatures, sipp
+from bench import audio, gateway, load, ratio, recording, report, roomfeatures, sipp
 from bench.procstat import Sample, Window
 from bench.receiver import Receiver
 from gateway.logs import KeyValueFormatter
@@ -64,7 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--big-room", type=int, action="append",
                    help="room sizes to audit (repeatable); the next runs only if one passes")
     p.add_argument("--bursts", type=int, help="tone bursts timed for the mixer delay")
-    p.add_argument("--only", choices=["ramp", "delay", "room"], action="append",
+    p.add_argument("--ratio-legs", type=int,
+                   help="ratio phase: SIPp callers on the gateway, then on pjsua (1000)")
+    p.add_argument("--floor-build", type=Path, action="append", default=[],
+                   help="ratio phase: another build's pjsua to compare with (repeatable), "
+                        "e.g. one without sip/build/patches")
+    p.add_argument("--only", choices=["ramp", "delay", "room", "ratio"], action="append",
                    help="run only these phases (repeatable)")
     p.add_argument("--log-level", default="WARNING",
                    help="the gateway's --log-level (WARNING keeps logging off per-call paths)")
@@ -180,13 +187,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = load.RampPlan(
         room_size=args.room_size or 10,
         rooms_per_step=args.rooms_per_step or (10 if quick else 20),
-        max_steps=args.steps or (2 if quick else 7),
+        max_steps=args.steps or (2 if quick else 11),
         rate=args.rate,
         window_s=args.window or (5.0 if quick else 10.0),
     )
-    rooms_to_try = args.big_room or ([50] if quick else [250, 500])
+    rooms_to_try = args.big_room or ([50] if quick else [500, 1000])
     bursts = args.bursts or (5 if quick else 10)
-    phases = set(args.only or ["ramp", "delay", "room"])
+    phases = set(args.only or ["ramp", "delay", "room", "ratio"])
     work = Path(tempfile.mkdtemp(prefix="minivoice-bench-"))
     result: dict[str, Any] = {"mode": "quick" if quick else "full", "label": args.label,
                               "plan": asdict(plan), "workdir": str(work),
@@ -248,6 +255,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 result[f"room_{n}_gateway"] = await _stop(gw)
             if not audit.ok:
                 break
+
+    if "ratio" in phases:
+        result["ratio"] = await ratio.run(
+            work, tone, legs=args.ratio_legs or (100 if quick else 1000),
+            room_size=args.room_size or 10, rate=args.rate,
+            seconds=args.window or (5.0 if quick else 20.0), floor_builds=args.floor_build)
     result["summary"] = summarize(result)
     return result
 
@@ -303,6 +316,8 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         rows.append({"measure": "Largest single room with audio to every participant",
                      "target": f">= {t['big_room']} (stretch {t['big_room_stretch']})",
                      "result": f"{best} (tried {tried})", "met": best >= t["big_room"]})
+    if r.get("ratio"):
+        rows += ratio.summary_rows(r["ratio"], t["floor_ratio"])
     return {"rows": rows}
 
 

@@ -109,7 +109,7 @@ async def ramp(gw: Gateway, workdir: Path, tone: Path, plan: RampPlan, baseline_
             inst = sipp.start(d, f"127.0.0.1:{gw.sip_port}", scenario,
                               sipp.dial_plan(d / "dial.csv", numbers), calls=calls,
                               rate=plan.rate, hold_ms=HOLD_MS, sip_port=free_port(),
-                              media_port=17000 + 4 * n, control_port=free_port())
+                              media_port=sipp.media_port(n), control_port=free_port())
             instances.append(inst)
             legs += calls
             log.info("step started", extra={"step": n + 1, "legs": legs})

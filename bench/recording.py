@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from bench import stages
+from bench import sipp, stages
 from bench.gateway import Gateway
 from bench.load import FIRST_ROOM
 from bench.receiver import Receiver
@@ -113,7 +113,7 @@ async def run(gw: Gateway, workdir: Path, tone: Path, plan: RecordingPlan,
     out: dict[str, Any] = {"plan": asdict(plan), "calls": calls, "problems": []}
     problems: list[str] = out["problems"]
     callers = await stages.place_callers(gw, workdir / "callers", tone, numbers, plan.rate,
-                                         17000, calls)
+                                         sipp.media_port(0), calls)
     try:
         problems += stages.setup_problems(callers, calls, calls)
         out["answered"] = callers.answered

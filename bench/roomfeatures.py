@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import g711, stages
+from bench import g711, sipp, stages
 from bench.gateway import Gateway
 from bench.probe import Leg, ProbeUA, SipError, silence
 from bench.receiver import Receiver
@@ -112,7 +112,7 @@ async def run(gw: Gateway, workdir: Path, tone: Path, plan: FeaturesPlan, app: R
     callers: stages.Callers | None = None
     try:
         callers = await stages.place_callers(gw, workdir / "callers", tone,
-                                             [ROOM_NUMBER] * n, plan.rate, 17400, n)
+                                             [ROOM_NUMBER] * n, plan.rate, sipp.media_port(100), n)
         try:
             await ua.call(probe, timeout_s=10)
         except SipError as exc:

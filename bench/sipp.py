@@ -12,6 +12,19 @@ from pathlib import Path
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
+# SIPp binds 4 media ports (audio and video RTP/RTCP) per process, from its -mp port. They sit
+# in 10000-11999, below the gateway's random RTP range in configs/bench.yaml (12000-19999): a
+# SIPp base inside that range was taken by a gateway stream now and then and the whole step
+# failed ("Unable to bind video RTP socket ... Address already in use").
+MEDIA_BASE = 10000
+
+
+def media_port(slot: int) -> int:
+    """SIPp's -mp for its slot-th concurrent process of a run."""
+    if not 0 <= slot < 500:
+        raise ValueError(f"SIPp media slot {slot} out of 0..499")
+    return MEDIA_BASE + 4 * slot
+
 
 def alaw_tone(path: Path, freq_hz: int = 1000, seconds: float = 2.0, volume: float = 0.05) -> Path:
     """An 8 kHz A-law WAV tone for SIPp's rtp_stream (made with sox)."""

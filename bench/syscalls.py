@@ -194,7 +194,11 @@ async def _measure(target: str, build: Build, pid: int, inst: sipp.Instance, leg
     answered = await _wait_answered(inst, legs, legs / args.rate + 20)
     await asyncio.sleep(args.settle)
     before, switches = Sample.take(pid), voluntary_switches(pid)
-    counts = await asyncio.to_thread(perf_stat, pid, args.seconds)
+    if getattr(args, "perf", True):
+        counts = await asyncio.to_thread(perf_stat, pid, args.seconds)
+    else:  # CPU only (bench/ratio.py): no perf attached to the server, no tracepoint cost
+        await asyncio.sleep(args.seconds)
+        counts = {}
     counts["wakeups"] = voluntary_switches(pid) - switches
     win = Window(before, Sample.take(pid))
     m = Measured(target=target, build=build.name, legs=legs, answered=answered,
@@ -278,7 +282,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--settle", type=float, default=2.0, help="seconds after set-up (2)")
     p.add_argument("--only", choices=["gateway", "pjsua"], action="append",
                    help="measure only these servers (repeatable)")
-    p.add_argument("--media-port", type=int, default=17600, help="SIPp's RTP base port")
+    p.add_argument("--media-port", type=int, default=sipp.media_port(200),
+                   help="SIPp's RTP base port")
     p.add_argument("--pjsua-rtp-port", type=int, default=14000, help="pjsua's RTP base port")
     p.add_argument("--results-dir", type=Path, default=report.RESULTS)
     return p

@@ -23,6 +23,7 @@ from gateway.call.outbound import place
 from gateway.call.request import caller_id_allowed, choose_application, parse_call_request
 from gateway.conferences import TooManyAnnouncements
 from gateway.config import ApiToken
+from gateway.dialing import TargetMalformed, TargetRefused, TargetUnresolvable
 from gateway.edge.users import UserStore
 from gateway.keys import (
     CALLS,
@@ -409,7 +410,16 @@ async def place_call(request: web.Request) -> web.Response:
         raise ApiError(429, "too_many_calls",
                        f"{cap} live calls (limits.max_calls_per_customer)")
     services = request.app[SERVICES]
-    leg = await place(services, app, services.dial_target(req.to), req.from_user,
+    try:
+        uri = await services.dial_target(req.to)
+    except TargetMalformed as exc:
+        raise ApiError(400, "invalid_body", "invalid request",
+                       [{"path": "to", "reason": str(exc)}]) from None
+    except TargetUnresolvable as exc:
+        raise ApiError(422, "target_unresolvable", str(exc)) from None
+    except TargetRefused as exc:
+        raise ApiError(403, "target_not_allowed", str(exc)) from None
+    leg = await place(services, app, uri, req.from_user,
                       answer_url=req.answer_url, actions=req.actions, timeout=req.timeout)
     return web.json_response(leg.record(), status=201)
 

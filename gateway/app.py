@@ -9,6 +9,7 @@ housekeeping and speaker-detection loops) are opened and closed by the aiohttp a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
@@ -27,11 +28,13 @@ from gateway.cluster import http as cluster_http
 from gateway.cluster.config import node_hosts
 from gateway.cluster.node import ClusterNode
 from gateway.conferences import Conferences
-from gateway.config import Config
+from gateway.config import Config, DialingConfig
+from gateway.dialing import pin
 from gateway.edge.config import EdgeConfig, edge_registrar, from_edge
 from gateway.hooks import HookClient, HttpPools
 from gateway.media_cache import MediaCache
 from gateway.metrics import Live, Metrics
+from gateway.netguard import AddressPolicy
 from gateway.outbox import Outbox
 from gateway.recordings import Recordings, completed_data
 from gateway.room_events import RoomEvents
@@ -47,10 +50,12 @@ SHUTDOWN_HTTP_S = 3.0  # at stop, how long HTTP requests under way may finish
 LIVE_TOUCH_S = 5.0  # how often live calls are marked live (the error on a lost call's end)
 
 
-def dial_target(edge: EdgeConfig, to: str) -> str:
-    """The SIP URI to dial for a target: a URI as is, a registered user via the edge."""
+async def dial_target(edge: EdgeConfig, dialing: DialingConfig, policy: AddressPolicy,
+                      to: str) -> str:
+    """The SIP URI to dial for a target: a registered user via the edge; any other URI with
+    its host resolved and checked against dialing.allow_private (TargetRefused if not)."""
     if to.startswith(("sip:", "sips:")):
-        return to
+        return await pin(to, policy, dialing.resolve_timeout_s)
     if not edge.enabled:
         raise ValueError(f"'{to}' is a registered user: that needs the SIP edge (edge:)")
     host, port = edge_registrar(edge)
@@ -135,7 +140,10 @@ class Gateway:
             media=media,
             rooms=self.cluster or self.conferences, outbox=self.outbox, calls=self.calls,
             dialer=outbound.dial, limits=self.cfg.limits,
-            dial_target=lambda to: dial_target(self.cfg.edge, to), ringback=ringback,
+            dial_target=functools.partial(dial_target, self.cfg.edge, self.cfg.dialing,
+                                          AddressPolicy.from_config(
+                                              self.cfg.dialing.allow_private)),
+            ringback=ringback,
             recorder=self.recordings)
         yield
         await pools.close()

@@ -55,6 +55,16 @@ class HooksConfig:
 
 
 @dataclass(frozen=True)
+class DialingConfig:
+    # SIP URIs from applications (transfer, POST /v1/calls) may not reach loopback, private,
+    # link-local, ULA or other non-public addresses unless listed here (networks or host
+    # names, as hooks.allow_private). Host names are resolved by the gateway, within
+    # resolve_timeout_s, and the checked address is dialed (gateway/dialing.py).
+    allow_private: tuple[str, ...] = checked(_networks_or_hosts, default=())
+    resolve_timeout_s: float = checked(between(0.1, 30), default=3.0)
+
+
+@dataclass(frozen=True)
 class RoomsConfig:
     # Rooms up to this size are a full mesh (everyone mixed for everyone). Larger rooms mix
     # only the current speakers, chosen every `speaker_poll_ms` from the members' levels.
@@ -192,6 +202,7 @@ class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
+    dialing: DialingConfig = field(default_factory=DialingConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     media: MediaConfig = field(default_factory=MediaConfig)

@@ -184,6 +184,10 @@ class NoHooks:
         return ()
 
 
+async def _as_is(to: str) -> str:
+    return to
+
+
 async def no_dialer(services: Services, app: Application, uri: str, from_user: str,
                     parent: CallSession | None) -> CallSession:
     raise AssertionError("no outbound legs in this test")
@@ -203,7 +207,7 @@ class Fakes:
     def services(self) -> Services:
         return Services(engine=self.engine, hooks=self.hooks, media=NoMedia(), rooms=NoRooms(),
                         outbox=self.outbox, calls=self.calls, dialer=no_dialer,
-                        limits=self.limits, dial_target=lambda to: to,
+                        limits=self.limits, dial_target=_as_is,
                         ringback=Path("/ringback.wav"))
 
     def session(self, leg: ev.IncomingCall | None = None, app: Application = APP

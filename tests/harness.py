@@ -223,8 +223,10 @@ async def start_gateway(tmp: Path, applications: list[dict[str, Any]],
         # short drain, so a test that fails with calls up still tears down quickly
         "shutdown": {"drain_s": 2},
         # every test's application is on loopback: action_url, redirect and play URLs
-        # from its responses must be allowed to reach it (the default refuses them)
+        # from its responses must be allowed to reach it (the default refuses them), and so
+        # must the SIP URIs tests transfer to or call through POST /v1/calls
         "hooks": {"allow_private": ["127.0.0.0/8"]},
+        "dialing": {"allow_private": ["127.0.0.0/8"]},
     }
     for name, values in sections.items():
         cfg[name] = {**cfg.get(name, {}), **values}

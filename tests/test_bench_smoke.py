@@ -1,8 +1,9 @@
 """The benchmark harness at toy scale, so it cannot rot: every phase runs end to end.
 
-2 rooms x 3 SIPp callers, a mixer-delay probe, a room of 4 probe legs. Only the
-harness's plumbing is asserted (calls answered, audio heard, numbers present),
-never a performance figure: this runs on loaded CI boxes.
+2 rooms x 3 SIPp callers, a mixer-delay probe, a room of 4 probe legs, 4 callers on the
+gateway and then on pjsua (the ratio phase). Only the harness's plumbing is asserted (calls
+answered, audio heard, numbers present), never a performance figure: this runs on loaded
+CI boxes.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ pytestmark = pytest.mark.sip
 def test_bench_runs_end_to_end_at_toy_scale(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "bench", "--room-size", "3", "--rooms-per-step", "2",
            "--steps", "1", "--window", "2", "--bursts", "2", "--big-room", "4",
-           "--room-window", "2", "--rate", "20", "--no-markdown", "--label", "smoke",
+           "--room-window", "2", "--rate", "20", "--ratio-legs", "4", "--no-markdown",
+           "--label", "smoke",
            "--results-dir", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=55)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stderr[-4000:]
     [path] = tmp_path.glob("*.json")
     r = json.loads(path.read_text())
@@ -43,6 +45,10 @@ def test_bench_runs_end_to_end_at_toy_scale(tmp_path: Path) -> None:
     [room] = r["big_rooms"]
     assert room["participants"] == 4 and room["failed"] == 0, room
     assert room["heard_by"] == 4, room
+
+    gw, pjsua = r["ratio"]["servers"]
+    assert gw["target"] == "gateway" and pjsua["target"] == "pjsua", r["ratio"]
+    assert gw["answered"] == pjsua["answered"] == 4 and r["ratio"]["ratio"] > 0, r["ratio"]
 
     for phase in ("ramp_gateway", "delay_gateway", "room_4_gateway"):
         assert r[phase]["exit_code"] == 0 and not r[phase]["error_lines"], r[phase]

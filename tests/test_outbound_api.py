@@ -161,6 +161,16 @@ async def test_refusals(
     assert status == 404  # another customer's application
     status, err = await post(ok, token=None)  # type: ignore[arg-type]
     assert status == 401
+    # SIP URIs are dialed only to public addresses or what dialing.allow_private lists
+    # (127.0.0.0/8 in the tests): no INVITE goes into the operator's networks
+    for target in ("sip:x@10.0.0.1", "sip:x@169.254.169.254:80", "sip:x@[fd00::1]"):
+        status, err = await post({**ok, "to": target})
+        assert status == 403 and err["error"]["code"] == "target_not_allowed", (target, err)
+        assert "dialing.allow_private" in err["error"]["message"]
+    status, err = await post({**ok, "to": "sip:x@127.1"})  # short forms resolve to loopback
+    assert status == 400 and err["error"]["details"][0]["path"] == "to"
+    status, err = await post({**ok, "to": "sip:x@name.invalid"})
+    assert status == 422 and err["error"]["code"] == "target_unresolvable"
     # the customer's cap counts live calls: with one caller in, a placed call is refused
     app.answer = lambda p: {"actions": [{"conference": {"room": "r"}}]}
     phones.call("a", gw.uri(), tone_hz=440)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -96,7 +96,7 @@ class Services:
     limits: LimitsConfig
     # A `transfer` or API target ("sip:..." or a registered user) -> the URI to dial;
     # raises ValueError with a message for the application.
-    dial_target: Callable[[str], str]
+    dial_target: Callable[[str], Awaitable[str]]  # a target -> the URI to dial, or ValueError
     ringback: Path
     recorder: Recorder | None = None  # None: recording is not available (unit tests)
 

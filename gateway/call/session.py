@@ -284,7 +284,7 @@ class CallSession:
 
     async def transfer(self, to: str, caller_id: str | None, timeout: float) -> str:
         try:
-            uri = self.services.dial_target(to)
+            uri = await self.services.dial_target(to)
         except ValueError as exc:
             self.note("transfer.failed", to=to, reason=str(exc))
             return "failed"

@@ -12,6 +12,12 @@
 # The result is cached under $MINIVOICE_CACHE (default ~/.cache/minivoice),
 # keyed by the pjproject tarball, config_site.h, the patches, the recipe number below
 # and the Python version, so a second run only copies two files.
+#
+#   MINIVOICE_FLOOR=1 sip/build/build_pjsua2.sh <python>
+#
+# builds only pjproject's own `pjsua` app from the same source and config_site.h but WITHOUT
+# this project's patches, into its own cache entry, and installs nothing: the unpatched floor
+# the benchmark compares the gateway with (`python -m bench --floor-build <printed dir>`).
 set -euo pipefail
 
 PY=${1:?usage: build_pjsua2.sh <python>}
@@ -46,7 +52,9 @@ fetch_source() {
 RECIPE=2
 TARBALL=$(fetch_source)
 PYTAG=$("$PY" -c 'import sys, sysconfig; print(sys.implementation.cache_tag + "-" + sysconfig.get_platform())')
-KEY=$( { sha256sum "$TARBALL" | cut -d' ' -f1; cat "$HERE/config_site.h" "$HERE"/patches/*.patch; echo "recipe=$RECIPE $PYTAG"; } | sha256sum | cut -c1-16)
+FLOOR=${MINIVOICE_FLOOR:-}
+if [ -n "$FLOOR" ]; then PATCHES=(); else PATCHES=("$HERE"/patches/*.patch); fi
+KEY=$( { sha256sum "$TARBALL" | cut -d' ' -f1; cat "$HERE/config_site.h" "${PATCHES[@]}"; echo "recipe=$RECIPE $PYTAG${FLOOR:+ floor}"; } | sha256sum | cut -c1-16)
 OUT=$CACHE/pjsua2/$KEY
 
 install_into_venv() {
@@ -74,6 +82,7 @@ install_into_venv() {
 
 if [ -f "$OUT/BUILDINFO" ]; then
     log "cached build $KEY"
+    if [ -n "$FLOOR" ]; then echo "$OUT"; exit 0; fi
     install_into_venv
     exit 0
 fi
@@ -89,7 +98,7 @@ case "$ver" in 2.1[6-9]|2.[2-9][0-9]|[3-9].*) ;; *) log "pjproject >= 2.16 requi
 
 cp "$HERE/config_site.h" "$PJ/pjlib/include/pj/config_site.h"
 # Our patches to pjproject, each with its reason at the top (sip/build/patches/).
-for p in "$HERE"/patches/*.patch; do
+for p in "${PATCHES[@]}"; do
     log "patch $(basename "$p")"
     patch -d "$PJ" -p1 --forward --quiet <"$p" || { log "patch $(basename "$p") does not apply"; exit 1; }
 done
@@ -110,17 +119,21 @@ sed -i 's/ bdimad_dev\.o//' "$PJ/pjmedia/build/Makefile"
     { make dep && make -j"$JOBS" lib; } >make.log 2>&1 || { tail -n 40 make.log; exit 1; }
     # The reference C app, used by the benchmark as the floor to compare with.
     make -C pjsip-apps/build pjsua >>make.log 2>&1 || { tail -n 40 make.log; exit 1; }
+    [ -n "$FLOOR" ] && exit 0
     log "SWIG python wrapper (a few minutes, single-threaded)"
     make -C pjsip-apps/src/swig/python PYTHON_EXE="$PY" >swig.log 2>&1 || { tail -n 40 swig.log; exit 1; }
 )
 
 STAGE=$OUT.tmp
 rm -rf "$STAGE"; mkdir -p "$STAGE"
-cp "$PJ"/pjsip-apps/src/swig/python/pjsua2.py "$STAGE"/
-find "$PJ"/pjsip-apps/src/swig/python/build -name '_pjsua2*.so' -exec cp {} "$STAGE"/ \;
+if [ -z "$FLOOR" ]; then
+    cp "$PJ"/pjsip-apps/src/swig/python/pjsua2.py "$STAGE"/
+    find "$PJ"/pjsip-apps/src/swig/python/build -name '_pjsua2*.so' -exec cp {} "$STAGE"/ \;
+fi
 cp "$PJ"/pjsip-apps/bin/pjsua-* "$STAGE"/pjsua
 printf 'pjproject=%s\nsource=%s\nkey=%s\npython=%s\n' "$ver" "$(basename "$TARBALL")" "$KEY" "$PYTAG" >"$STAGE"/BUILDINFO
 rm -rf "$OUT"; mv "$STAGE" "$OUT"
 rm -rf "$WORK"
 log "built $KEY"
+if [ -n "$FLOOR" ]; then echo "$OUT"; exit 0; fi
 install_into_venv
