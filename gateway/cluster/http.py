@@ -255,6 +255,9 @@ MIB = 1024 * 1024
 # calls with full timelines is a few MiB); beyond, the node counts as not answering.
 MAX_ANSWER_BYTES = 32 * MIB
 LIST_TIMEOUT_S = 5.0  # a node's part of GET /v1/calls (the other forwards: 2 s)
+# Starting and stopping a recording: a stop answers once the file is complete (up to 2 s
+# waiting for pjmedia), so a 2 s forward could give up on a recording that did stop.
+RECORDING_TIMEOUT_S = 10.0
 MAX_MERGED_CALLS = 10_000  # calls in one cluster-wide list; beyond: "truncated": true
 # A recording's audio streamed from the node that has the file: no total timeout (an hour
 # is ~58 MB at 8 kHz), but a node that stops sending for this long ends the download.
@@ -361,11 +364,11 @@ async def _send(request: web.Request, base: str, key: RoomKey | None = None, *,
         return None
 
 
-async def _forward(request: web.Request, base: str, key: RoomKey | None = None
-                   ) -> web.Response | None:
+async def _forward(request: web.Request, base: str, key: RoomKey | None = None,
+                   timeout: float | None = None) -> web.Response | None:
     """This /v1 request carried out by another node: its answer unchanged, or None if the
     node could not be reached."""
-    got = await _send(request, base, key)
+    got = await _send(request, base, key, timeout=timeout)
     if got is None:
         return None
     status, content_type, payload = got
@@ -474,8 +477,9 @@ async def _list_calls(request: web.Request, handler: Handler) -> web.StreamRespo
     for n, got in zip(others, asked, strict=True):
         part = None
         if got is not None and got[0] == 200:
-            with contextlib.suppress(ValueError):
-                part = json.loads(got[2]).get("calls")
+            with contextlib.suppress(ValueError, RecursionError):
+                answer = json.loads(got[2])
+                part = answer.get("calls") if isinstance(answer, dict) else None
         if not isinstance(part, list):
             partial = True
             continue
@@ -502,7 +506,8 @@ async def _start_recording(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         claim, live = None, {}
     if claim is not None and claim.owner in live:
-        got = await _forward(request, live[claim.owner].http, key)
+        got = await _forward(request, live[claim.owner].http, key,
+                             timeout=RECORDING_TIMEOUT_S)
         if got is not None:
             return got
         raise api.ApiError(502, "node_unreachable",
@@ -514,7 +519,8 @@ async def _on_the_node_that_has_it(request: web.Request, handler: Handler
                                    ) -> web.StreamResponse:
     """A recording's metadata, or its stop: this node's answer if it has the recording,
     else the first other live node's that does not answer 404 (recordings are found by
-    id only: a room's owner may have changed since one started)."""
+    id only: a room's owner may have changed since one started). A 404 only if every
+    node answered: one that did not may have it (502)."""
     here = await _local_or_404(request, handler)
     if here is not None:
         return here
@@ -523,12 +529,22 @@ async def _on_the_node_that_has_it(request: web.Request, handler: Handler
         live = await node.store.nodes()
     except Exception:
         live = {}
+    silent = []
     for n, info in sorted(live.items()):
         if n != node.me:
-            got = await _forward(request, info.http)
-            if got is not None and got.status != 404:
+            got = await _forward(request, info.http, timeout=RECORDING_TIMEOUT_S)
+            if got is None:
+                silent.append(n)
+            elif got.status != 404:
                 return got
+    _unreachable(silent)
     return await handler(request)
+
+
+def _unreachable(silent: list[str]) -> None:
+    if silent:
+        raise api.ApiError(502, "node_unreachable",
+                           f"node {silent[0]} did not answer (it may have the recording)")
 
 
 async def _recording_audio(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -542,17 +558,24 @@ async def _recording_audio(request: web.Request, handler: Handler) -> web.Stream
         live = await node.store.nodes()
     except Exception:
         live = {}
+    silent = []
     for n, info in sorted(live.items()):
         if n != node.me:
             got = await _stream_from(request, info.http)
-            if got is not None:
+            if got is None:
+                silent.append(n)
+            elif got is not NOT_THERE:
                 return got
+    _unreachable(silent)
     return await handler(request)
+
+
+NOT_THERE = web.Response(status=404)  # _stream_from: that node answered 404
 
 
 async def _stream_from(request: web.Request, base: str) -> web.StreamResponse | None:
     """GET this request's path from another node and stream its answer to our caller;
-    None if that node does not have it (404) or cannot be reached."""
+    NOT_THERE if that node does not have it (404), None if it cannot be reached."""
     path_qs = _path_qs(request, None)
     headers = _signed_headers(request, path_qs, b"")
     headers.update({h: request.headers[h] for h in AUDIO_HEADERS_IN if h in request.headers})
@@ -563,7 +586,7 @@ async def _stream_from(request: web.Request, base: str) -> web.StreamResponse | 
         async with request.app[CLIENT].get(URL(base + path_qs, encoded=True),
                                            headers=headers, timeout=timeout) as r:
             if r.status == 404:
-                return None
+                return NOT_THERE
             if r.status not in (200, 206):  # an error, a 304 or a 416: small, passed on
                 payload = await _read_capped(r, MIB)
                 return web.Response(status=r.status, body=payload or None, headers={
