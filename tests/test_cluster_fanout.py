@@ -186,6 +186,11 @@ async def test_record_a_room_through_the_node_that_does_not_own_it(
     assert status == 404
     status, _, _ = await _raw(b, "GET", f"/v1/recordings/{rec_id}/audio", token=ADMIN)
     assert status == 200
+    # An admin token, no ?customer_id: the forward names the room's customer.
+    status, body = await b.request("POST", rec, {}, token=ADMIN)
+    assert status == 201 and body["customer_id"] == "cust_test", body
+    status, body = await b.request("DELETE", f"{rec}/{body['id']}", token=ADMIN)
+    assert status == 200 and body["status"] == "completed", body
     phones.hangup("x")
     phones.hangup("y")
     for cid in "xy":
