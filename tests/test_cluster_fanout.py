@@ -2,8 +2,10 @@
 real SIP and RTP): GET /v1/calls merges every node's calls, each with its `node`, and says
 `partial` when a node does not answer; a room whose callers are on two nodes is recorded by
 its owner when asked through the other node, and the file (fetched through the other node)
-has both callers' tones. A customer's token reaches no other customer's calls or recordings
-through a forward; crafted ids, queries and bodies get 4xx answers."""
+has both callers' tones. Room events reach the room's status_url once per room (not once
+per node, not missing for a node whose callers gave none). A customer's token reaches no
+other customer's calls or recordings through a forward; crafted ids, queries, bodies and
+peers' answers get 4xx answers or a `partial` list."""
 
 from __future__ import annotations
 
