@@ -86,11 +86,22 @@ return existed
 """
 
 
-# KEYS: members, status. ARGV: call id, node, status url ('' for none), its app id, ttl ms.
-# A caller joins: its member entry, and the room's status_url, the first one given anywhere
-# (created = 1 for the join that set it). Returns url, app id (false: none), created, and
-# how many members other nodes have.
+# KEYS: members, status. ARGV: call id, node, status url ('' for none), its app id, ttl ms,
+# the node records' key prefix. A caller joins: its member entry, and the room's
+# status_url, the first one given anywhere (created = 1 for the join that set it). A room
+# with no member on a live node is a new room: the members and status_url left by nodes
+# that died are dropped first (else a new room of the same name would inherit them). Reads
+# the node records (mv:node:*) by name: one Redis, not Redis Cluster. Returns url, app id
+# (false: none), created, and how many members other nodes have.
 _JOIN = """
+local old = redis.call('HGETALL', KEYS[1])
+local live = false
+for i = 2, #old, 2 do
+  if old[i] == ARGV[2] or redis.call('EXISTS', ARGV[6] .. old[i]) == 1 then live = true end
+end
+if not live then
+  redis.call('DEL', KEYS[1], KEYS[2])
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local created = 0
 if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then
@@ -239,7 +250,8 @@ class ClusterStore:
                    app_id: str) -> RoomHook:
         """add_member, and the room's status_url shared (the first one given wins)."""
         got = await self._join(keys=[self._members(key), self._status(key)],
-                               args=[call_id, node, url or "", app_id, EPOCH_TTL_MS])
+                               args=[call_id, node, url or "", app_id, EPOCH_TTL_MS,
+                                     f"{self.p}:node:"])
         return RoomHook(_s(got[0]) if got[0] else None, _s(got[1]) if got[1] else None,
                         int(got[2]) == 1, int(got[3]))
 
