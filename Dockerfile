@@ -90,6 +90,9 @@ COPY gateway/ gateway/
 COPY sip/__init__.py sip/config.py sip/
 COPY edge/ edge/
 COPY configs/ configs/
+# The mount point of the cluster's shared `users` volume (docker-compose.cluster.yml): a fresh
+# volume takes this directory's owner, so the unprivileged user can write users.db in it.
+RUN mkdir -p var/users && chown minivoice:minivoice var/users
 USER minivoice
 EXPOSE 5060/udp 5060/tcp 5061/tcp
 STOPSIGNAL SIGTERM
@@ -124,6 +127,7 @@ COPY media/ media/
 COPY edge/ edge/
 COPY configs/ configs/
 RUN .venv/bin/python -m gateway check-config configs/compose.yaml
+RUN mkdir -p var/users && chown minivoice:minivoice var/users   # as in the edge stage
 USER minivoice
 # SIP is not published: only the edge talks to it, over the compose network. RTP and HTTP are.
 EXPOSE 5070/udp 5070/tcp 10000-10099/udp 8080/tcp

@@ -31,13 +31,16 @@ lint: setup
 unit: setup
 	$(PY) -m pytest -q -m "not sip"
 
-# The container stack for real (tests/test_compose_stack.py): builds the images, brings up
+# The container stacks for real (tests/test_compose_stack.py): builds the images, brings up
 # edge, gateway and app with docker-compose, registers a phone, makes a SIPp call into its
-# room, checks audio and webhooks, tears it all down. Installs Docker and docker-compose from
-# Debian if missing; the test starts dockerd if none runs.
+# room, checks audio and webhooks, tears it all down; the same for the cluster shape
+# (tests/test_compose_cluster_stack.py: callers on both nodes of one room, a node killed).
+# Installs Docker and docker-compose from Debian if missing; the tests start dockerd if none
+# runs.
 compose-test: setup
 	@scripts/docker-setup.sh
-	$(PY) -m pytest -q -p no:cacheprovider -rs tests/test_compose.py tests/test_compose_stack.py
+	$(PY) -m pytest -q -p no:cacheprovider -rs tests/test_compose.py tests/test_compose_stack.py \
+		tests/test_compose_cluster.py tests/test_compose_cluster_stack.py
 
 bench: setup
 	$(PY) -m bench

@@ -13,7 +13,7 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -149,7 +149,15 @@ class Gateway:
         await pools.close()
 
     async def _outbox_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        self.calls.recover_lost(self.cfg.applications, self.outbox)
+        elsewhere: Mapping[str, str] = {}
+        if self.cluster is not None:  # our lost calls: some may be ended by a survivor
+            self.cluster.lost.attach(self.calls, self.store, self.outbox,
+                                     self.cfg.applications)
+            elsewhere = await self.cluster.lost.at_start(
+                [live.call_id for live in self.store.live_all()])
+        self.calls.recover_lost(self.cfg.applications, self.outbox, elsewhere)
+        if self.cluster is not None:
+            await self.cluster.lost.take_own()
         for row in self.recordings.recover():  # left running by a process that died
             self.room_events.recording(row, completed_data(row))
         task = asyncio.create_task(self.outbox.run())

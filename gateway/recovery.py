@@ -5,6 +5,9 @@ The process can die in ways nothing inside it can catch (kill -9, the OOM killer
 in C). Each live call is kept in SQLite while it lasts (`live_calls`), so the next start owes
 it, and sends, exactly one `call.completed` with `status: failed` and
 `data.hangup_cause: gateway_restart`.
+
+In a cluster, a node that never comes back leaves its calls to a surviving node instead
+(gateway.cluster.lost): the same function builds their end, with the cause `gateway_lost`.
 """
 
 from __future__ import annotations
@@ -23,22 +26,28 @@ def _ts(text: str | None) -> float | None:
     return parse_iso(text) if text else None
 
 
-def lost_call(live: LiveCall, now: float) -> tuple[dict[str, Any], dict[str, Any]]:
+RESTART = ("gateway_restart", "the gateway process stopped during the call")
+LOST = ("gateway_lost", "the gateway node of the call stopped; reported by another node")
+
+
+def lost_call(live: LiveCall, now: float, cause: tuple[str, str] = RESTART
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(final record, call.completed payload) for a call the previous process left behind.
-    Its end is taken as the last time that process was seen alive with it."""
+    Its end is taken as the last time that process was seen alive with it. `cause`: (code,
+    message): RESTART when the call's own database is recovered, LOST when another node of
+    a cluster reports it."""
+    code, message = cause
     record = dict(live.record)
     answered = _ts(record.get("answered_at"))
     ended = max(live.seen_at, answered or 0.0)
     record.update({
         "status": "failed",
         "ended_at": iso(ended),
-        "hangup_cause": "gateway_restart",
+        "hangup_cause": code,
         "hangup_by": "gateway",
         "sip_code": None,
-        "error": {"code": "gateway_restart",
-                  "message": "the gateway process stopped during the call"},
-        "timeline": [*record.get("timeline", []),
-                     {"at": iso(now), "event": "gateway_restart"}],
+        "error": {"code": code, "message": message},
+        "timeline": [*record.get("timeline", []), {"at": iso(now), "event": code}],
     })
     payload = {
         "event": COMPLETED,
@@ -47,7 +56,7 @@ def lost_call(live: LiveCall, now: float) -> tuple[dict[str, Any], dict[str, Any
         "variables": {},
         "data": {
             "duration_s": round(ended - answered, 3) if answered else 0,
-            "hangup_cause": "gateway_restart",
+            "hangup_cause": code,
             "hangup_by": "gateway",
             "sip_code": None,
             "error": record["error"],

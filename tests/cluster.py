@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,3 +100,34 @@ async def room_nodes(gw: GatewayProc, room: str) -> dict[str, str]:
 async def settle(seconds: float) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.sleep(seconds)
+
+
+def senders(c: Cluster, event_id: str) -> list[str]:
+    """The nodes whose outbox (their SQLite, read-only) holds the webhook `event_id`: who
+    sent it."""
+    found = []
+    for name, gw in sorted(c.nodes.items()):
+        db = sqlite3.connect(f"file:{gw.db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            if db.execute("SELECT 1 FROM outbox WHERE event_id = ?", (event_id,)).fetchone():
+                found.append(name)
+        finally:
+            db.close()
+    return found
+
+
+def completions(c: Cluster, call_id: str) -> list[tuple[dict[str, Any], str]]:
+    """Every call.completed the application received for `call_id`, with its event id."""
+    return [(r.json, r.headers.get("MiniVoice-Event-Id", "")) for r in c.app.requests
+            if r.path == "/events" and r.json["call"]["id"] == call_id
+            and r.json["event"] == "call.completed"]
+
+
+async def call_id_from(c: Cluster, caller: str, timeout: float = 10.0) -> str:
+    """The call ID of the (first) call the application saw from `caller` (its webhooks
+    come through an outbox: they may trail the call's media)."""
+    def find() -> str | None:
+        return next((w["call"]["id"] for w in c.app.webhooks() if w["call"]["from"] == caller),
+                    None)
+    found: str = await c.app.wait_for(find, timeout)
+    return found

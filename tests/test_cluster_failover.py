@@ -14,7 +14,9 @@ from gateway.cluster.redis_store import ClusterStore
 from media.rooms import RoomKey
 from tests.cluster import (  # noqa: F401 (cluster: a fixture)
     Cluster,
+    call_id_from,
     cluster,
+    completions,
     room_nodes,
     tail_levels,
 )
@@ -116,12 +118,14 @@ async def test_owner_killed_survivors_take_over_and_new_callers_join(
         assert status.names().count("conference.owner_changed") == 1, status.names()
         assert status.bad_signatures == 0
 
-        # Node a comes back on its own database: x gets its call.completed from there.
-        x_id = next(w["call"]["id"] for w in cluster.app.webhooks()
-                    if w["call"]["from"] == "+1555000300")
-        await cluster.start_node("a")
+        # x's call.completed came from a survivor; node a, back on its own database,
+        # does not send it again.
+        x_id = await call_id_from(cluster, "+1555000300")
         done = await cluster.app.completed(x_id, timeout=15)
-        assert done[0]["data"]["hangup_cause"] == "gateway_restart"
+        assert done[0]["data"]["hangup_cause"] == "gateway_lost"
+        a2 = await cluster.start_node("a")
+        await eventually(lambda: "call.lost_elsewhere" in a2.log(), timeout=10)
+        assert len(completions(cluster, x_id)) == 1
     finally:
         await store.close()
 

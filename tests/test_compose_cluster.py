@@ -129,16 +129,50 @@ def test_every_part_reads_the_same_file_and_the_nodes_differ_where_they_must() -
     assert set(service("edge")["depends_on"]) == set(GATEWAYS)
 
 
-def test_state_volume_and_the_app() -> None:
-    mounts = {name: service(name)["volumes"][0].split(":") for name in ("edge", *GATEWAYS)}
-    assert len({tuple(m) for m in mounts.values()}) == 1
-    volume, target = mounts["edge"]
-    assert volume in COMPOSE["volumes"]
+def mounts(name: str) -> dict[str, str]:
+    """target -> named volume of a service's mounts."""
+    out = {}
+    for m in service(name)["volumes"]:
+        volume, target = m.split(":")
+        assert volume in COMPOSE["volumes"], m  # named volumes only, no host paths
+        out[target] = volume
+    return out
+
+
+def inside(path: str, target: str) -> bool:
+    return (Path("/app") / path).is_relative_to(target)
+
+
+def test_each_part_has_its_own_state_and_shares_only_users_db() -> None:
+    """Each gateway writes its database, recordings/ and media-cache/ (both next to the
+    database) under var/: per node, in its own volume. The edge writes var/edge. The one
+    shared file is users.db: `users add` anywhere, read by the edge and by the nodes."""
+    users_target = str(Path("/app") / CFG.edge.users_db).rsplit("/", 1)[0]
+    shared = {name: mounts(name) for name in ("edge", *GATEWAYS)}
+    users = {m[users_target] for m in shared.values()}
+    assert len(users) == 1, shared  # the same volume on the edge and on every node
+    own = {name: m["/app/var"] for name, m in shared.items()}
+    assert len(set(own.values())) == len(own), own  # one each
+    assert not set(own.values()) & users
     for name in GATEWAYS:
         cfg, _ = command_config(name)
-        assert str(Path("/app") / cfg.database).startswith(target + "/")
-    for path in (CFG.edge.users_db, CFG.edge.runtime_dir):
-        assert str(Path("/app") / path).startswith(target + "/"), path
+        db = Path("/app") / cfg.database
+        assert inside(cfg.database, "/app/var") and not inside(cfg.database, users_target)
+        assert cfg.recordings.dir is None  # recordings/ and media-cache/: next to the database
+        assert db.parent.is_relative_to("/app/var")
+        assert not db.parent.is_relative_to(users_target)
+    assert inside(CFG.edge.runtime_dir, "/app/var")
+    assert not inside(CFG.edge.runtime_dir, users_target)
+    assert inside(CFG.edge.users_db, users_target)
+    # a fresh volume takes the owner of its mount point in the image: the unprivileged user's
+    users_dir = str(Path(CFG.edge.users_db).parent)
+    for stage in ("edge", "gateway"):
+        runs = " ".join(args for word, args in stages()[stage] if word == "RUN")
+        assert f"mkdir -p {users_dir}" in runs and f"chown minivoice:minivoice {users_dir}" in runs
+    assert "volumes" not in service("app") and "volumes" not in service("redis")
+
+
+def test_the_app() -> None:
     [app] = CFG.applications
     assert service("app")["environment"]["MINIVOICE_SECRET"] == app.secret
     assert urlparse(app.answer_url).hostname == "app"

@@ -10,26 +10,28 @@ compiles pjsua2 inside the image (minutes); later builds reuse its layer (`make 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import json
 import os
 import secrets
-import shutil
 import socket
-import ssl
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from bench.gateway import free_port
 from tests.audio import levels
+from tests.compose_kit import (  # noqa: F401 (docker: a fixture)
+    Compose,
+    app_events,
+    docker,
+    free_host_port,
+    free_udp_blocks,
+    options_ok,
+    wait_edge,
+)
 from tests.harness import ROOT, Phonebank
 
 pytestmark = [pytest.mark.compose, pytest.mark.sip, pytest.mark.timeout(3600)]
@@ -41,107 +43,26 @@ EDGE_IP = CONFIG["edge"]["listen"]
 SIPP_IP = CONFIG["edge"]["trusted"][0].split("/")[0]
 
 
-def _docker_answers() -> bool:
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True,
-                               timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 @pytest.fixture(scope="module")
-def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A Docker daemon to talk to: the running one, or one started here (and stopped after)."""
-    missing = [b for b in ("docker", "docker-compose") if shutil.which(b) is None]
-    if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed "
-                    "(apt-get install docker.io docker-compose)")
-    if _docker_answers():
-        yield
-        return
-    dockerd = shutil.which("dockerd")
-    if dockerd is None or os.geteuid() != 0:
-        pytest.skip("no Docker daemon running, and none can be started here "
-                    "(needs the dockerd binary and root)")
-    log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([dockerd], stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not _docker_answers():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.terminate()
-            proc.wait(30)
-            pytest.skip("dockerd could not be started here:\n" + log.read_text()[-1500:])
-        time.sleep(1)
-    try:
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(60)
-
-
-def _free_port() -> int:
-    """A port free for both UDP and TCP on every host address (the edge is published there)."""
-    return free_port("0.0.0.0")
-
-
-@dataclass
-class Compose:
-    env: dict[str, str]
-    workdir: Path
-    build_s: float = 0.0
-    up_s: float = 0.0
-
-    def run(self, *args: str, timeout: float = 300, check: bool = True,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run(["docker-compose", "-p", PROJECT, *args], cwd=ROOT,
-                           env={**self.env, **(env or {})}, capture_output=True, text=True,
-                           timeout=timeout)
-        if check and r.returncode != 0:
-            raise AssertionError(f"docker-compose {' '.join(args)} exited {r.returncode}:\n"
-                                 f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}\n{self.logs()[-6000:]}")
-        return r
-
-    def logs(self, service: str = "") -> str:
-        r = subprocess.run(["docker-compose", "-p", PROJECT, "logs", "--no-color",
-                            *([service] if service else [])], cwd=ROOT, env=self.env,
-                           capture_output=True, text=True, timeout=60)
-        return r.stdout
-
-    def url(self, port_var: str, path: str) -> str:
-        return f"http://127.0.0.1:{self.env[port_var]}{path}"
-
-    def host_address(self) -> str:
-        """The host's own address on the compose network (its bridge's gateway)."""
-        r = subprocess.run(["docker", "network", "inspect", f"{PROJECT}_minivoice"],
-                           capture_output=True, text=True, check=True)
-        ipam = json.loads(r.stdout)[0]["IPAM"]["Config"][0]
-        if "Gateway" in ipam:
-            return str(ipam["Gateway"])
-        return str(next(ipaddress.ip_network(ipam["Subnet"]).hosts()))  # Docker's default
-
-
-@pytest.fixture(scope="module")
-def stack(docker: None) -> Iterator[Compose]:
+def stack(docker: None) -> Iterator[Compose]:  # noqa: F811
     # Logs kept in the repository's state directory: pytest's temporary directories are pruned.
     work = ROOT / "var" / "compose-test"
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ,
-           "MINIVOICE_SIP_PORT": str(_free_port()), "MINIVOICE_TLS_PORT": str(_free_port()),
-           "MINIVOICE_HTTP_PORT": str(_free_port()), "MINIVOICE_APP_PORT": str(_free_port())}
-    c = Compose(env, work)
-    t0 = time.monotonic()
-    build = subprocess.run([str(ROOT / "scripts" / "docker-build.sh")], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=3000)
-    (work / "build.log").write_text(build.stdout + build.stderr)
-    assert build.returncode == 0, (build.stdout + build.stderr)[-5000:]
-    c.build_s = time.monotonic() - t0
+    env = {**os.environ, "MINIVOICE_SIP_PORT": str(free_host_port()),
+           "MINIVOICE_TLS_PORT": str(free_host_port()),
+           "MINIVOICE_HTTP_PORT": str(free_host_port()),
+           "MINIVOICE_APP_PORT": str(free_host_port())}
+    # the RTP range, published as it is: a free one, not the file's 10000-10099
+    span = CONFIG["sip"]["rtp_port_range"]
+    [start] = free_udp_blocks(1, span)
+    env["MINIVOICE_RTP_START"], env["MINIVOICE_RTP_END"] = str(start), str(start + span - 1)
+    c = Compose(PROJECT, "docker-compose.yml", "minivoice", env, work)
+    c.build()
     c.run("down", "-v", "--remove-orphans", check=False)  # leftovers of an interrupted run
     t0 = time.monotonic()
     try:
         c.run("up", "-d", "app", "gateway", "edge", timeout=600)
-        _wait_edge(c)
+        wait_edge(c)
         c.up_s = time.monotonic() - t0
         yield c
     finally:
@@ -150,58 +71,10 @@ def stack(docker: None) -> Iterator[Compose]:
         print(f"\ncompose: build {c.build_s:.0f} s, up {c.up_s:.0f} s, logs in {work}")
 
 
-def _options_ok(port: int, transport: str = "udp") -> bool:
-    """An OPTIONS to the edge's published port on 127.0.0.1 gets 200 (over UDP, TCP or TLS)."""
-    if transport == "udp":
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with s:
-        s.bind(("127.0.0.1", 0))
-        s.settimeout(2.0)
-        me = s.getsockname()[1]
-        via = {"udp": "UDP", "tcp": "TCP", "tls": "TLS"}[transport]
-        msg = (f"OPTIONS sip:probe@127.0.0.1:{port} SIP/2.0\r\n"
-               f"Via: SIP/2.0/{via} 127.0.0.1:{me};branch=z9hG4bK{secrets.token_hex(8)};rport\r\n"
-               f"From: <sip:probe@127.0.0.1>;tag={secrets.token_hex(4)}\r\n"
-               f"To: <sip:probe@127.0.0.1>\r\nCall-ID: {secrets.token_hex(8)}@compose\r\n"
-               "CSeq: 1 OPTIONS\r\nMax-Forwards: 5\r\nContent-Length: 0\r\n\r\n").encode()
-        try:
-            if transport == "udp":
-                s.sendto(msg, ("127.0.0.1", port))
-                return s.recv(4096).startswith(b"SIP/2.0 200")
-            s.connect(("127.0.0.1", port))
-            conn: socket.socket = s
-            if transport == "tls":  # the edge's self-signed certificate: encryption is the point
-                ctx = ssl.create_default_context()
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-                conn = ctx.wrap_socket(s)
-            conn.sendall(msg)
-            return conn.recv(4096).startswith(b"SIP/2.0 200")
-        except OSError:
-            return False
-
-
-def _wait_edge(c: Compose, timeout_s: float = 60) -> None:
-    """The edge answers OPTIONS on its published port: up, and the port mapping works."""
-    port = int(c.env["MINIVOICE_SIP_PORT"])
-    deadline = time.monotonic() + timeout_s
-    while not _options_ok(port):
-        assert time.monotonic() < deadline, "the edge never answered:\n" + c.logs()[-6000:]
-        time.sleep(1)
-
-
-def _events(c: Compose) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(c.url("MINIVOICE_APP_PORT", "/events"), timeout=5) as r:
-        events: list[dict[str, Any]] = json.load(r)
-    return events
-
-
 async def _wait_completed(c: Compose, count: int, timeout_s: float = 30) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     while True:
-        events = await asyncio.to_thread(_events, c)
+        events = await asyncio.to_thread(app_events, c)
         if sum(e["event"] == "call.completed" for e in events) >= count:
             return events
         assert time.monotonic() < deadline, f"webhooks so far: {events}"
@@ -224,8 +97,8 @@ def test_services_run_unprivileged_and_gateway_sip_stays_on_its_network(stack: C
     with urllib.request.urlopen(stack.url("MINIVOICE_HTTP_PORT", "/healthz"), timeout=5) as r:
         assert r.status == 200
     # the edge's three published transports (TCP needs /etc/protocols in the image)
-    assert _options_ok(int(stack.env["MINIVOICE_SIP_PORT"]), "tcp")
-    assert _options_ok(int(stack.env["MINIVOICE_TLS_PORT"]), "tls")
+    assert options_ok(int(stack.env["MINIVOICE_SIP_PORT"]), "tcp")
+    assert options_ok(int(stack.env["MINIVOICE_TLS_PORT"]), "tls")
 
 
 def test_gateway_refuses_calls_that_bypass_the_edge(stack: Compose) -> None:
@@ -252,7 +125,7 @@ def test_gateway_refuses_calls_that_bypass_the_edge(stack: Compose) -> None:
             code = int(s.recv(65535).split(b" ", 2)[1])
     assert code == 403
     assert "invite.refused" in stack.logs("gateway")
-    assert not [e for e in _events(stack) if e["call"]["from"] == "mallory"]
+    assert not [e for e in app_events(stack) if e["call"]["from"] == "mallory"]
 
 
 async def test_phone_and_sipp_trunk_meet_in_a_room(stack: Compose, tmp_path: Path) -> None:

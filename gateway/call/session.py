@@ -66,6 +66,9 @@ class CallSession:
         self.task: asyncio.Task[None] | None = None
         # call.completed is queued and will take the call's live row with it (CallTable)
         self.completion_queued = False
+        # Another cluster node already sent this call's call.completed (it took this node
+        # for dead: gateway.cluster.reconcile): none from here.
+        self.completed_elsewhere: str | None = None
         self._ending: asyncio.Task[None] | None = None
 
     @classmethod
@@ -386,7 +389,10 @@ class CallSession:
             self.task.cancel()
         self.rec.ended(time.time(), sip_code=sip_code, by_gateway=by_gateway, cause=cause)
         self.ended.set()
-        self.webhook("call.completed", self.rec.completed_data())
+        if self.completed_elsewhere is None:
+            self.webhook("call.completed", self.rec.completed_data())
+        else:
+            self.note("call.completed_elsewhere", node=self.completed_elsewhere)
 
 
 HANDLERS: dict[type, Callable[[CallSession, Any], None]] = {

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Protocol
 
 from gateway import recovery
 from gateway.call.services import Outbox
@@ -17,12 +18,22 @@ from sip import events as ev
 log = logging.getLogger("minivoice.gateway")
 
 
+class CallWatch(Protocol):
+    """Told of each call's live record and of its end (a cluster node publishes them:
+    gateway.cluster.reconcile). Memory only: a call never waits on it."""
+
+    def live(self, session: CallSession) -> None: ...
+
+    def gone(self, session: CallSession) -> None: ...
+
+
 class CallTable:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.sessions: dict[str, CallSession] = {}
         self.outbound = 0  # outbound legs among the sessions (a count, for /metrics)
         self.on_finished: Callable[[CallSession], None] | None = None  # metrics
+        self.watch: CallWatch | None = None  # the cluster's record of our live calls
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -45,6 +56,14 @@ class CallTable:
     def remember(self, session: CallSession) -> None:
         """Store a live call's record: if this process dies, the next one finishes it."""
         self.store.live_put(session.call_id, session.app.id, session.record())
+        if self.watch is not None:
+            self._tell(self.watch.live, session)
+
+    def _tell(self, fn: Callable[[CallSession], None], session: CallSession) -> None:
+        try:
+            fn(session)
+        except Exception:  # the cluster's bookkeeping must never stop a call
+            log.exception("call.watch_failed", extra={"call_id": session.call_id})
 
     def route(self, event: ev.Event) -> None:
         """An event from the SIP thread for a live call (IncomingCall is the gateway's)."""
@@ -73,17 +92,24 @@ class CallTable:
             except Exception:  # metrics must never stop a call's end
                 log.exception("call.observer_failed", extra={"call_id": session.call_id})
         self.store.call_save(session.call_id, session.record())
+        if self.watch is not None:
+            self._tell(self.watch.gone, session)
         if not session.completion_queued:  # no event_url (or the outbox is full)
             self.store.live_delete(session.call_id)
 
-    def recover_lost(self, applications: Iterable[Application], outbox: Outbox) -> None:
+    def recover_lost(self, applications: Iterable[Application], outbox: Outbox,
+                     elsewhere: Mapping[str, str] | None = None) -> None:
         """Calls the previous process left live (it was killed, or crashed): each gets its
         one call.completed (gateway_restart) and a call record, atomically, so a crash during
         this very recovery can neither lose nor repeat one (the live row goes with the
-        event's insert)."""
+        event's insert). `elsewhere`: calls another cluster node has already ended (call
+        id -> node): their live rows are only dropped."""
         apps = {a.id: a for a in applications}
         now = time.time()
         for live in self.store.live_all():
+            if elsewhere and live.call_id in elsewhere:
+                self.store.live_delete(live.call_id)
+                continue
             record, payload = recovery.lost_call(live, now)
             app = apps.get(live.app_id)
             queued = app is not None and app.event_url is not None and outbox.add(

@@ -43,6 +43,7 @@ from gateway.cluster.ownership import (
     admit_leg,
     plan,
 )
+from gateway.cluster.reconcile import LostCalls
 from gateway.cluster.redis_store import ClusterStore
 from gateway.conferences import Conferences, StatusHook
 from gateway.config import Application
@@ -98,6 +99,9 @@ class ClusterNode:
         self.me: str = cfg.node_id
         self.conferences = conferences
         self.store = ClusterStore(cfg.redis_url)
+        # Our live calls in Redis, and the calls of nodes that died (gateway.cluster.lost).
+        self.lost = LostCalls(self.me, self.store, cfg.tick_s, INTERNAL_APP_ID)
+        self._lost_task: asyncio.Task[None] | None = None
         self.rooms: dict[RoomKey, RoomState] = {}
         self.services: Services | None = None
         self.sip_address = ""
@@ -120,16 +124,20 @@ class ClusterNode:
     async def ctx(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: the loop runs from `start` (once SIP is up) to here."""
         yield
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._lost_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._tasks:  # members' removals, legs being hung up
             await asyncio.wait(set(self._tasks), timeout=2.0)
         # Leaving cleanly: free our rooms now rather than when their leases lapse. Bounded:
         # an unreachable Redis must not hold the exit (the leases lapse anyway).
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5.0):
+                # Calls that ended on the way out must not be taken for lost ones.
+                self.lost.resync = True
+                await self.lost.flush()
                 for key, st in list(self.rooms.items()):
                     if st.owned_epoch is not None:
                         with contextlib.suppress(Exception):
@@ -141,6 +149,7 @@ class ClusterNode:
         self.sip_address = self.cfg.sip_address or sip_address
         self.http_url = self.cfg.http_url or http_url
         self._task = asyncio.create_task(self._run(), name="cluster")
+        self._lost_task = asyncio.create_task(self.lost.run(), name="cluster-calls")
         log.info("cluster.node", extra={"node": self.me, "sip": self.sip_address,
                                         "http": self.http_url})
 
@@ -256,6 +265,8 @@ class ClusterNode:
             return
         if not self.redis_ok or not existed:
             # Redis is back (or lost our record): publish what it must know about us again.
+            self.lost.resync = True
+            self.lost.fence = True  # were we taken for dead? (our record had expired)
             for key, st in list(self.rooms.items()):
                 hook = self.conferences.status.get(key)  # the room's status_url, shared
                 for cid in list(st.callers):

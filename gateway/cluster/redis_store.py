@@ -10,6 +10,12 @@ Keys (customer ids are percent-encoded, so a ':' in one cannot alias another's k
     mv:members:{customer}/{room}   hash  call id -> node
     mv:rooms                       set   {customer}/{room} of rooms with a claim
     mv:status:{customer}/{room}    hash  url, app: the room's status_url  TTL 1 day, per join
+    mv:calls:{node}                hash  call id -> the live call's record  TTL 7 days
+    mv:seen:{node}                 str   unix time the node last wrote them TTL 7 days
+    mv:callnodes                   set   node ids that have call records
+    mv:reconciler:{node}           str   the survivor taking a dead node's calls  TTL 30 s
+    mv:done:{call id}              str   the node that sent its call.completed  TTL 7 days
+(gateway.cluster.lost says what the call records are for.)
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from gateway.cluster.ownership import Claim
 from media.rooms import RoomKey
 
 EPOCH_TTL_MS = 86_400_000
+CALLS_TTL_MS = 7 * 86_400_000  # call records and done markers of a node nobody reconciled
+LOCK_TTL_MS = 30_000  # a survivor that died while taking a dead node's calls: the next one
 
 # KEYS: room, epoch counter, rooms set. ARGV: node, sip, lease ms, min epoch, room id.
 # Creates the claim only if there is none; returns the claim that stands afterwards.
@@ -84,6 +92,63 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
 return existed
 """
+
+# Take up to ARGV[3] of a node's call records, each only with its done marker won (SET NX).
+# KEYS: liveness, calls hash, seen, call-nodes set, reconciler lock.
+# ARGV: me, the node, batch, done prefix, done ttl ms, lock ttl ms, force (1: our own
+# records, taken at our start, whatever the liveness key or the lock say).
+# Returns {'alive'} / {'busy', holder} / {'ok', seen, remaining, id1, rec1, id2, rec2, ...}.
+_TAKE = """
+if ARGV[7] ~= '1' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return {'alive'} end
+  local holder = redis.call('GET', KEYS[5])
+  if holder and holder ~= ARGV[1] then return {'busy', holder} end
+  redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[6])
+end
+local out = {'ok', redis.call('GET', KEYS[3]) or '', 0}
+-- HRANDFIELD, not HKEYS: a hash grown huge (not by us) costs a batch's work, not all of it
+local page = redis.call('HRANDFIELD', KEYS[2], ARGV[3], 'WITHVALUES')
+local n = tonumber(ARGV[3])
+for i = 1, math.min(n, #page / 2) do
+  local f = page[2 * i - 1]
+  local v = page[2 * i]
+  redis.call('HDEL', KEYS[2], f)
+  if string.len(f) <= 128 and redis.call('SET', ARGV[4] .. f, ARGV[1], 'NX', 'PX', ARGV[5]) then
+    out[#out + 1] = f
+    out[#out + 1] = v
+  end
+end
+local left = redis.call('HLEN', KEYS[2])
+out[3] = left
+if left == 0 then
+  redis.call('SREM', KEYS[4], ARGV[2])
+  redis.call('DEL', KEYS[3])
+  if ARGV[7] ~= '1' then redis.call('DEL', KEYS[5]) end
+end
+return out
+"""
+
+# A restarted node claims the calls its SQLite left live: SET NX of each one's done marker.
+# ARGV: me, done prefix, ttl ms, call ids. Returns, per id, the marker's value afterwards.
+_MARK = """
+local out = {}
+for i = 4, #ARGV do
+  local k = ARGV[2] .. ARGV[i]
+  redis.call('SET', k, ARGV[1], 'NX', 'PX', ARGV[3])
+  out[#out + 1] = redis.call('GET', k)
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Take:
+    """One take script call: `state` ok / alive / busy; the records we won the marker of."""
+
+    state: str
+    seen: Any = None
+    remaining: int = 0
+    pairs: tuple[tuple[Any, Any], ...] = ()
 
 
 # KEYS: members, status. ARGV: call id, node, status url ('' for none), its app id, ttl ms,
@@ -170,6 +235,8 @@ class ClusterStore:
         self._heartbeat = self.redis.register_script(_HEARTBEAT)
         self._join = self.redis.register_script(_JOIN)
         self._leave = self.redis.register_script(_LEAVE)
+        self._take = self.redis.register_script(_TAKE)
+        self._mark = self.redis.register_script(_MARK)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -268,3 +335,66 @@ class ClusterStore:
     async def members(self, key: RoomKey) -> dict[str, str]:
         got = await self.redis.hgetall(self._members(key))  # type: ignore[misc]
         return {_s(k): _s(v) for k, v in got.items()}
+
+    # -- live call records (gateway.cluster.lost) --------------------------------------
+    def _calls(self, node: str) -> str:
+        return f"{self.p}:calls:{node}"
+
+    async def publish_calls(self, node: str, put: dict[str, str], gone: list[str],
+                            now: float, *, replace: bool = False) -> None:
+        """One round trip: our records' changes (all of them, with `replace`), our seen
+        time, and the TTLs that let an abandoned node's records go after a week."""
+        pipe = self.redis.pipeline(transaction=True)
+        calls = self._calls(node)
+        if replace:
+            pipe.delete(calls)
+        if gone and not replace:
+            pipe.hdel(calls, *gone)
+        if put:
+            pipe.hset(calls, mapping=put)  # type: ignore[arg-type]
+        pipe.set(f"{self.p}:seen:{node}", f"{now:.3f}", px=CALLS_TTL_MS)
+        pipe.pexpire(calls, CALLS_TTL_MS)
+        pipe.sadd(f"{self.p}:callnodes", node)
+        await pipe.execute()
+
+    async def call_nodes(self) -> dict[str, bool]:
+        """Nodes with call records -> whether their liveness record is there."""
+        ids = sorted(_s(n) for n in await self.redis.smembers(  # type: ignore[misc]
+            f"{self.p}:callnodes"))
+        if not ids:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for node in ids:
+            pipe.exists(f"{self.p}:node:{node}")
+        return {n: bool(e) for n, e in zip(ids, await pipe.execute(), strict=True)}
+
+    async def take_calls(self, me: str, node: str, batch: int, *, own: bool = False) -> Take:
+        got = await self._take(
+            keys=[f"{self.p}:node:{node}", self._calls(node), f"{self.p}:seen:{node}",
+                  f"{self.p}:callnodes", f"{self.p}:reconciler:{node}"],
+            args=[me, node, batch, f"{self.p}:done:", CALLS_TTL_MS, LOCK_TTL_MS,
+                  "1" if own else "0"])
+        state = _s(got[0])
+        if state != "ok":
+            return Take(state, seen=_s(got[1]) if len(got) > 1 else None)
+        rest = got[3:]
+        return Take(state, got[1], int(got[2]),
+                    tuple((rest[i], rest[i + 1]) for i in range(0, len(rest) - 1, 2)))
+
+    async def mark_done(self, me: str, call_ids: list[str]) -> dict[str, str | None]:
+        """SET NX of each call's done marker; the marker's value afterwards, per call."""
+        out: dict[str, str | None] = {}
+        for i in range(0, len(call_ids), 500):
+            chunk = call_ids[i:i + 500]
+            got = await self._mark(keys=[], args=[me, f"{self.p}:done:", CALLS_TTL_MS, *chunk])
+            out.update({c: None if v is None else _s(v) for c, v in zip(chunk, got, strict=True)})
+        return out
+
+    async def done_marks(self, call_ids: list[str]) -> dict[str, str | None]:
+        """Who sent each call's call.completed (None: nobody yet), without claiming any."""
+        out: dict[str, str | None] = {}
+        for i in range(0, len(call_ids), 500):
+            chunk = call_ids[i:i + 500]
+            got = await self.redis.mget([f"{self.p}:done:{c}" for c in chunk])
+            out.update({c: None if v is None else _s(v) for c, v in zip(chunk, got, strict=True)})
+        return out
