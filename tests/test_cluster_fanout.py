@@ -232,6 +232,16 @@ async def test_broken_or_hostile_nodes_do_not_break_the_list(cluster: Cluster  #
             return web.Response(status=status, body=body, content_type="application/json")
         return handler
 
+    async def cut_short(request: web.Request) -> web.StreamResponse:
+        """A recording's audio that stops a tenth of the way through."""
+        resp = web.StreamResponse(headers={"Content-Type": "audio/wav",
+                                           "Content-Length": "10000"})
+        await resp.prepare(request)
+        await resp.write(b"RIFF" + b"\0" * 996)
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+
     peers = {"huge": huge, "slow": slow, "garbage": fixed(200, b"not json {"),
              "shape": fixed(200, b'{"calls": "all of them"}'),
              "error": fixed(500, b'{"error": {}}'), "list": fixed(200, b'[{"calls": []}]'),
@@ -245,6 +255,7 @@ async def test_broken_or_hostile_nodes_do_not_break_the_list(cluster: Cluster  #
         for name, handler in peers.items():
             server = Server()
             server.routes["/v1/calls"] = handler
+            server.routes["/v1/recordings/rec_cut/audio"] = cut_short
             runners.append(await server.start())
             await store.heartbeat(name, 60, "127.0.0.1:9", server.url, 0, 0.0)
         started = time.monotonic()
@@ -261,6 +272,14 @@ async def test_broken_or_hostile_nodes_do_not_break_the_list(cluster: Cluster  #
             h["X-MiniVoice-Scope"] == "customer:cust_test" and h["X-MiniVoice-Forwarded"]
             for h in seen), seen
         assert "Authorization" not in seen[0]  # the token never leaves the node
+        # A download the node that has the file cuts short is cut short here too (not
+        # completed as if whole).
+        async with aiohttp.ClientSession() as s, s.get(
+                b.http + "/v1/recordings/rec_cut/audio",
+                headers={"Authorization": f"Bearer {MINE}"}) as r:
+            assert r.status == 200 and r.headers["Content-Length"] == "10000"
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
     finally:
         release.set()
         await store.close()
