@@ -18,6 +18,9 @@ Feature modes (`--mode`), each on its own gateway and with its own generated blo
     .venv/bin/python -m bench --mode recording --rooms 3 --room-size 4
 - room-features: one room, plain vs hold + coach + announcement (bench/roomfeatures.py)
     .venv/bin/python -m bench --mode room-features # a room of 250
+- cluster: redis-server + 2 nodes, rooms split over both (bench/cluster.py)
+    .venv/bin/python -m bench --mode cluster       # 2 x 600 legs, CPU split vs local, delay
+    .venv/bin/python -m bench --mode cluster --steps 2 --rooms-per-step 2 --compare-rooms 4
 """
 
 from __future__ import annotations
@@ -34,7 +37,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import audio, gateway, load, ratio, recording, report, roomfeatures, sipp
+from bench import (
+    audio,
+    cluster,
+    gateway,
+    load,
+    ratio,
+    recording,
+    report,
+    roomfeatures,
+    sipp,
+)
 from bench.procstat import Sample, Window
 from bench.receiver import Receiver
 from gateway.logs import KeyValueFormatter
@@ -46,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few minutes: small ramp, small room")
-    p.add_argument("--mode", choices=["recording", "room-features"],
+    p.add_argument("--mode", choices=["recording", "room-features", "cluster"],
                    help="a feature mode instead of the ramp/delay/room phases")
     p.add_argument("--rooms", type=int, help="recording mode: rooms of SIPp callers (100)")
     p.add_argument("--record", type=int, action="append",
@@ -60,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="callers per room in the ramp and the recording mode (10); "
                         "the room-features mode's room (250)")
     p.add_argument("--rooms-per-step", type=int, help="rooms added per ramp step")
+    p.add_argument("--remote", type=int,
+                   help="cluster mode: callers of a room on node b, the rest on a (half)")
+    p.add_argument("--compare-rooms", type=int,
+                   help="cluster mode: rooms per block of the local/split CPU comparison (30)")
     p.add_argument("--steps", type=int, help="ramp steps at most")
     p.add_argument("--rate", type=float, default=50.0, help="calls per second (50)")
     p.add_argument("--window", type=float, help="seconds of steady state measured per step")
@@ -71,8 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--floor-build", type=Path, action="append", default=[],
                    help="ratio phase: another build's pjsua to compare with (repeatable), "
                         "e.g. one without sip/build/patches")
-    p.add_argument("--only", choices=["ramp", "delay", "room", "ratio"], action="append",
-                   help="run only these phases (repeatable)")
+    p.add_argument("--only", choices=["ramp", "delay", "room", "ratio", "compare"],
+                   action="append",
+                   help="run only these phases (repeatable); cluster mode: compare, ramp, "
+                        "delay")
     p.add_argument("--log-level", default="WARNING",
                    help="the gateway's --log-level (WARNING keeps logging off per-call paths)")
     p.add_argument("--conf-threads", type=int, help="sip.conf_threads for the gateway")
@@ -113,8 +132,31 @@ async def _stop(gw: gateway.Gateway) -> dict[str, Any]:
     return {"exit_code": code, "stop_s": stop_s, "error_lines": problems}
 
 
+async def _cluster_mode(args: argparse.Namespace) -> dict[str, Any]:
+    """Redis and two nodes per phase (bench/cluster.py)."""
+    work = Path(tempfile.mkdtemp(prefix="minivoice-bench-"))
+    size = args.room_size or 10
+    phases = tuple(p for p in ("compare", "ramp", "delay") if p in (args.only or [
+        "compare", "ramp", "delay"]))
+    if not phases:
+        raise SystemExit("--only: cluster mode has the phases compare, ramp, delay")
+    plan = cluster.ClusterPlan(
+        room_size=size, remote=args.remote or size // 2,
+        rooms_per_step=args.rooms_per_step or 20, steps=args.steps or 6,
+        compare_rooms=args.compare_rooms or 30, rate=args.rate,
+        window_s=args.window or 10.0, settle_s=args.settle, bursts=args.bursts or 10,
+        delay_rounds=args.rounds, phases=phases)
+    result: dict[str, Any] = {"mode": "cluster", "label": args.label, "workdir": str(work),
+                              "gateway_log_level": args.log_level}
+    result["cluster"] = await cluster.run(work, plan, args.log_level)
+    result["summary"] = summarize(result)
+    return result
+
+
 async def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     """One feature mode on a fresh gateway (see bench/recording.py, bench/roomfeatures.py)."""
+    if args.mode == "cluster":
+        return await _cluster_mode(args)
     work = Path(tempfile.mkdtemp(prefix="minivoice-bench-"))
     result: dict[str, Any] = {"mode": args.mode, "label": args.label, "workdir": str(work),
                               "gateway_log_level": args.log_level, "patch": args.patch,
@@ -270,6 +312,8 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         return {"rows": recording.summary_rows(r)}
     if r["mode"] == "room-features":
         return {"rows": roomfeatures.summary_rows(r)}
+    if r["mode"] == "cluster":
+        return {"rows": cluster.summary_rows(r)}
     t = report.TARGETS
     rows: list[dict[str, Any]] = []
     ramp = r.get("ramp")
@@ -337,8 +381,15 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([".venv/bin/python -m bench",
                              shlex.join(sys.argv[1:] if argv is None else argv)]).strip(),
         "machine": report.machine()}
-    result.update(asyncio.run(run(args)))
-    path = report.write_json(result, stamp, args.results_dir)
+    if args.mode == "cluster":
+        result["result_name"] = f"cluster-{stamp}"
+    try:
+        result.update(asyncio.run(run(args)))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # Ctrl-C, or SIGTERM in cluster mode: the finally blocks stopped what was started
+        print("interrupted: no result written", file=sys.stderr)
+        return 130
+    path = report.write_json(result, result.get("result_name", stamp), args.results_dir)
     if not args.no_markdown:
         report.update_markdown(result)
     for row in result["summary"]["rows"]:

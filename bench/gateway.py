@@ -156,15 +156,19 @@ async def start(workdir: Path, *, log_level: str = "WARNING",
     gw = Gateway(proc, sip_port, http_port, log_path, command)
     deadline = time.monotonic() + 30
     timeout = aiohttp.ClientTimeout(total=2)
-    async with aiohttp.ClientSession(timeout=timeout) as s:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("gateway exited:\n" + gw.tail())
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with s.get(gw.base + "/healthz") as r:
-                    if r.status == 200:
-                        return gw
-            if time.monotonic() > deadline:
-                gw.stop()
-                raise RuntimeError("gateway did not become healthy:\n" + gw.tail())
-            await asyncio.sleep(0.1)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as s:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError("gateway exited:\n" + gw.tail())
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with s.get(gw.base + "/healthz") as r:
+                        if r.status == 200:
+                            return gw
+                if time.monotonic() > deadline:
+                    raise RuntimeError("gateway did not become healthy:\n" + gw.tail())
+                await asyncio.sleep(0.1)
+    except BaseException:
+        # also when the bench is interrupted while the gateway starts: nobody else has it
+        gw.stop()
+        raise

@@ -53,6 +53,22 @@ MODE_NOTES = {
                      "plain window. Ratio = the feature window / the mean of the plain "
                      "windows before and after it, median over the rounds "
                      "(bench/roomfeatures.py).",
+    "cluster": "a redis-server and two gateway nodes (`cluster:` section, node ids a and b) on "
+               "this machine, each phase on a fresh cluster; SIPp callers sending G.711 RTP "
+               "are sent straight to a node (no edge: the edge's hash would put a room on one "
+               "node), those on node a send 1 kHz, those on b 500 Hz. Ramp: blocks of rooms, "
+               "each room split over both nodes (a cascade leg per room); a step is good with "
+               "every 200 OK, no failed call, every caller listed with its node by `GET "
+               "/v1/conferences/{room}` (asked of a and b in turn) and a probe on the "
+               "non-owner node hearing the owner's callers. CPU: utime+stime of both nodes' "
+               "pids over a steady window. Extra CPU per remote participant: blocks of rooms "
+               "added in the order local, split, split, local (local: every caller of a room "
+               "on one node, half the rooms on each; split: the same legs, every room on "
+               "both), (mean CPU a split block adds - mean a local block adds) / the "
+               "block's callers not on their room's owner. Redis: `INFO commandstats` "
+               "deltas. Delay: bench.audio.mixer_delay with both legs on node a, then leg B on "
+               "node b, per round; added = the round's median across - its median on one "
+               "node (bench/cluster.py).",
 }
 
 
@@ -102,13 +118,18 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['kernel']}, Python {m['python']}, SIPp {m['sipp']}, pjsua2 {m['pjsua2']}; "
         f"load average at start {', '.join(f'{x:.2f}' for x in m['load_avg_at_start'])}",
         f"- Command: `{result['command']}`",
-        "- Gateway: `python -m gateway serve --config <configs/bench.yaml with free ports> "
-        f"--log-level {result['gateway_log_level']}`, a fresh process per phase; "
-        + ("answer_url and event_url are its embedded demo app, over loopback HTTP"
-           if result["mode"] not in MODE_NOTES else
+        ("- Gateway: two nodes per phase, each `python -m gateway serve --config "
+         "<configs/bench.yaml with free ports and a cluster: section> --log-level "
+         f"{result['gateway_log_level']}`, fresh per phase, and a redis-server; answer_url "
+         "and event_url are each node's embedded demo app, over loopback HTTP"
+         if result["mode"] == "cluster" else
+         "- Gateway: `python -m gateway serve --config <configs/bench.yaml with free ports> "
+         f"--log-level {result['gateway_log_level']}`, a fresh process per phase; "
+         + ("answer_url and event_url are its embedded demo app, over loopback HTTP"
+            if result["mode"] not in MODE_NOTES else
            "answer_url is its embedded demo app; event_url (and the announcement file) the "
-           "bench's own HTTP server, which accepts every webhook; both over loopback HTTP"),
-        f"- Raw result: `bench/results/{result['stamp']}.json`",
+           "bench's own HTTP server, which accepts every webhook; both over loopback HTTP")),
+        f"- Raw result: `bench/results/{result.get('result_name', result['stamp'])}.json`",
         *(["- Quick mode runs at a tenth of the scale to check the harness and spot "
            "regressions; the targets are for the full mode."] if result["mode"] == "quick"
           else []),
@@ -160,6 +181,10 @@ def markdown(result: dict[str, Any]) -> str:
         from bench import roomfeatures
 
         lines += roomfeatures.markdown_lines(result)
+    if result["mode"] == "cluster":
+        from bench import cluster
+
+        lines += cluster.markdown_lines(result)
     lines += [end]
     return "\n".join(lines)
 

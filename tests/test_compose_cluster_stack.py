@@ -3,7 +3,8 @@ gateway-a, gateway-b and the app up and healthy; a phone registered at the edge'
 port puts two callers into one room, one on each node; a tone from each is heard by the other
 (through the cascade leg between the nodes); either node's API lists both with their node;
 the app gets the webhooks; gateway-b is killed (`docker kill`) and the caller on gateway-a
-stays up. One `up` for all of it, `down -v` always.
+stays up, while the call that was on gateway-b gets its call.completed (gateway_lost) from
+gateway-a. One `up` for all of it, `down -v` always.
 
 Steering the callers onto the two nodes: the edge picks a node with a hash of the Request-URI
 (Kamailio dispatcher, algorithm 3: its user and host:port). The demo app puts the caller of
@@ -281,22 +282,27 @@ async def test_callers_on_both_nodes_through_the_edge_then_a_node_dies(
         other = tones["y" if cid == "x" else "x"]
         assert heard[cid][other] - heard[cid][tones[cid]] >= 25, f"{cid} hears itself: {heard}"
 
-    # The app got the webhooks of the callers (cascade legs send none). call.completed of the
-    # call on gateway-b: only when a node sends it for a node that never comes back (not yet).
+    # The app got the webhooks of the callers (cascade legs send none). The call on the dead
+    # gateway-b gets its call.completed from gateway-a (gateway_lost) once gateway-b's
+    # liveness record in Redis has expired.
     kinds: dict[str, list[str]] = {}
 
     def completed() -> bool:
         kinds.clear()
         for e in app_events(c):
             kinds.setdefault(e["call"]["id"], []).append(e["event"])
-        return all(kinds.get(i, [])[-1:] == ["call.completed"] for i in [mv_id[a_call], *tried])
+        return all(kinds.get(i, [])[-1:] == ["call.completed"]
+                   for i in [mv_id[a_call], mv_id[b_call], *tried])
     await eventually(lambda: asyncio.to_thread(completed), timeout=30, interval=0.5,
                      message=lambda: f"webhooks: {kinds}")
     events = app_events(c)
     assert set(kinds) == {mv_id["x"], mv_id["y"], *tried}, kinds
     for call_id in (mv_id[a_call], *tried):
         assert kinds[call_id] == ["call.initiated", "call.answered", "call.completed"], kinds
-    assert kinds[mv_id[b_call]][:2] == ["call.initiated", "call.answered"], kinds
+    assert kinds[mv_id[b_call]] == ["call.initiated", "call.answered", "call.completed"], kinds
+    [lost] = [e for e in events if e["call"]["id"] == mv_id[b_call]
+              and e["event"] == "call.completed"]
+    assert lost["data"]["hangup_cause"] == "gateway_lost", lost
     assert {e["call"]["from"] for e in events} == {"alice"}
     by_id = {e["call"]["id"]: e["call"]["to"] for e in events}
     assert by_id[mv_id["x"]] == NUMBER and by_id[mv_id["y"]] == dialed["y"], by_id

@@ -69,6 +69,7 @@ JOIN_REDIS_WAIT_S = 0.5
 class RoomState:
     callers: set[str] = field(default_factory=set)
     inbound: dict[str, CallSession] = field(default_factory=dict)  # legs taken in as owner
+    inbound_node: dict[str, str] = field(default_factory=dict)  # their call ID -> their node
     owned_epoch: int | None = None
     bridge: Claim | None = None
     bridge_leg: CallSession | None = None
@@ -237,6 +238,7 @@ class ClusterNode:
             if now >= next_tick:
                 next_tick = now + self.cfg.tick_s
                 await self._heartbeat()
+                await self._end_legs_of_dead_nodes()
                 keys = set(self.rooms)
             else:
                 keys = set(self._dirty)
@@ -279,6 +281,34 @@ class ClusterNode:
             # record missing: the owners get their lease's time to put their claims back.
             self._redis_back_at = asyncio.get_running_loop().time()
             self.redis_ok = True
+
+    async def _end_legs_of_dead_nodes(self) -> None:
+        """A node that dies sends no BYE: its cascade legs into rooms we own would stay up
+        until the media timeout, keeping our part of the room (and our drain at shutdown)
+        alive. End them once the node's liveness record has expired. Not while Redis may be
+        empty after a restart (every node re-registers within a tick of finding its record
+        gone), nor when our own record is missing (then Redis, not the node, is the news)."""
+        senders = {n for st in self.rooms.values() for n in st.inbound_node.values()}
+        loop = asyncio.get_running_loop()
+        if not senders or not self.redis_ok \
+                or loop.time() - self._redis_back_at < self.cfg.node_ttl_s:
+            return
+        try:
+            live = set(await self.store.nodes())
+        except Exception as exc:
+            self._redis_down(exc)
+            return
+        if self.me not in live or senders <= live:
+            return
+        for key, st in self.rooms.items():
+            for cid, node in list(st.inbound_node.items()):
+                leg = st.inbound.get(cid)
+                if node in live or leg is None or leg.ended.is_set():
+                    continue
+                st.inbound_node.pop(cid, None)  # once: ending takes longer than a tick
+                log.warning("cluster.leg_of_dead_node", extra={
+                    "call_id": cid, "room": key.name, "from_node": node})
+                self._spawn(leg.end_call(200, "cluster_node_lost", "Node Lost"))
 
     async def _reconcile(self, key: RoomKey) -> None:
         st = self.rooms.get(key)
@@ -412,6 +442,7 @@ class ClusterNode:
         session = CallSession.inbound(self.services, event, internal_app(offer.key))
         self.services.calls.admit(session)
         st.inbound[event.call_id] = session
+        st.inbound_node[event.call_id] = offer.node
         session.note("cluster.leg", room=offer.key.name, from_node=offer.node,
                      epoch=offer.epoch)
         session.task = asyncio.create_task(self._serve(offer.key, st, session))
@@ -427,4 +458,5 @@ class ClusterNode:
             await session.end_call(500, "sip_error", "Server Internal Error")
         finally:
             st.inbound.pop(session.call_id, None)
+            st.inbound_node.pop(session.call_id, None)
             self.kick(key)
