@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Codec", "SipConfig"]
+__all__ = ["MAX_CALLS_BUILT", "Codec", "SipConfig"]
 
 
 def _between(lo: float, hi: float) -> Callable[[Any], str | None]:
@@ -34,6 +34,10 @@ def checked(*checks: Callable[[Any], str | None], default: Any) -> Any:
 
 Codec = Literal["PCMU", "PCMA", "G722", "opus"]
 
+# PJSUA_MAX_CALLS in sip/build/config_site.h (a test keeps the two equal): the calls pjsua
+# holds at most, so the most `max_calls` may be.
+MAX_CALLS_BUILT = 4000
+
 
 @dataclass(frozen=True)
 class SipConfig:
@@ -52,7 +56,8 @@ class SipConfig:
     rtp_port_range: int = checked(_between(0, 60000), default=10000)
     codecs: tuple[Codec, ...] = ("PCMU", "PCMA", "G722", "opus")
     clock_rate: int = checked(_between(8000, 48000), default=8000)
-    max_calls: int = checked(_between(1, 2000), default=2000)
+    # At most the build's PJSUA_MAX_CALLS (sip/build/config_site.h); pjsua refuses more.
+    max_calls: int = checked(_between(1, MAX_CALLS_BUILT), default=2000)
     # pjmedia conference bridge worker threads. Only effective in a pjproject built with the
     # parallel bridge (PJMEDIA_CONF_BACKEND), which ours is not: on 2 cores it measured no
     # gain (BENCHMARKS.md). Kept for builds and machines where it pays.

@@ -152,6 +152,10 @@ class SipThread:
         # The null device's playback port discards what it gets: large rooms send every
         # member there so that the bridge reads (and measures the level of) each member.
         self.monitor = self.ep.audDevManager().getPlaybackDevMedia()
+        # Its TX level 0: the bridge still reads (decodes, measures) each member linked to it,
+        # but our build skips mixing into a sink whose level is 0 (one 160-sample add per
+        # member per 20 ms tick in a large room; sip/build/patches/0004).
+        self.monitor.adjustTxLevel(0.0)
         port = self.cfg.port
         kinds = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP}
         for name in self.cfg.transports:

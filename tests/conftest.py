@@ -9,6 +9,7 @@ import pytest
 
 from tests.harness import AppServer, GatewayProc, Phonebank, app_config, start_gateway
 from tests.httpkit import Server
+from tests.redisproc import redis_server, store  # noqa: F401 (fixtures of the Redis tests)
 
 
 @pytest.fixture

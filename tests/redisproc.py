@@ -9,9 +9,13 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import pytest
+
 from bench.gateway import free_port
+from gateway.cluster.redis_store import ClusterStore
 
 
 class RedisProc:
@@ -46,3 +50,18 @@ class RedisProc:
             self.proc.kill()  # as a crash would: nothing saved
             self.proc.wait(10)
         self.proc = None
+
+
+# Fixtures for the tests that talk to Redis directly (tests/conftest.py offers them).
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisProc]:
+    proc = RedisProc(tmp_path).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def store(redis_server: RedisProc) -> AsyncIterator[ClusterStore]:
+    s = ClusterStore(redis_server.url)
+    yield s
+    await s.close()

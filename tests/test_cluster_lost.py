@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -150,20 +149,6 @@ def test_at_start_ends_only_what_nobody_else_did() -> None:
 
 
 # -- the scripts, against a real redis-server -----------------------------------------------
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisProc]:
-    proc = RedisProc(tmp_path).start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-async def store(redis_server: RedisProc) -> AsyncIterator[ClusterStore]:
-    s = ClusterStore(redis_server.url)
-    yield s
-    await s.close()
-
-
 async def _publish(store: ClusterStore, node: str, n: int) -> set[str]:
     ids = {f"call_{node}_{i}" for i in range(n)}
     await store.publish_calls(node, {c: good(c).decode() for c in ids}, [], NOW)

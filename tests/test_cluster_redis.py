@@ -4,8 +4,6 @@ the test): atomic claims, fencing by epoch, leases, node liveness, members."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,20 +14,6 @@ from tests.redisproc import RedisProc
 from tests.waiting import eventually
 
 KEY = RoomKey("cust_1", "room-1")
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisProc]:
-    proc = RedisProc(tmp_path).start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-async def store(redis_server: RedisProc) -> AsyncIterator[ClusterStore]:
-    s = ClusterStore(redis_server.url)
-    yield s
-    await s.close()
 
 
 async def test_one_claim_wins_a_race(store: ClusterStore, redis_server: RedisProc) -> None:

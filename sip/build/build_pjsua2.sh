@@ -80,12 +80,21 @@ install_into_venv() {
     "$PY" -c 'import pjsua2' || { log "pjsua2 does not import"; exit 1; }
 }
 
-if [ -f "$OUT/BUILDINFO" ]; then
+use_cached() {
     log "cached build $KEY"
     if [ -n "$FLOOR" ]; then echo "$OUT"; exit 0; fi
     install_into_venv
     exit 0
-fi
+}
+[ -f "$OUT/BUILDINFO" ] && use_cached
+
+# One build per key at a time: a second run of the same key (`make lint` in the same tree
+# while a build is under way) wiped the first one's work tree under it. It now waits for the
+# first to finish and takes its result.
+mkdir -p "$CACHE/work"
+exec 9>"$CACHE/work/$KEY.lock"
+flock 9
+[ -f "$OUT/BUILDINFO" ] && use_cached
 
 # ----------------------------------------------------------------- build ----
 WORK=$CACHE/work/$KEY

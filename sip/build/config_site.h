@@ -6,8 +6,12 @@
  * thousands of each. Changing this file changes the build cache key, so the
  * next `make run`/`make test` rebuilds pjsua2 by itself.
  */
-#define PJSUA_MAX_CALLS              2000
-#define PJSUA_MAX_CONF_PORTS         4100
+/* 4000 calls: the benchmark's 2000 SIPp legs plus its probe legs and a cluster's cascade
+ * legs fit with room to spare. Conference ports: two per call (the gateway's
+ * sip.max_calls * 2 + 100 media ports) plus players and recorders. Both are static arrays;
+ * measured idle RSS in BENCHMARKS.md. */
+#define PJSUA_MAX_CALLS              4000
+#define PJSUA_MAX_CONF_PORTS         8200
 #define PJSUA_MAX_PLAYERS            2000
 #define PJSUA_MAX_RECORDERS          2000
 #define PJ_IOQUEUE_MAX_HANDLES       16384
