@@ -303,9 +303,15 @@ async def patch_participant(request: web.Request) -> web.Response:
     if patch.sets_speak_to and patch.speak_to is not None:
         missing = [t for t in patch.speak_to if t not in room.members]
         if missing:
+            # A cluster node's room holds its own callers only: another node's callers are
+            # heard through one cascade leg carrying that node's whole mix, so the coached
+            # voice cannot reach one of them without reaching all (docs/cluster.md).
+            where = (f"not in room {room.key.name} on this node ({cid}'s): in a cluster, "
+                     "speak_to can only name participants on the same node"
+                     if CLUSTER_ROOM in request.app else f"not in room {room.key.name}")
             raise ApiError(400, "invalid_body", "invalid body", [
-                {"path": f"speak_to[{patch.speak_to.index(t)}]",
-                 "reason": f"not in room {room.key.name}"} for t in missing[:10]])
+                {"path": f"speak_to[{patch.speak_to.index(t)}]", "reason": where}
+                for t in missing[:10]])
     try:
         if patch.hold is not None:
             rooms.set_held(cid, patch.hold)

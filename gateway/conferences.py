@@ -98,6 +98,11 @@ class Conferences:
         # room events name them.
         self._internal: set[str] = set()
         self.on_event: RoomEventSink = lambda *event: None
+        # A cluster's node (gateway.cluster.node) sends conference.started / ended itself,
+        # once per room cluster-wide (rather than once per node's part of the room), and
+        # counts the other nodes' participants in `participants`.
+        self.room_wide_events_here = True
+        self.remote_count: Callable[[RoomKey], int] = lambda key: 0
         self._speaking: dict[RoomKey, SpeakingTracker] = {}
 
     def live(self) -> list[Room]:
@@ -158,15 +163,37 @@ class Conferences:
         room's size now. A cluster's cascade legs are named in none."""
         if key not in self.status or call_id in self._internal:
             return
+        count = participants if participants is not None else self._count(key)
+        self.on_event(key, event, call_id, count + self.remote_count(key), data or {})
+
+    def notify_room(self, key: RoomKey, event: str, hook: StatusHook, participants: int
+                    ) -> None:
+        """A room-wide event (a cluster's conference.started / ended) sent to `hook`,
+        whether or not this node's part of the room has (still) a status_url."""
+        had = self.status.get(key)
+        self.status[key] = hook
+        try:
+            self.on_event(key, event, None, participants, {})
+        finally:
+            if had is None:
+                self.status.pop(key, None)
+            else:
+                self.status[key] = had
+
+    def _count(self, key: RoomKey) -> int:
+        """The room's participants here: its members but the links to other nodes."""
         room = self.book.rooms.get(key)
-        count = participants if participants is not None else len(room.members) if room else 0
-        self.on_event(key, event, call_id, count, data or {})
+        return sum(1 for c in room.members if c not in self._internal) if room else 0
 
     def _departed(self, key: RoomKey, before: int, gone: list[str], ended: bool) -> None:
-        for i, cid in enumerate(gone):
-            self.notify(key, "participant.left", cid, participants=before - i - 1)
+        left = before
+        for cid in gone:
+            if cid not in self._internal:
+                left -= 1
+            self.notify(key, "participant.left", cid, participants=left)
         if ended:
-            self.notify(key, "conference.ended", participants=0)
+            if self.room_wide_events_here:
+                self.notify(key, "conference.ended", participants=0)
             self.status.pop(key, None)
             self._speaking.pop(key, None)
 
@@ -198,7 +225,7 @@ class Conferences:
             self._callers[call_id] = caller
         if status is not None:
             self.status.setdefault(key, status)
-        if created:
+        if created and self.room_wide_events_here:
             self.notify(key, "conference.started")
         self.notify(key, "participant.joined", call_id, {"muted": opts.muted})
         room = self.book.rooms[key]
@@ -248,7 +275,7 @@ class Conferences:
 
     def leave(self, call_id: str) -> None:
         key = self.book.room_of[call_id]
-        before = len(self.book.rooms[key].members)
+        before = self._count(key)
         dep = self.book.leave(call_id)
         self._event("conference.leave", key, call_id, room_ended=dep.room_ended)
         self._after_departure(dep, "room_ended")
@@ -293,8 +320,9 @@ class Conferences:
         self._event("conference.end", key, None)
         room = self.book.rooms.get(key)
         members = list(room.members) if room else []
+        before = self._count(key)
         self._after_departure(self.book.end(key), "room_ended")
-        self._departed(key, len(members), members, True)
+        self._departed(key, before, members, True)
         self.on_room_ended(key)
 
     # -- one-shot players: beeps and announcements ------------------------------------------

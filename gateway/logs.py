@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -38,6 +40,20 @@ class KeyValueFormatter(logging.Formatter):
         return line
 
 
+class QuietBadRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a request line over 8190 bytes, a malformed
+    header) at ERROR with the parser's traceback. Hostile input is normal input for a server
+    on a network: one WARNING line with the reason is the event (`http.bad_request`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args, record.exc_info = "http.bad_request", (), None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.reason = (exc.message or type(exc).__name__)[:200]
+        return True
+
+
 def setup(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
@@ -45,3 +61,4 @@ def setup(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())

@@ -140,3 +140,39 @@ async def test_members_and_hostile_names(store: ClusterStore) -> None:
     assert await store.rooms_named("room-1") == [KEY]
     await store.remove_member(KEY, "call_1")
     assert await store.members(KEY) == {}
+
+
+async def test_a_rooms_status_url_is_shared_and_ends_with_its_last_member(
+    store: ClusterStore,
+) -> None:
+    """The first status_url given on any node is the room's; the last member's leave (on
+    any node) takes it, once; a room whose members were all on nodes that died is a new
+    room for the next caller (their status_url is not inherited)."""
+    await store.heartbeat("a", 30, "a:1", "http://a", 0, 0.0)
+    await store.heartbeat("b", 30, "b:1", "http://b", 0, 0.0)
+    got = await store.join(KEY, "call_1", "a", "http://hook/1", "app_1")
+    assert (got.url, got.app_id, got.first, got.others) == ("http://hook/1", "app_1", True, 0)
+    got = await store.join(KEY, "call_2", "b", "http://hook/2", "app_2")  # not the first
+    assert (got.url, got.app_id, got.first, got.others) == ("http://hook/1", "app_1", False, 1)
+    got = await store.join(KEY, "call_3", "b", None, "")
+    assert (got.url, got.first, got.others) == ("http://hook/1", False, 1)
+    assert (await store.leave(KEY, "call_2", "b")).first is False
+    left = await store.leave(KEY, "call_1", "a")
+    assert (left.first, left.others) == (False, 1)
+    last = await store.leave(KEY, "call_3", "b")
+    assert (last.first, last.url, last.app_id) == (True, "http://hook/1", "app_1")
+    assert (await store.leave(KEY, "call_3", "b")).first is False  # once
+    # A room without a status_url: no room-wide events, whoever leaves last.
+    got = await store.join(KEY, "call_4", "a", None, "")
+    assert (got.url, got.first) == (None, False)
+    assert (await store.leave(KEY, "call_4", "a")).first is False
+    # Members (and a status_url) left by a node that died: not inherited by a new room.
+    await store.join(KEY, "call_5", "dead", "http://hook/old", "app_1")
+    got = await store.join(KEY, "call_6", "a", "http://hook/new", "app_1")
+    assert (got.url, got.first, got.others) == ("http://hook/new", True, 0)
+    assert await store.members(KEY) == {"call_6": "a"}
+    # Crafted call ids and urls are stored as given, under the room's own keys only.
+    odd = "call_" + "\u00e9" * 64 + "'; redis.call('FLUSHALL') --"
+    got = await store.join(KEY, odd, "a", "http://hook/" + "x" * 4000, "app_1")
+    assert got.others == 0 and odd in await store.members(KEY)
+    assert await store.get_claim(RoomKey("cust_1", "other")) is None

@@ -7,10 +7,11 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -47,6 +48,7 @@ from gateway.strict import ValidationError
 from media.rooms import MemberOptions, RoomKey
 from sip.events import DtmfDigit, IncomingCall
 from tests.fakes import Fakes
+from tests.harness import AppServer, GatewayProc, app_config
 from tests.httpkit import Server, in_pieces, serve, wav_bytes, wav_seconds
 
 LOOPBACK = AddressPolicy.from_config(["127.0.0.0/8"])
@@ -507,3 +509,28 @@ def test_allow_private_on_the_command_line() -> None:
     assert cli.build_config(cli._parser().parse_args(base)).hooks.allow_private == ()
     with pytest.raises(ConfigError, match="--allow-private"):
         cli.build_config(cli._parser().parse_args([*base, "--allow-private", "http://x/"]))
+
+
+@pytest.mark.sip
+async def test_requests_the_http_parser_refuses_get_400_and_one_log_line(
+    app: AppServer, gateway_factory: Callable[..., Awaitable[GatewayProc]]
+) -> None:
+    """A request line or header past aiohttp's limits (8190 bytes) and a malformed request
+    line get 400; the gateway logs one `http.bad_request` line each, no traceback (the
+    conftest fails the test on one), and keeps serving."""
+    gw = await gateway_factory([app_config(app)])
+    hostile = [b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+               b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
+               b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\x00: 1\r\n\r\n",
+               b"GET /healthz HTTP/9.9.9\r\n\r\n"]
+    for raw in hostile:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.http_port)
+        writer.write(raw)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert re.match(rb"HTTP/1\.[01] 400 ", status_line), (raw[:40], status_line)
+    async with aiohttp.ClientSession() as s, s.get(gw.http + "/healthz") as r:
+        assert r.status == 200
+    log = gw.log()
+    assert log.count("http.bad_request") >= 3, log[-3000:]

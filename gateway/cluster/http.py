@@ -8,6 +8,10 @@
   handful of nodes answer as cheaply.)
 
 - `GET /v1/conferences`: every node's rooms, merged by room, each participant with `node`.
+- `GET /v1/calls`: every live node's calls (the same query, forwarded to all at once),
+  each with `node`; bounded in time, bytes per node and calls merged.
+- Recordings: started by the room's owner (its mix has every node's callers); stopped,
+  described and downloaded (streamed through) from the node that has the recording.
 - Steering from any node (the `steer` middleware): PATCH and DELETE of a participant go to
   the node that has the participant (Redis: members); `DELETE /v1/calls/{id}` to the node
   that has the call (asked in turn); `DELETE /v1/conferences/{room}` to every node with
@@ -27,6 +31,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -245,6 +250,21 @@ async def list_view(request: web.Request) -> web.Response:
 SCOPE_HEADER = "X-MiniVoice-Scope"
 STAMP_HEADER = "X-MiniVoice-Stamp"
 FORWARD_WINDOW_S = 30  # a signed forward is accepted this long (clocks of one site agree)
+MIB = 1024 * 1024
+# Another node's answer to a forward is read up to this size (a live call list of ~1,200
+# calls with full timelines is a few MiB); beyond, the node counts as not answering.
+MAX_ANSWER_BYTES = 32 * MIB
+LIST_TIMEOUT_S = 5.0  # a node's part of GET /v1/calls (the other forwards: 2 s)
+# Starting and stopping a recording: a stop answers once the file is complete (up to 2 s
+# waiting for pjmedia), so a 2 s forward could give up on a recording that did stop.
+RECORDING_TIMEOUT_S = 10.0
+MAX_MERGED_CALLS = 10_000  # calls in one cluster-wide list; beyond: "truncated": true
+# A recording's audio streamed from the node that has the file: no total timeout (an hour
+# is ~58 MB at 8 kHz), but a node that stops sending for this long ends the download.
+AUDIO_READ_TIMEOUT_S = 10.0
+AUDIO_HEADERS_IN = ("Range", "If-Range", "If-Modified-Since", "If-None-Match")
+AUDIO_HEADERS_OUT = ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges",
+                     "Last-Modified", "ETag")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -285,38 +305,75 @@ async def forwarded_scope(request: web.Request) -> tuple[bool, str | None]:
     raise api.ApiError(403, "forbidden", "bad cluster scope")
 
 
-async def _forward(request: web.Request, base: str, key: RoomKey | None = None
-                   ) -> web.Response | None:
-    """Send this /v1 request to another node as this caller; its answer, or None if the
-    node could not be reached. An admin's room request names the customer, so the other
-    node cannot pick another customer's room of the same name."""
-    app = request.app
-    node = app[NODE]
-    scope = request[api.SCOPE]
-    url = request.rel_url
-    if key is not None and scope[0]:
-        url = url.update_query(customer_id=key.customer_id)
-    path_qs = str(url)
-    body = await request.read()
+def _signed_headers(request: web.Request, path_qs: str, body: bytes) -> dict[str, str]:
+    """The headers of a forward of `request` to another node's `path_qs`, as this caller."""
+    node = request.app[NODE]
     stamp = str(int(time.time()))
-    scope_text = _scope_text(scope)
-    headers = {api.FORWARDED_HEADER: _forward_mac(node.cfg.secret, request.method, path_qs,
-                                                  scope_text, stamp, body),
-               SCOPE_HEADER: scope_text, STAMP_HEADER: stamp}
+    scope_text = _scope_text(request[api.SCOPE])
+    return {api.FORWARDED_HEADER: _forward_mac(node.cfg.secret, request.method, path_qs,
+                                               scope_text, stamp, body),
+            SCOPE_HEADER: scope_text, STAMP_HEADER: stamp}
+
+
+def _path_qs(request: web.Request, key: RoomKey | None) -> str:
+    url = request.rel_url
+    if key is not None and request[api.SCOPE][0]:
+        url = url.update_query(customer_id=key.customer_id)
+    return str(url)
+
+
+class _TooBig(Exception):
+    pass
+
+
+async def _read_capped(r: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body of another node's answer, at most `limit` bytes (_TooBig beyond)."""
+    got = bytearray()
+    async for chunk in r.content.iter_chunked(64 * 1024):
+        got += chunk
+        if len(got) > limit:
+            raise _TooBig()
+    return bytes(got)
+
+
+async def _send(request: web.Request, base: str, key: RoomKey | None = None, *,
+                timeout: float | None = None, limit: int = MAX_ANSWER_BYTES
+                ) -> tuple[int, str, bytes] | None:
+    """Send this /v1 request to another node as this caller: (status, content type,
+    body), or None if the node could not be reached in time or answered more than
+    `limit` bytes. An admin's room request names the customer, so the other node cannot
+    pick another customer's room of the same name."""
+    app = request.app
+    path_qs = _path_qs(request, key)
+    body = await request.read()
+    headers = _signed_headers(request, path_qs, body)
     if body:
         headers["Content-Type"] = request.headers.get("Content-Type", "application/json")
+    extra: dict[str, Any] = {} if timeout is None else {
+        "timeout": aiohttp.ClientTimeout(total=timeout)}
     try:
         async with app[CLIENT].request(request.method, URL(base + path_qs, encoded=True),
-                                       data=body, headers=headers) as r:
-            payload = await r.read()
+                                       data=body, headers=headers, **extra) as r:
+            payload = await _read_capped(r, limit)
             log.info("cluster.forward", extra={"path": request.path, "to": base,
                                                "status": r.status})
-            return web.Response(status=r.status, body=payload or None,
-                                content_type=r.content_type if payload else None)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+            return r.status, r.content_type, payload
+    except (aiohttp.ClientError, TimeoutError, _TooBig) as exc:
         log.warning("cluster.forward_failed", extra={"path": request.path, "to": base,
-                                                     "error": str(exc)})
+                                                     "error": str(exc) or type(exc).__name__})
         return None
+
+
+async def _forward(request: web.Request, base: str, key: RoomKey | None = None,
+                   timeout: float | None = None) -> web.Response | None:
+    """This /v1 request carried out by another node: its answer unchanged, or None if the
+    node could not be reached."""
+    got = await _send(request, base, key, timeout=timeout)
+    if got is None:
+        return None
+    status, content_type, payload = got
+    return web.Response(status=status, body=payload or None,
+                        content_type=content_type if payload else None)
 
 
 async def _local_or_404(request: web.Request, handler: Handler) -> web.StreamResponse | None:
@@ -399,6 +456,162 @@ async def _hang_up(request: web.Request, handler: Handler) -> web.StreamResponse
     return await handler(request)
 
 
+async def _list_calls(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """GET /v1/calls across the cluster: this node's answer (which checks the query), then
+    every other live node's, asked at once with the same query and scope; each call with
+    its `node`. Ended calls: the newest `limit` of all of them."""
+    node = request.app[NODE]
+    here = await handler(request)
+    body = here.body if isinstance(here, web.Response) else None
+    if here.status != 200 or not isinstance(body, bytes | bytearray):
+        return here
+    calls = [c | {"node": node.me} for c in json.loads(body)["calls"]]
+    partial = truncated = False
+    try:
+        live = await node.store.nodes()
+    except Exception:  # Redis down: this node's calls are what we know
+        live, partial = {}, True
+    others = sorted(n for n in live if n != node.me)
+    asked = await asyncio.gather(*(_send(request, live[n].http, timeout=LIST_TIMEOUT_S)
+                                   for n in others))
+    for n, got in zip(others, asked, strict=True):
+        part = None
+        if got is not None and got[0] == 200:
+            with contextlib.suppress(ValueError, RecursionError):
+                answer = json.loads(got[2])
+                part = answer.get("calls") if isinstance(answer, dict) else None
+        if not isinstance(part, list):
+            partial = True
+            continue
+        calls.extend(c | {"node": n} for c in part if isinstance(c, dict))
+    if request.query.get("state") == "ended":
+        calls.sort(key=lambda c: str(c.get("ended_at") or ""), reverse=True)
+        calls = calls[:int(request.query.get("limit", "50"))]
+    if len(calls) > MAX_MERGED_CALLS:
+        calls, truncated = calls[:MAX_MERGED_CALLS], True
+    return web.json_response({"calls": calls, **({"partial": True} if partial else {}),
+                              **({"truncated": True} if truncated else {})})
+
+
+async def _start_recording(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Recording a room: by its owner, whose mix has every node's callers (the other
+    nodes' come in on their cascade legs). A non-owner's recording would miss the callers
+    of the nodes it has no leg to, so an owner that does not answer is a 502."""
+    node = request.app[NODE]
+    key = await _room_key(request)
+    try:
+        claim = await node.store.get_claim(key)
+        live = await node.store.nodes() if claim is not None and claim.owner != node.me \
+            else {}
+    except Exception:
+        claim, live = None, {}
+    if claim is not None and claim.owner in live:
+        got = await _forward(request, live[claim.owner].http, key,
+                             timeout=RECORDING_TIMEOUT_S)
+        if got is not None:
+            return got
+        raise api.ApiError(502, "node_unreachable",
+                           f"node {claim.owner} (the room's owner) did not answer")
+    return await handler(request)
+
+
+async def _on_the_node_that_has_it(request: web.Request, handler: Handler
+                                   ) -> web.StreamResponse:
+    """A recording's metadata, or its stop: this node's answer if it has the recording,
+    else the first other live node's that does not answer 404 (recordings are found by
+    id only: a room's owner may have changed since one started). A 404 only if every
+    node answered: one that did not may have it (502)."""
+    here = await _local_or_404(request, handler)
+    if here is not None:
+        return here
+    node = request.app[NODE]
+    try:
+        live = await node.store.nodes()
+    except Exception:
+        live = {}
+    silent = []
+    for n, info in sorted(live.items()):
+        if n != node.me:
+            got = await _forward(request, info.http, timeout=RECORDING_TIMEOUT_S)
+            if got is None:
+                silent.append(n)
+            elif got.status != 404:
+                return got
+    _unreachable(silent)
+    return await handler(request)
+
+
+def _unreachable(silent: list[str]) -> None:
+    if silent:
+        raise api.ApiError(502, "node_unreachable",
+                           f"node {silent[0]} did not answer (it may have the recording)")
+
+
+async def _recording_audio(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A recording's WAV file from the node that wrote it, streamed through (Range and
+    conditional requests passed on, their answers passed back)."""
+    here = await _local_or_404(request, handler)
+    if here is not None:
+        return here
+    node = request.app[NODE]
+    try:
+        live = await node.store.nodes()
+    except Exception:
+        live = {}
+    silent = []
+    for n, info in sorted(live.items()):
+        if n != node.me:
+            got = await _stream_from(request, info.http)
+            if got is None:
+                silent.append(n)
+            elif got is not NOT_THERE:
+                return got
+    _unreachable(silent)
+    return await handler(request)
+
+
+NOT_THERE = web.Response(status=404)  # _stream_from: that node answered 404
+
+
+async def _stream_from(request: web.Request, base: str) -> web.StreamResponse | None:
+    """GET this request's path from another node and stream its answer to our caller;
+    NOT_THERE if that node does not have it (404), None if it cannot be reached."""
+    path_qs = _path_qs(request, None)
+    headers = _signed_headers(request, path_qs, b"")
+    headers.update({h: request.headers[h] for h in AUDIO_HEADERS_IN if h in request.headers})
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=2.0,
+                                    sock_read=AUDIO_READ_TIMEOUT_S)
+    resp: web.StreamResponse | None = None
+    try:
+        async with request.app[CLIENT].get(URL(base + path_qs, encoded=True),
+                                           headers=headers, timeout=timeout) as r:
+            if r.status == 404:
+                return NOT_THERE
+            if r.status not in (200, 206):  # an error, a 304 or a 416: small, passed on
+                payload = await _read_capped(r, MIB)
+                return web.Response(status=r.status, body=payload or None, headers={
+                    h: r.headers[h] for h in AUDIO_HEADERS_OUT
+                    if h in r.headers and h != "Content-Length"})
+            resp = web.StreamResponse(status=r.status, headers={
+                h: r.headers[h] for h in AUDIO_HEADERS_OUT if h in r.headers})
+            await resp.prepare(request)
+            async for chunk in r.content.iter_chunked(64 * 1024):
+                await resp.write(chunk)
+            log.info("cluster.forward", extra={"path": request.path, "to": base,
+                                               "status": r.status})
+            return resp
+    except (aiohttp.ClientError, TimeoutError, _TooBig) as exc:
+        log.warning("cluster.forward_failed", extra={"path": request.path, "to": base,
+                                                     "error": str(exc) or type(exc).__name__})
+        if resp is None:
+            return None
+        # Part of the file is sent already: cut the connection, so that the client sees a
+        # short download rather than a complete-looking one.
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+
+
 STEERED: dict[tuple[str, str], Callable[[web.Request, Handler],
                                         Awaitable[web.StreamResponse]]] = {
     ("PATCH", "/v1/conferences/{room}/participants/{call_id}"): _participant,
@@ -406,6 +619,11 @@ STEERED: dict[tuple[str, str], Callable[[web.Request, Handler],
     ("DELETE", "/v1/conferences/{room}"): _end_room,
     ("POST", "/v1/conferences/{room}/announcements"): _announce,
     ("DELETE", "/v1/calls/{call_id}"): _hang_up,
+    ("GET", "/v1/calls"): _list_calls,
+    ("POST", "/v1/conferences/{room}/recordings"): _start_recording,
+    ("DELETE", "/v1/conferences/{room}/recordings/{recording_id}"): _on_the_node_that_has_it,
+    ("GET", "/v1/recordings/{recording_id}"): _on_the_node_that_has_it,
+    ("GET", "/v1/recordings/{recording_id}/audio"): _recording_audio,
 }
 
 

@@ -20,7 +20,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -45,7 +45,7 @@ from gateway.cluster.ownership import (
 )
 from gateway.cluster.reconcile import LostCalls
 from gateway.cluster.redis_store import ClusterStore
-from gateway.conferences import Conferences
+from gateway.conferences import Conferences, StatusHook
 from gateway.config import Application
 from media.rooms import MemberOptions, RoomKey
 from sip import commands as cmd
@@ -59,6 +59,10 @@ INTERNAL_APP_ID = "app_cluster"
 
 # How a cascade leg (another node's share of the room) joins: always mixed, never beeps.
 CASCADE = MemberOptions(always_source=True)
+# A joining caller waits this long for Redis (its member entry and the room's shared
+# status_url); past it the join goes on with what this node knows, and the write finishes
+# (or fails) behind it.
+JOIN_REDIS_WAIT_S = 0.5
 
 
 @dataclass
@@ -73,6 +77,9 @@ class RoomState:
     # The owner of the newest claim seen for the room (None: none seen). An Adopt while it
     # names another node is a change of owner, which the room's status_url hears about.
     last_owner: str | None = None
+    # Members of the room on other nodes, as of our last join or leave (room events'
+    # `participants` count them).
+    others: int = 0
 
     def local(self, hold_off: bool = False) -> Local:
         return Local(callers=len(self.callers), inbound_legs=len(self.inbound),
@@ -106,6 +113,13 @@ class ClusterNode:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Room events once per room, not once per node (docs/api.md, Conference events).
+        conferences.room_wide_events_here = False
+        conferences.remote_count = self._others
+
+    def _others(self, key: RoomKey) -> int:
+        st = self.rooms.get(key)
+        return st.others if st is not None else 0
 
     # -- life ------------------------------------------------------------------------------
     async def ctx(self, app: web.Application) -> AsyncIterator[None]:
@@ -152,11 +166,30 @@ class ClusterNode:
 
     # -- the rooms service (gateway.call.services.Rooms) -----------------------------------
     async def join(self, key: RoomKey, call_id: str, *args: Any, **options: Any) -> str:
-        """Conferences.join, with the room made cluster-wide; its options pass through."""
+        """Conferences.join, with the room made cluster-wide; its options pass through.
+        The room's status_url is shared through Redis (the first one given on any node),
+        so that every node sends its own participants' events there; conference.started is
+        sent by the node whose caller created the room, conference.ended by the node whose
+        caller was the last to leave it (decided atomically in Redis)."""
         st = self.rooms.setdefault(key, RoomState())
         st.callers.add(call_id)
-        added = self._spawn(self._redis_quiet(self.store.add_member(key, call_id, self.me)))
+        status = options.get("status")
+        fresh = key not in self.conferences.book.rooms
+        added = self._spawn(self.store.join(
+            key, call_id, self.me, status.url if isinstance(status, StatusHook) else None,
+            status.app_id if isinstance(status, StatusHook) else ""))
         self.kick(key)
+        done, _ = await asyncio.wait({added}, timeout=JOIN_REDIS_WAIT_S)
+        if added in done and added.exception() is None:
+            got = added.result()
+            st.others = got.others
+            if got.url is not None and got.app_id is not None:
+                hook = StatusHook(got.url, got.app_id)
+                options["status"] = hook
+                if got.first and fresh and got.others == 0:
+                    self.conferences.notify_room(key, "conference.started", hook, 1)
+        elif added in done:
+            self._redis_down(cast(Exception, added.exception()))
         try:
             return await self.conferences.join(key, call_id, *args, **options)
         finally:
@@ -168,7 +201,17 @@ class ClusterNode:
                              ) -> None:
         with contextlib.suppress(Exception):  # after the add: a quick leave cannot overtake it
             await added
-        await self._redis_quiet(self.store.remove_member(key, call_id))
+        try:
+            got = await self.store.leave(key, call_id, self.me)
+        except Exception as exc:  # Redis down: republished when it is back (heartbeat)
+            self._redis_down(exc)
+            return
+        st = self.rooms.get(key)
+        if st is not None:
+            st.others = got.others
+        if got.first and got.url is not None and got.app_id is not None:
+            self.conferences.notify_room(key, "conference.ended",
+                                         StatusHook(got.url, got.app_id), 0)
 
     def is_cascade_leg(self, call_id: str) -> bool:
         return any(call_id in st.inbound or (st.bridge_leg is not None
@@ -227,8 +270,11 @@ class ClusterNode:
             self.lost.resync = True
             self.lost.fence = True  # were we taken for dead? (our record had expired)
             for key, st in list(self.rooms.items()):
+                hook = self.conferences.status.get(key)  # the room's status_url, shared
                 for cid in list(st.callers):
-                    await self._redis_quiet(self.store.add_member(key, cid, self.me))
+                    await self._redis_quiet(self.store.join(
+                        key, cid, self.me, hook.url if hook else None,
+                        hook.app_id if hook else ""))
             if not self.redis_ok:
                 log.info("cluster.redis_back", extra={"node": self.me})
             # Even a restart quicker than a tick (no failed command seen) shows here, as our

@@ -9,6 +9,7 @@ Keys (customer ids are percent-encoded, so a ':' in one cannot alias another's k
     mv:epoch:{customer}/{room}     int   the last epoch given out     TTL 1 day
     mv:members:{customer}/{room}   hash  call id -> node
     mv:rooms                       set   {customer}/{room} of rooms with a claim
+    mv:status:{customer}/{room}    hash  url, app: the room's status_url  TTL 1 day, per join
     mv:calls:{node}                hash  call id -> the live call's record  TTL 7 days
     mv:seen:{node}                 str   unix time the node last wrote them TTL 7 days
     mv:callnodes                   set   node ids that have call records
@@ -150,6 +151,64 @@ class Take:
     pairs: tuple[tuple[Any, Any], ...] = ()
 
 
+# KEYS: members, status. ARGV: call id, node, status url ('' for none), its app id, ttl ms,
+# the node records' key prefix. A caller joins: its member entry, and the room's
+# status_url, the first one given anywhere (created = 1 for the join that set it). A room
+# with no member on a live node is a new room: the members and status_url left by nodes
+# that died are dropped first (else a new room of the same name would inherit them). Reads
+# the node records (mv:node:*) by name: one Redis, not Redis Cluster. Returns url, app id
+# (false: none), created, and how many members other nodes have.
+_JOIN = """
+local old = redis.call('HGETALL', KEYS[1])
+local live = false
+for i = 2, #old, 2 do
+  if old[i] == ARGV[2] or redis.call('EXISTS', ARGV[6] .. old[i]) == 1 then live = true end
+end
+if not live then
+  redis.call('DEL', KEYS[1], KEYS[2])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local created = 0
+if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('HSET', KEYS[2], 'url', ARGV[3], 'app', ARGV[4])
+  created = 1
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+local hook = redis.call('HMGET', KEYS[2], 'url', 'app')
+local others = 0
+local all = redis.call('HVALS', KEYS[1])
+for i = 1, #all do if all[i] ~= ARGV[2] then others = others + 1 end end
+return {hook[1], hook[2], created, others}
+"""
+
+# KEYS: members, status. ARGV: call id, node. A caller leaves; if it was the room's last
+# member on any node, the room's status_url is taken (deleted) by this leave, so that
+# exactly one node sends conference.ended. Returns ended (1/0), url, app id, others.
+_LEAVE = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+local all = redis.call('HVALS', KEYS[1])
+if #all == 0 then
+  local hook = redis.call('HMGET', KEYS[2], 'url', 'app')
+  if redis.call('DEL', KEYS[2]) == 1 then return {1, hook[1], hook[2], 0} end
+  return {0, false, false, 0}
+end
+local others = 0
+for i = 1, #all do if all[i] ~= ARGV[2] then others = others + 1 end end
+return {0, false, false, others}
+"""
+
+
+@dataclass(frozen=True)
+class RoomHook:
+    """The room's status_url as Redis has it (url None: none), and the members of other
+    nodes after a join or leave."""
+
+    url: str | None
+    app_id: str | None
+    first: bool  # this join set the status_url / this leave ended the room cluster-wide
+    others: int
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     node: str
@@ -174,6 +233,8 @@ class ClusterStore:
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
         self._heartbeat = self.redis.register_script(_HEARTBEAT)
+        self._join = self.redis.register_script(_JOIN)
+        self._leave = self.redis.register_script(_LEAVE)
         self._take = self.redis.register_script(_TAKE)
         self._mark = self.redis.register_script(_MARK)
 
@@ -248,6 +309,25 @@ class ClusterStore:
     # -- members -----------------------------------------------------------------------
     async def add_member(self, key: RoomKey, call_id: str, node: str) -> None:
         await self.redis.hset(self._members(key), call_id, node)  # type: ignore[misc]
+
+    def _status(self, key: RoomKey) -> str:
+        return f"{self.p}:status:{encode_room(key)}"
+
+    async def join(self, key: RoomKey, call_id: str, node: str, url: str | None,
+                   app_id: str) -> RoomHook:
+        """add_member, and the room's status_url shared (the first one given wins)."""
+        got = await self._join(keys=[self._members(key), self._status(key)],
+                               args=[call_id, node, url or "", app_id, EPOCH_TTL_MS,
+                                     f"{self.p}:node:"])
+        return RoomHook(_s(got[0]) if got[0] else None, _s(got[1]) if got[1] else None,
+                        int(got[2]) == 1, int(got[3]))
+
+    async def leave(self, key: RoomKey, call_id: str, node: str) -> RoomHook:
+        """remove_member; `first`: this was the room's last member on any node."""
+        got = await self._leave(keys=[self._members(key), self._status(key)],
+                                args=[call_id, node])
+        return RoomHook(_s(got[1]) if got[1] else None, _s(got[2]) if got[2] else None,
+                        int(got[0]) == 1, int(got[3]))
 
     async def remove_member(self, key: RoomKey, call_id: str) -> None:
         await self.redis.hdel(self._members(key), call_id)  # type: ignore[misc]
