@@ -8,7 +8,9 @@ Phases, each on a fresh gateway process (so one phase's leftovers never bias ano
    capacity, set-up latency at the stated call rate, CPU per leg-second, RSS per leg;
 2. mixer delay: tone bursts in at one probe leg, timed out of another (bench/audio.py);
 3. big rooms: one room of N probe legs, every one checked for audio (bench/audio.py);
-4. ratio: the same SIPp load on the gateway and on pjproject's own pjsua app of the same
+4. setup: set-up latency at 100 calls/s with answer_url and event_url served by a separate
+   process (the setup mode's measurement, bench/setuplatency.py);
+5. ratio: the same SIPp load on the gateway and on pjproject's own pjsua app of the same
    build, one after the other: gateway CPU per leg-second over pjsua's (bench/ratio.py).
 Writes bench/results/<stamp>.json and the generated block of BENCHMARKS.md.
 
@@ -94,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--floor-build", type=Path, action="append", default=[],
                    help="ratio phase: another build's pjsua to compare with (repeatable), "
                         "e.g. one without sip/build/patches")
-    p.add_argument("--only", choices=["ramp", "delay", "room", "ratio", "compare"],
+    p.add_argument("--setup-rate", type=float, default=100.0,
+                   help="the full run's setup phase: calls per second (100)")
+    p.add_argument("--only", choices=["ramp", "delay", "room", "setup", "ratio", "compare"],
                    action="append",
                    help="run only these phases (repeatable); cluster mode: compare, ramp, "
                         "delay")
@@ -272,7 +276,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     rooms_to_try = args.big_room or ([50] if quick else [500, 1000])
     bursts = args.bursts or (5 if quick else 10)
-    phases = set(args.only or ["ramp", "delay", "room", "ratio"])
+    phases = set(args.only or ["ramp", "delay", "room", "setup", "ratio"])
     work = Path(tempfile.mkdtemp(prefix="minivoice-bench-"))
     result: dict[str, Any] = {"mode": "quick" if quick else "full", "label": args.label,
                               "plan": asdict(plan), "workdir": str(work),
@@ -334,6 +338,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 result[f"room_{n}_gateway"] = await _stop(gw)
             if not audit.ok:
                 break
+
+    if "setup" in phases:
+        # The set-up latency target's own conditions: 100 calls/s, answer_url and event_url
+        # served by a separate process (its CPU is not the gateway's), calls held with RTP.
+        setup_args = argparse.Namespace(**{**vars(args), "rate": args.setup_rate,
+                                           "duration": 3.0 if quick else args.duration,
+                                           "hold": 3.0 if quick else args.hold})
+        setup_stopped: dict[str, Any] = {}
+        await _setup_mode(setup_args, work, tone, result, setup_stopped)
 
     if "ratio" in phases:
         result["ratio"] = await ratio.run(
@@ -399,6 +412,8 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         rows.append({"measure": "Largest single room with audio to every participant",
                      "target": f">= {t['big_room']} (stretch {t['big_room_stretch']})",
                      "result": f"{best} (tried {tried})", "met": best >= t["big_room"]})
+    if r.get("setup"):
+        rows += setuplatency.summary_rows(r)
     if r.get("ratio"):
         rows += ratio.summary_rows(r["ratio"], t["floor_ratio"])
     return {"rows": rows}

@@ -193,7 +193,7 @@ def markdown(result: dict[str, Any]) -> str:
         from bench import roomfeatures
 
         lines += roomfeatures.markdown_lines(result)
-    if result["mode"] == "setup":
+    if result["mode"] == "setup" or result.get("setup"):
         from bench import setuplatency
 
         lines += setuplatency.markdown_lines(result)

@@ -1,7 +1,8 @@
 """The benchmark harness at toy scale, so it cannot rot: every phase runs end to end.
 
-2 rooms x 3 SIPp callers, a mixer-delay probe, a room of 4 probe legs, 4 callers on the
-gateway and then on pjsua (the ratio phase). Only the harness's plumbing is asserted (calls
+2 rooms x 3 SIPp callers, a mixer-delay probe, a room of 4 probe legs, 5 calls set up with
+the answer_url in a separate process, 4 callers on the gateway and then on pjsua (the ratio
+phase). Only the harness's plumbing is asserted (calls
 answered, audio heard, numbers present), never a performance figure: this runs on loaded
 CI boxes.
 """
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.sip
 def test_bench_runs_end_to_end_at_toy_scale(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "bench", "--room-size", "3", "--rooms-per-step", "2",
            "--steps", "1", "--window", "2", "--bursts", "2", "--big-room", "4",
-           "--room-window", "2", "--rate", "20", "--ratio-legs", "4", "--no-markdown",
+           "--room-window", "2", "--rate", "20", "--ratio-legs", "4", "--setup-rate", "5",
+           "--duration", "1", "--hold", "2", "--no-markdown",
            "--label", "smoke",
            "--results-dir", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=110)
@@ -45,6 +47,10 @@ def test_bench_runs_end_to_end_at_toy_scale(tmp_path: Path) -> None:
     [room] = r["big_rooms"]
     assert room["participants"] == 4 and room["failed"] == 0, room
     assert room["heard_by"] == 4, room
+
+    setup = r["setup"]
+    assert setup["calls"] == 5 and setup["failed_calls"] == 0, setup
+    assert setup["setup_p99_ms"] >= setup["setup_p50_ms"] >= 0, setup
 
     gw, pjsua = r["ratio"]["servers"]
     assert gw["target"] == "gateway" and pjsua["target"] == "pjsua", r["ratio"]
