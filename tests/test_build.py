@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import sysconfig
@@ -38,7 +39,8 @@ def test_installed_pjsua2_is_ours() -> None:
     assert "pjproject=2." in info and "orig-Xpjproject" in info
     # the cap pjsua's default build has (PJSUA_MAX_CALLS = 4) is lifted by config_site.h
     config_site = (ROOT / "sip" / "build" / "config_site.h").read_text()
-    assert "#define PJSUA_MAX_CALLS              2000" in config_site
+    cap = re.search(r"#define PJSUA_MAX_CALLS\s+(\d+)", config_site)
+    assert cap is not None and int(cap.group(1)) >= 2000, cap
 
 
 def test_pjsua2_is_a_release_build() -> None:
