@@ -333,9 +333,22 @@ async def test_room_events_once_per_room_across_nodes(
     await asyncio.sleep(2.0)  # time for a duplicate to show up
     names = [n for n in status.names() if not n.startswith("participant.speaking")]
     print("room events", names)
-    assert names == ["conference.started", "participant.joined", "participant.joined",
-                     "participant.muted", "participant.held", "participant.unheld",
-                     "participant.left", "participant.left", "conference.ended"], names
+    # Each node sends its own participants' events, in order; across nodes the order is not
+    # guaranteed (docs/api.md), so the sequence is checked per participant, and the room's
+    # start and end frame the whole.
+    assert sorted(names) == sorted(["conference.started", "participant.joined",
+                                    "participant.joined", "participant.muted",
+                                    "participant.held", "participant.unheld",
+                                    "participant.left", "participant.left",
+                                    "conference.ended"]), names
+    assert names[0] == "conference.started" and names[-1] == "conference.ended", names
+
+    def of(call_id: str) -> list[str]:
+        return [e["event"] for e in status.events if (e["call"] or {}).get("id") == call_id
+                and not e["event"].startswith("participant.speaking")]
+    assert of(x_id) == ["participant.joined", "participant.held", "participant.unheld",
+                        "participant.left"], of(x_id)
+    assert of(y_id) == ["participant.joined", "participant.muted", "participant.left"], of(y_id)
     by = {(e["event"], (e["call"] or {}).get("id")): e["conference"]["participants"]
           for e in status.events}
     assert by[("participant.joined", x_id)] == 1 and by[("participant.joined", y_id)] == 2, by

@@ -212,3 +212,20 @@ async def test_a_leg_the_engine_refuses_ends_through_the_ledger() -> None:
     assert gw.calls.finished == [leg] and not gw.calls.live
     assert gw.outbox.names(leg.call_id) == ["call.initiated", "call.completed"]
     assert leg.ended.is_set()
+
+
+async def test_a_placed_call_runs_its_actions_once_answered_whatever_comes_first() -> None:
+    """The SIP thread can report a leg's media before its 200 OK's state change: the leg is
+    not "answered" (and nothing runs) until both have come, in either order."""
+    for first, second in (("media", "answered"), ("answered", "media")):
+        gw = Fakes()
+        leg = await dial(gw.services, APP, "sip:bob@192.0.2.1", "+1555", None)
+        flow = asyncio.create_task(leg.answered_or_ended())
+        events = {"media": ev.MediaReady(leg.call_id, "PCMU"),
+                  "answered": ev.CallAnswered(leg.call_id)}
+        leg.handle(events[first])
+        await asyncio.sleep(0.01)
+        assert not flow.done(), f"{first} alone counted as answered"
+        leg.handle(events[second])
+        await asyncio.wait_for(flow, 1)
+        assert leg.rec.status == "in-progress"

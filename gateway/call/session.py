@@ -59,6 +59,7 @@ class CallSession:
         self._background: set[asyncio.Task[None]] = set()
         self._status_url: str | None = None  # for the next room joined
         self._media_ready = asyncio.Event()
+        self._answered = asyncio.Event()
         self.ended = asyncio.Event()
         self.digits: asyncio.Queue[str] = asyncio.Queue(services.limits.max_dtmf_queue)
         self._plays: dict[int, asyncio.Future[None]] = {}
@@ -336,12 +337,18 @@ class CallSession:
 
     # -- the leg as seen by the one that dialed it ---------------------------------------
     async def answered_or_ended(self) -> None:
-        media = asyncio.create_task(self._media_ready.wait())
+        """Until the far end has answered and its media is up, or the leg has ended. Both,
+        not either: the SIP thread can report the media before the 200 OK's state change,
+        and an answer_url asked in between was told the call was still ringing."""
+        async def answered_with_media() -> None:
+            await self._answered.wait()
+            await self._media_ready.wait()
+        ready = asyncio.create_task(answered_with_media())
         ended = asyncio.create_task(self.ended.wait())
         try:
-            await asyncio.wait({media, ended}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({ready, ended}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            media.cancel()
+            ready.cancel()
             ended.cancel()
 
     async def cancel_leg(self) -> None:
@@ -359,6 +366,7 @@ class CallSession:
 
     def on_answered(self, event: ev.CallAnswered | None = None) -> None:
         self.rec.answered(time.time())
+        self._answered.set()
         self.webhook("call.answered")
         self.services.calls.remember(self)  # the stored record now says answered
 
