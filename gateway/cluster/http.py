@@ -515,12 +515,16 @@ async def _start_recording(request: web.Request, handler: Handler) -> web.Stream
     return await handler(request)
 
 
-async def _on_the_node_that_has_it(request: web.Request, handler: Handler
-                                   ) -> web.StreamResponse:
-    """A recording's metadata, or its stop: this node's answer if it has the recording,
-    else the first other live node's that does not answer 404 (recordings are found by
-    id only: a room's owner may have changed since one started). A 404 only if every
-    node answered: one that did not may have it (502)."""
+# Asks one other node (by its HTTP base URL) for a recording: its answer, NOT_THERE if it
+# does not have it, None if it could not be reached.
+Ask = Callable[[str], Awaitable[web.StreamResponse | None]]
+
+
+async def _from_the_node_that_has_it(request: web.Request, handler: Handler, ask: Ask
+                                     ) -> web.StreamResponse:
+    """This node's answer if it has the recording, else the first other live node's that
+    has it (recordings are found by id only: a room's owner may have changed since one
+    started). A 404 only if every node answered: one that did not may have it (502)."""
     here = await _local_or_404(request, handler)
     if here is not None:
         return here
@@ -532,42 +536,31 @@ async def _on_the_node_that_has_it(request: web.Request, handler: Handler
     silent = []
     for n, info in sorted(live.items()):
         if n != node.me:
-            got = await _forward(request, info.http, timeout=RECORDING_TIMEOUT_S)
+            got = await ask(info.http)
             if got is None:
                 silent.append(n)
-            elif got.status != 404:
+            elif got is not NOT_THERE:
                 return got
-    _unreachable(silent)
-    return await handler(request)
-
-
-def _unreachable(silent: list[str]) -> None:
     if silent:
         raise api.ApiError(502, "node_unreachable",
                            f"node {silent[0]} did not answer (it may have the recording)")
+    return await handler(request)
+
+
+async def _on_the_node_that_has_it(request: web.Request, handler: Handler
+                                   ) -> web.StreamResponse:
+    """A recording's metadata, or its stop, from the node that has it."""
+    async def ask(base: str) -> web.StreamResponse | None:
+        got = await _forward(request, base, timeout=RECORDING_TIMEOUT_S)
+        return NOT_THERE if got is not None and got.status == 404 else got
+    return await _from_the_node_that_has_it(request, handler, ask)
 
 
 async def _recording_audio(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A recording's WAV file from the node that wrote it, streamed through (Range and
     conditional requests passed on, their answers passed back)."""
-    here = await _local_or_404(request, handler)
-    if here is not None:
-        return here
-    node = request.app[NODE]
-    try:
-        live = await node.store.nodes()
-    except Exception:
-        live = {}
-    silent = []
-    for n, info in sorted(live.items()):
-        if n != node.me:
-            got = await _stream_from(request, info.http)
-            if got is None:
-                silent.append(n)
-            elif got is not NOT_THERE:
-                return got
-    _unreachable(silent)
-    return await handler(request)
+    return await _from_the_node_that_has_it(request, handler,
+                                            lambda base: _stream_from(request, base))
 
 
 NOT_THERE = web.Response(status=404)  # _stream_from: that node answered 404
