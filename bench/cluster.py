@@ -53,7 +53,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bench import gateway, sipp
+from bench import gateway, procstat, sipp
 from bench.audio import mixer_delay, percentile
 from bench.gateway import Gateway, free_port
 from bench.load import HOLD_MS
@@ -166,13 +166,7 @@ class Redis:
     async def close(self) -> None:
         if self.client is not None:
             await self.client.aclose()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procstat.terminate(self.proc)
 
 
 @dataclass

@@ -9,6 +9,7 @@ says which thread it goes to (SIP/asyncio vs pjmedia's clock and I/O).
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,3 +98,15 @@ def write_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def terminate(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> int | None:
+    """SIGTERM a child process, SIGKILL it if it is still there after `grace_s`, reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -40,7 +40,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bench import sipp
+from bench import procstat, sipp
 from bench.audio import percentile
 from bench.gateway import CONFIG, ROOT, Gateway, free_port
 from bench.load import FIRST_ROOM
@@ -96,13 +96,7 @@ class AppProcess:
             return body
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procstat.terminate(self.proc)
         return self.proc.returncode
 
 

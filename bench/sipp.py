@@ -10,6 +10,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import procstat
+
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 # SIPp binds 4 media ports (audio and video RTP/RTCP) per process, from its -mp port. They sit
@@ -147,13 +149,7 @@ class Instance:
         return paths[0].read_text(errors="replace")[-2000:] if paths else ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procstat.terminate(self.proc)
 
 
 def start(workdir: Path, target: str, scenario_file: Path, inf: Path, *, calls: int,

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import gateway, report, sipp
+from bench import gateway, procstat, report, sipp
 from bench.procstat import Sample, Window
 
 log = logging.getLogger("bench.syscalls")
@@ -249,12 +249,7 @@ async def measure_pjsua(build: Build, work: Path, tone: Path,
     finally:
         if inst is not None:
             inst.stop()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        procstat.terminate(proc)
 
 
 def table(rows: list[Measured]) -> str:
