@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import wave
 from pathlib import Path
 
@@ -53,7 +54,9 @@ def write_beeps(directory: Path, rate: int) -> dict[str, Path]:
     for kind, freqs in (("enter", BEEP_ENTER_HZ), ("exit", BEEP_EXIT_HZ)):
         path = directory / f"beep-{kind}-{rate}.wav"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
+            # a name of this process's own: two processes sharing the directory each write
+            # a whole file and rename it (a shared ".tmp" was renamed away under the other)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
             write_wav(tmp, beep(freqs, rate), rate)
             tmp.replace(path)
         out[kind] = path

@@ -14,7 +14,8 @@ The file:
     gateway: {...}                  # the config every node shares (sip/http hosts,
                                     # applications, edge with `address:`, cluster.secret)
 
-Each node's config is `gateway` plus its own ports, database and cluster.node_id, written to
+Each node's config is `gateway` plus its own ports, database (in a directory of its own,
+<runtime_dir>/<node_id>/, with its media cache and recordings) and cluster.node_id, written to
 <runtime_dir>/<node_id>.yaml and checked before anything starts. The edge runs as
 `python -m gateway edge` with the first node's config and `edge.dispatch` listing every node.
 """
@@ -94,7 +95,9 @@ def node_configs(stack: Stack, source: str) -> dict[str, dict[str, Any]]:
         data = _merge(stack.gateway, {
             "sip": {"port": n.sip_port, "rtp_port_start": n.rtp_port_start},
             "http": {"port": n.http_port},
-            "database": str(run / f"{n.node_id}.db"),
+            # a directory per node: what lives beside the database (media-cache/ with its
+            # LRU eviction and the tone files written at start, recordings/) is per node
+            "database": str(run / n.node_id / f"{n.node_id}.db"),
             "cluster": {"node_id": n.node_id,
                         "redis_url": f"redis://127.0.0.1:{stack.redis.port}/0"},
             "edge": {"dispatch": dispatch},
