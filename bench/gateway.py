@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,18 +34,42 @@ CONFIG = ROOT / "configs" / "bench.yaml"
 log = logging.getLogger("bench.gateway")
 
 
+def _listen_ports() -> list[int]:
+    """Ports above the kernel's ephemeral range, in an order of this process's own.
+
+    A port the kernel handed out for a moment (bind to 0, close) is still ephemeral: any
+    outgoing connection may take it before the gateway binds it, and a CI run lost a gateway
+    to exactly that (EADDRINUSE on its HTTP port). Ports above ip_local_port_range are never
+    picked by the kernel, so only an explicit bind can collide, and the cycle below hands a
+    port out again only after every other one."""
+    high = 60999
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        high = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[1])
+    ports = list(range(high + 1, 65536))
+    if len(ports) < 1000:
+        return []  # no room above it on this machine: the kernel picks (the old way)
+    start = random.randrange(len(ports))
+    return ports[start:] + ports[:start]
+
+
+_LISTEN_PORTS = _listen_ports()
+_port_cycle = itertools.cycle(_LISTEN_PORTS)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free on UDP and TCP alike on `host` (SIP on UDP, HTTP on TCP)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((host, 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((host, port))
-                except OSError:
-                    continue
-            return port
+    """A port free on UDP and TCP alike on `host` (SIP on UDP, HTTP on TCP), outside the
+    kernel's ephemeral range."""
+    for _ in range(200):
+        port = next(_port_cycle) if _LISTEN_PORTS else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            try:
+                u.bind((host, port))
+                port = int(u.getsockname()[1])
+                t.bind((host, port))
+            except OSError:
+                continue
+        return port
     raise RuntimeError("no free port")
 
 

@@ -39,7 +39,7 @@ SECRET = "test-secret-123456"
 
 # RTP port blocks handed out to gateways and phonebanks. A gateway takes random ports in
 # [block, block + 1000) (rtp_port_range below): the last block ends below 32768, where Linux's
-# ephemeral ports (free_port(), clients) begin.
+# ephemeral ports (clients) begin; free_port() hands out ports above that range.
 _rtp_blocks = itertools.cycle(range(20000 + 200 * random.randrange(0, 30), 31700, 200))
 
 
