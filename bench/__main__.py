@@ -158,8 +158,9 @@ async def _cluster_mode(args: argparse.Namespace) -> dict[str, Any]:
         window_s=args.window or 10.0, settle_s=args.settle, bursts=args.bursts or 10,
         delay_rounds=args.rounds, phases=phases)
     result: dict[str, Any] = {"mode": "cluster", "label": args.label, "workdir": str(work),
-                              "gateway_log_level": args.log_level}
-    result["cluster"] = await cluster.run(work, plan, args.log_level)
+                              "gateway_log_level": args.log_level, "patch": args.patch}
+    result["cluster"] = await cluster.run(work, plan, args.log_level,
+                                          json.loads(args.patch) if args.patch else None)
     result["summary"] = summarize(result)
     return result
 

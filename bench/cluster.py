@@ -193,9 +193,11 @@ async def _stop_node(gw: Gateway) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def cluster_up(workdir: Path, log_level: str) -> AsyncIterator[Cluster]:
-    """Redis and two nodes; on the way out (also when cancelled) the nodes are stopped while
-    SIPp and the probes are still up (their BYEs are answered), then SIPp, then Redis."""
+async def cluster_up(workdir: Path, log_level: str,
+                     patch: dict[str, Any] | None = None) -> AsyncIterator[Cluster]:
+    """Redis and two nodes (`patch`: bench.patched's experiment, on both); on the way out
+    (also when cancelled) the nodes are stopped while SIPp and the probes are still up
+    (their BYEs are answered), then SIPp, then Redis."""
     redis = Redis(workdir)
     c = Cluster(redis, {}, {})
     try:
@@ -206,7 +208,7 @@ async def cluster_up(workdir: Path, log_level: str) -> AsyncIterator[Cluster]:
                 workdir / f"node-{name}", log_level=log_level,
                 sip_overrides={"rtp_port_start": start, "rtp_port_range": span},
                 sections={"cluster": {"node_id": name, "redis_url": redis.url,
-                                      "secret": SECRET}})
+                                      "secret": SECRET}}, patch=patch)
             _track(gw.proc, f"node {name}")
             c.nodes[name] = gw
             ua = ProbeUA(("127.0.0.1", gw.sip_port))
@@ -548,7 +550,8 @@ async def delay(c: Cluster, plan: ClusterPlan) -> dict[str, Any]:
             "bursts": {k: len(v) for k, v in runs.items()}}
 
 
-async def run(workdir: Path, plan: ClusterPlan, log_level: str) -> dict[str, Any]:
+async def run(workdir: Path, plan: ClusterPlan, log_level: str,
+              patch: dict[str, Any] | None = None) -> dict[str, Any]:
     """All phases, each on a fresh cluster. SIGINT, SIGTERM and SIGHUP cancel the run, so
     the `finally`s stop every process."""
     plan.check()
@@ -568,7 +571,7 @@ async def run(workdir: Path, plan: ClusterPlan, log_level: str) -> dict[str, Any
         for phase in plan.phases:
             log.info("cluster phase", extra={"phase": phase})
             d = workdir / phase
-            async with cluster_up(d, log_level) as c:
+            async with cluster_up(d, log_level, patch) as c:
                 out["node_command"] = c.nodes["a"].command
                 if phase == "compare":
                     out["compare"] = await compare(c, d, tones, plan)

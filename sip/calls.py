@@ -35,6 +35,31 @@ class Owner(Protocol):
 
 log = logging.getLogger("minivoice.sip")
 
+# The jitter buffer of a low-latency call (Answer/Dial.low_latency: a cluster's cascade leg,
+# node to node on a LAN), as pjsua2 StreamInfo fields in ms. pjmedia's default for every
+# other call is an adaptive buffer of 500 ms that never prefetches (jbInit 0) but keeps as
+# much as the last burst of packets brought: after a stall of either node's 20 ms bridge
+# clock it holds a packet or two more, sheds them one frame per ~2 s, and takes them on
+# again at the next stall. 40 ms of capacity (two 20 ms packets) bounds that: a packet
+# arriving when two wait pushes the oldest out, so a cascade leg adds at most one packet
+# time to the unavoidable wait for the receiving node's tick, and two packets swapping
+# order around that tick (two clocks nearly in phase) still cost nothing. 20 ms would drop
+# a packet at every such swap. No prefetch: after an underrun the next packet plays at
+# once. Replaced whole by bench.patched's `cascade_jb` (None: the adaptive default).
+LOW_LATENCY_JB: dict[str, int] | None = {"jbInit": 0, "jbMinPre": -1, "jbMaxPre": -1,
+                                         "jbMax": 40}
+
+
+def set_jitter_buffer(info: Any, settings: dict[str, int] | None) -> bool:
+    """Write `settings` into a stream's info before pjsua creates the stream (pjsua2
+    StreamInfo in Call.onStreamPreCreate; pjsua copies back only the jitter-buffer fields).
+    Whether anything was set."""
+    if not settings:
+        return False
+    for name, value in settings.items():
+        setattr(info, name, value)
+    return True
+
 
 class GatewayAccount(pj.Account):  # type: ignore[misc]
     def __init__(self, thread: Owner) -> None:
@@ -95,9 +120,13 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
         self.last_rx_change = 0.0
         self.quality = QualityTally()
         self.confirmed = False
+        # Set before the stream exists (answer, makeCall) and kept for the call's life, so a
+        # re-INVITE or UPDATE that re-creates the stream gets the same jitter buffer.
+        self.low_latency = False
 
     # -- commands ------------------------------------------------------------------
-    def answer_call(self, code: int) -> None:
+    def answer_call(self, code: int, low_latency: bool = False) -> None:
+        self.low_latency = self.low_latency or low_latency
         prm = pj.CallOpParam(True)
         prm.statusCode = code
         self.answer(prm)
@@ -151,6 +180,7 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
                     if not self.media_reported:
                         self.media_reported = True
                         codec = self.getStreamInfo(i).codecName
+                        self._log_jitter_buffer("media.ready", i, codec=codec)
                         self.thread.post(ev.MediaReady(self.call_id, codec))
                     return
         except Exception:
@@ -166,6 +196,12 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
             stat = self.getStreamStat(idx)
             codec = str(self.getStreamInfo(idx).codecName)
             rtcp = stat.rtcp
+            jb = stat.jbuf
+            log.info("stream.jitter_buffer", extra={
+                "call_id": self.call_id, "jitter_buffer": self._jb_kind(),
+                "jb_max_prefetch": int(jb.maxPrefetch), "avg_delay_ms": int(jb.avgDelayMsec),
+                "max_delay_ms": int(jb.maxDelayMsec), "lost": int(jb.lost),
+                "discard": int(jb.discard), "empty": int(jb.empty)})
             self.quality.add(StreamSample(
                 codec=codec,
                 rx_packets=int(rtcp.rxStat.pkt),
@@ -179,6 +215,33 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
             ))
         except Exception as exc:
             log.debug("stream stats unavailable",
+                      extra={"call_id": self.call_id, "error": f"{type(exc).__name__}"})
+
+    def onStreamPreCreate(self, prm: Any) -> None:
+        # Once per stream creation (answer, 200 OK, a re-INVITE or UPDATE re-creating it), on
+        # the SIP thread; never per frame. Nothing may escape into pjsua.
+        if not self.low_latency:
+            return
+        try:
+            if prm.streamInfo.type == pj.PJMEDIA_TYPE_AUDIO:
+                set_jitter_buffer(prm.streamInfo, LOW_LATENCY_JB)
+        except Exception:
+            log.exception("jitter buffer setting failed", extra={"call_id": self.call_id})
+
+    def _jb_kind(self) -> str:
+        return "low_latency" if self.low_latency and LOW_LATENCY_JB else "adaptive"
+
+    def _log_jitter_buffer(self, what: str, idx: int, **more: Any) -> None:
+        """One line with the stream's jitter buffer as pjmedia has it (read back from the
+        buffer, not from our settings)."""
+        try:
+            jb = self.getStreamStat(idx).jbuf
+            log.info(what, extra={"call_id": self.call_id, **more,
+                                  "jitter_buffer": self._jb_kind(),
+                                  "jb_min_prefetch": int(jb.minPrefetch),
+                                  "jb_max_prefetch": int(jb.maxPrefetch)})
+        except Exception as exc:
+            log.debug("jitter buffer state unavailable",
                       extra={"call_id": self.call_id, "error": f"{type(exc).__name__}"})
 
     def onCallRxOffer(self, prm: Any) -> None:

@@ -11,6 +11,10 @@ from media.rooms import Link, Player
 class Answer:
     call_id: str
     code: int = 200
+    # The call's audio stream gets the small jitter buffer (sip.calls.LOW_LATENCY_JB) instead
+    # of pjmedia's adaptive one: for a peer on the same LAN whose packets come at a steady
+    # 20 ms (a cluster's cascade leg), never for a phone.
+    low_latency: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class Dial:
     from_user: str = ""
     # Extra headers on the INVITE (a cluster's cascade leg: X-Room-Epoch and its MAC).
     headers: tuple[tuple[str, str], ...] = ()
+    # As Answer.low_latency.
+    low_latency: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@
 
 stdin, one JSON object per line:
     {"op": "call", "id": "a", "uri": "sip:1001@127.0.0.1:5060", "from": "+15550001",
-     "tone_hz": 440, "record": "/tmp/a.wav", "transport": "udp"}
+     "tone_hz": 440, "record": "/tmp/a.wav", "transport": "udp",
+     "headers": [["X-Name", "value"]]}   (headers: optional, extra INVITE headers)
     {"op": "hangup", "id": "a"}
     {"op": "dtmf", "id": "a", "digits": "1#", "method": "rfc4733" | "info"}
     {"op": "hold", "id": "a"}, {"op": "unhold", "id": "a"}   (re-INVITEs)
@@ -206,6 +207,10 @@ class Bank:
             if not c.get("account"):
                 # From per call, not one account per caller ID: pjsua has only 8 accounts.
                 prm.txOption.localUri = f"sip:{c.get('from', 'phonebank')}@127.0.0.1:{self.port}"
+            for name, value in c.get("headers") or ():
+                header = pj.SipHeader()
+                header.hName, header.hValue = name, value
+                prm.txOption.headers.append(header)
             phone.makeCall(uri, prm)
         elif op == "register":
             # A digest-authenticated account at a registrar (the SIP edge): it can then be

@@ -20,7 +20,8 @@ from sip.sipmsg import uri_user
 
 async def dial(services: Services, app: Application, uri: str, from_user: str,
                parent: CallSession | None,
-               headers: tuple[tuple[str, str], ...] = ()) -> CallSession:
+               headers: tuple[tuple[str, str], ...] = (),
+               low_latency: bool = False) -> CallSession:
     """Place the leg; it is live (in the ledger, call.initiated sent) when this returns.
     If the SIP stack refuses to even start it, it has already ended (outcome failed)."""
     call_id = new_call_id()
@@ -35,7 +36,8 @@ async def dial(services: Services, app: Application, uri: str, from_user: str,
     leg.note("dial", **({"parent_call_id": parent.call_id} if parent else {}), uri=uri)
     leg.webhook("call.initiated", sip)
     try:
-        await services.engine.send(cmd.Dial(call_id, uri, from_user, headers))
+        await services.engine.send(cmd.Dial(call_id, uri, from_user, headers,
+                                            low_latency=low_latency))
     except SipCommandError as exc:
         # No SIP dialog was created: the leg ends here, as the SIP thread would end it.
         rec.error = {"code": "dial_failed", "message": str(exc)}

@@ -199,10 +199,11 @@ class CallSession:
         await self.services.engine.send(cmd.Hangup(self.call_id, code, reason))
 
     # -- CallContext for actions -------------------------------------------------------
-    async def answer(self) -> None:
+    async def answer(self, low_latency: bool = False) -> None:
+        """`low_latency`: a cluster's cascade leg (cmd.Answer.low_latency)."""
         if not self._answer_sent:
             self._answer_sent = True
-            await self.services.engine.send(cmd.Answer(self.call_id))
+            await self.services.engine.send(cmd.Answer(self.call_id, low_latency=low_latency))
         await self._media_ready.wait()
 
     async def hangup(self, reason: str | None = None) -> None:
