@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="WARNING",
                    help="the gateway's --log-level (WARNING keeps logging off per-call paths)")
     p.add_argument("--conf-threads", type=int, help="sip.conf_threads for the gateway")
+    p.add_argument("--cascade-jitter-ms", type=int, default=None,
+                   help="cluster mode: the nodes' cluster.cascade_jitter_ms (default: adaptive)")
     p.add_argument("--patch", help="experiment: JSON for bench.patched (see its docstring)")
     p.add_argument("--pjsua2-dir", type=Path, help="experiment: another pjsua2 build to use")
     p.add_argument("--room-window", type=float, default=8.0,
@@ -156,7 +158,7 @@ async def _cluster_mode(args: argparse.Namespace) -> dict[str, Any]:
         rooms_per_step=args.rooms_per_step or 20, steps=args.steps or 6,
         compare_rooms=args.compare_rooms or 30, rate=args.rate,
         window_s=args.window or 10.0, settle_s=args.settle, bursts=args.bursts or 10,
-        delay_rounds=args.rounds, phases=phases)
+        delay_rounds=args.rounds, phases=phases, cascade_jitter_ms=args.cascade_jitter_ms)
     result: dict[str, Any] = {"mode": "cluster", "label": args.label, "workdir": str(work),
                               "gateway_log_level": args.log_level, "patch": args.patch}
     result["cluster"] = await cluster.run(work, plan, args.log_level,

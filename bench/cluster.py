@@ -111,6 +111,7 @@ class ClusterPlan:
     bursts: int = 10  # delay: bursts per measurement
     delay_rounds: int = 2  # delay: (one node, across nodes) pairs
     phases: tuple[str, ...] = ("compare", "ramp", "delay")
+    cascade_jitter_ms: int | None = None  # the nodes' cluster.cascade_jitter_ms
 
     def check(self) -> None:
         if not 1 <= self.remote < self.room_size:
@@ -193,8 +194,8 @@ async def _stop_node(gw: Gateway) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def cluster_up(workdir: Path, log_level: str,
-                     patch: dict[str, Any] | None = None) -> AsyncIterator[Cluster]:
+async def cluster_up(workdir: Path, log_level: str, patch: dict[str, Any] | None = None,
+                     cascade_jitter_ms: int | None = None) -> AsyncIterator[Cluster]:
     """Redis and two nodes (`patch`: bench.patched's experiment, on both); on the way out
     (also when cancelled) the nodes are stopped while SIPp and the probes are still up
     (their BYEs are answered), then SIPp, then Redis."""
@@ -208,7 +209,8 @@ async def cluster_up(workdir: Path, log_level: str,
                 workdir / f"node-{name}", log_level=log_level,
                 sip_overrides={"rtp_port_start": start, "rtp_port_range": span},
                 sections={"cluster": {"node_id": name, "redis_url": redis.url,
-                                      "secret": SECRET}}, patch=patch)
+                                      "secret": SECRET, "cascade_jitter_ms": cascade_jitter_ms}},
+                patch=patch)
             _track(gw.proc, f"node {name}")
             c.nodes[name] = gw
             ua = ProbeUA(("127.0.0.1", gw.sip_port))
@@ -571,7 +573,7 @@ async def run(workdir: Path, plan: ClusterPlan, log_level: str,
         for phase in plan.phases:
             log.info("cluster phase", extra={"phase": phase})
             d = workdir / phase
-            async with cluster_up(d, log_level, patch) as c:
+            async with cluster_up(d, log_level, patch, plan.cascade_jitter_ms) as c:
                 out["node_command"] = c.nodes["a"].command
                 if phase == "compare":
                     out["compare"] = await compare(c, d, tones, plan)

@@ -12,9 +12,6 @@ JSON object:
     outbox_synchronous   the outbox connection's synchronous ("NORMAL": no fsync per commit;
                          an experiment bounding the fsync's cost, never a setting to ship)
     strict_cache   false: gateway.strict works out a dataclass's type hints at every build
-    cascade_jb     sip.calls.LOW_LATENCY_JB, the jitter buffer of cascade legs: {StreamInfo
-                   field: value}, e.g. {"jbInit": 0, "jbMax": 20}; null: pjmedia's adaptive
-                   default, as for phones (how cascade legs were before)
 
 (Big-room topology experiments were done here too; media/rooms.py now mixes only the
 current speakers of large rooms, see BENCHMARKS.md.)
@@ -42,10 +39,6 @@ def apply(patch: dict[str, Any]) -> None:
 
         defaults = outbox.Outbox.__init__.__kwdefaults__ or {}
         defaults["synchronous"] = str(patch["outbox_synchronous"])
-    if "cascade_jb" in patch:
-        from sip import calls
-
-        calls.LOW_LATENCY_JB = patch["cascade_jb"]
     if patch.get("strict_cache") is False:
         from gateway import strict
 

@@ -35,19 +35,15 @@ class Owner(Protocol):
 
 log = logging.getLogger("minivoice.sip")
 
-# The jitter buffer of a low-latency call (Answer/Dial.low_latency: a cluster's cascade leg,
-# node to node on a LAN), as pjsua2 StreamInfo fields in ms. pjmedia's default for every
-# other call is an adaptive buffer of 500 ms that never prefetches (jbInit 0) but keeps as
-# much as the last burst of packets brought: after a stall of either node's 20 ms bridge
-# clock it holds a packet or two more, sheds them one frame per ~2 s, and takes them on
-# again at the next stall. 40 ms of capacity (two 20 ms packets) bounds that: a packet
-# arriving when two wait pushes the oldest out, so a cascade leg adds at most one packet
-# time to the unavoidable wait for the receiving node's tick, and two packets swapping
-# order around that tick (two clocks nearly in phase) still cost nothing. 20 ms would drop
-# a packet at every such swap. No prefetch: after an underrun the next packet plays at
-# once. Replaced whole by bench.patched's `cascade_jb` (None: the adaptive default).
-LOW_LATENCY_JB: dict[str, int] | None = {"jbInit": 0, "jbMinPre": -1, "jbMaxPre": -1,
-                                         "jbMax": 40}
+# A small jitter buffer (Answer/Dial.jb_max_ms > 0: a cluster's cascade leg, node to node on
+# a LAN), as pjsua2 StreamInfo fields in ms. pjmedia's default for every other call is an
+# adaptive buffer of 500 ms that never prefetches (jbInit 0) but keeps as much as the last
+# burst of packets brought: after a stall of either end's 20 ms clock it holds a packet or
+# two more and sheds them a frame every ~2 s. A capacity of jb_max_ms bounds that: a packet
+# arriving at a full buffer pushes the oldest out (pjmedia counts in codec frames, 10 ms for
+# G.711, rounding up). No prefetch: after an underrun the next packet plays at once.
+def small_jitter_buffer(jb_max_ms: int) -> dict[str, int]:
+    return {"jbInit": 0, "jbMinPre": -1, "jbMaxPre": -1, "jbMax": jb_max_ms}
 
 
 def set_jitter_buffer(info: Any, settings: dict[str, int] | None) -> bool:
@@ -122,11 +118,11 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
         self.confirmed = False
         # Set before the stream exists (answer, makeCall) and kept for the call's life, so a
         # re-INVITE or UPDATE that re-creates the stream gets the same jitter buffer.
-        self.low_latency = False
+        self.jb_max_ms = 0
 
     # -- commands ------------------------------------------------------------------
-    def answer_call(self, code: int, low_latency: bool = False) -> None:
-        self.low_latency = self.low_latency or low_latency
+    def answer_call(self, code: int, jb_max_ms: int = 0) -> None:
+        self.jb_max_ms = jb_max_ms or self.jb_max_ms
         prm = pj.CallOpParam(True)
         prm.statusCode = code
         self.answer(prm)
@@ -220,16 +216,16 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
     def onStreamPreCreate(self, prm: Any) -> None:
         # Once per stream creation (answer, 200 OK, a re-INVITE or UPDATE re-creating it), on
         # the SIP thread; never per frame. Nothing may escape into pjsua.
-        if not self.low_latency:
+        if not self.jb_max_ms:
             return
         try:
             if prm.streamInfo.type == pj.PJMEDIA_TYPE_AUDIO:
-                set_jitter_buffer(prm.streamInfo, LOW_LATENCY_JB)
+                set_jitter_buffer(prm.streamInfo, small_jitter_buffer(self.jb_max_ms))
         except Exception:
             log.exception("jitter buffer setting failed", extra={"call_id": self.call_id})
 
     def _jb_kind(self) -> str:
-        return "low_latency" if self.low_latency and LOW_LATENCY_JB else "adaptive"
+        return f"max_{self.jb_max_ms}ms" if self.jb_max_ms else "adaptive"
 
     def _log_jitter_buffer(self, what: str, idx: int, **more: Any) -> None:
         """One line with the stream's jitter buffer as pjmedia has it (read back from the

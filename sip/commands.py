@@ -6,15 +6,27 @@ from dataclasses import dataclass
 
 from media.rooms import Link, Player
 
+# A small jitter buffer's capacity: at least one 20 ms packet, at most pjmedia's default.
+JB_MAX_MS_RANGE = (20, 500)
+
+
+def check_jb_max_ms(value: int) -> None:
+    lo, hi = JB_MAX_MS_RANGE
+    if type(value) is not int or not (value == 0 or lo <= value <= hi):
+        raise ValueError(f"jb_max_ms must be 0 or {lo}-{hi}, not {value!r}")
+
 
 @dataclass(frozen=True)
 class Answer:
     call_id: str
     code: int = 200
-    # The call's audio stream gets the small jitter buffer (sip.calls.LOW_LATENCY_JB) instead
-    # of pjmedia's adaptive one: for a peer on the same LAN whose packets come at a steady
-    # 20 ms (a cluster's cascade leg), never for a phone.
-    low_latency: bool = False
+    # 0: pjmedia's adaptive jitter buffer (every phone). JB_MAX_MS_RANGE: the call's audio
+    # stream gets a small buffer of at most that many ms and no prefetch (sip.calls): for a
+    # peer on the same LAN whose packets come at a steady 20 ms (cluster.cascade_jitter_ms).
+    jb_max_ms: int = 0
+
+    def __post_init__(self) -> None:
+        check_jb_max_ms(self.jb_max_ms)
 
 
 @dataclass(frozen=True)
@@ -62,8 +74,11 @@ class Dial:
     from_user: str = ""
     # Extra headers on the INVITE (a cluster's cascade leg: X-Room-Epoch and its MAC).
     headers: tuple[tuple[str, str], ...] = ()
-    # As Answer.low_latency.
-    low_latency: bool = False
+    # As Answer.jb_max_ms.
+    jb_max_ms: int = 0
+
+    def __post_init__(self) -> None:
+        check_jb_max_ms(self.jb_max_ms)
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,7 @@ class SipThread:
         return handler(c)
 
     def _answer(self, c: cmd.Answer) -> None:
-        self._call(c.call_id).answer_call(c.code, c.low_latency)
+        self._call(c.call_id).answer_call(c.code, c.jb_max_ms)
 
     def _hangup_command(self, c: cmd.Hangup) -> None:
         call = self.calls.get(c.call_id)
@@ -373,7 +373,7 @@ class SipThread:
         # (One account per caller ID, as before, meant deleting accounts that live calls
         # still used: pjsua_acc_del zeroes the slot under them.)
         call = GatewayCall(self, self.account, call_id=c.call_id)
-        call.low_latency = c.low_latency
+        call.jb_max_ms = c.jb_max_ms
         self.calls[c.call_id] = call
         prm = pj.CallOpParam(True)
         if c.from_user:

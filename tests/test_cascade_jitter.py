@@ -1,7 +1,8 @@
-"""A cascade leg's jitter buffer (sip.calls.LOW_LATENCY_JB): both ends of the leg between two
-nodes get the small one, phones keep pjmedia's adaptive one, and a re-INVITE that re-creates
-the stream keeps it. Read back from pjmedia's jitter buffer (the gateway's `media.ready` and
-`stream.jitter_buffer` log lines), with real nodes, Redis, SIP and RTP; audio measured."""
+"""A cascade leg's jitter buffer (cluster.cascade_jitter_ms, sip.calls): both ends of the leg
+between two nodes get the small one, phones keep pjmedia's adaptive one, and a re-INVITE that
+re-creates the stream keeps it. Read back from pjmedia's jitter buffer (the gateway's
+`media.ready` and `stream.jitter_buffer` log lines), with real nodes, Redis, SIP and RTP; audio
+measured."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.cluster import cascade
+from gateway.config import ConfigError, from_dict
 from media.rooms import RoomKey
 from sip import calls
 from sip import commands as cmd
@@ -28,33 +30,45 @@ from tests.harness import GatewayProc, Phonebank
 from tests.waiting import eventually
 
 HEARD_DB = -25.0
+APP = {"id": "a", "customer_id": "c", "answer_url": "http://x/a", "secret": "12345678"}
 # jbuf's max_prefetch is max(1, capacity * 4/5) in the codec's frames (10 ms for G.711):
 # pjmedia's default buffer (500 ms, frames of at most 20 ms) allows at least 20; the
 # low-latency one (40 ms, frames of at least 10 ms) at most 3.
 ADAPTIVE_MIN_MAX_PREFETCH = 20
 LOW_MAX_MAX_PREFETCH = 3
+SMALL = "max_40ms"  # the log's name of a 40 ms buffer
 
 
-# -- the command field and the settings (no SIP) --------------------------------------------
-def test_answer_and_dial_carry_low_latency() -> None:
-    assert cmd.Answer("call_1").low_latency is False
-    assert cmd.Dial("call_1", "sip:x@127.0.0.1").low_latency is False
-    assert cmd.Answer("call_1", low_latency=True).low_latency is True
-    dial = cmd.Dial("call_1", "sip:x@127.0.0.1", "mv-a", (("X-A", "1"),), low_latency=True)
-    assert dial.low_latency is True and dial.headers == (("X-A", "1"),)
+# -- the command field, the config and the settings (no SIP) -------------------------------
+def test_answer_and_dial_carry_jb_max_ms() -> None:
+    assert cmd.Answer("call_1").jb_max_ms == 0
+    assert cmd.Dial("call_1", "sip:x@127.0.0.1").jb_max_ms == 0
+    assert cmd.Answer("call_1", jb_max_ms=40).jb_max_ms == 40
+    dial = cmd.Dial("call_1", "sip:x@127.0.0.1", "mv-a", (("X-A", "1"),), jb_max_ms=500)
+    assert dial.jb_max_ms == 500 and dial.headers == (("X-A", "1"),)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        dial.low_latency = False  # type: ignore[misc]
+        dial.jb_max_ms = 0  # type: ignore[misc]
+    # below one packet, above pjmedia's default, negative, huge, not an int: refused
+    for bad in (1, 19, 501, -40, 10**12, 40.0, "40", True, None):
+        for make in (lambda v: cmd.Answer("call_1", jb_max_ms=v),
+                     lambda v: cmd.Dial("call_1", "sip:x@127.0.0.1", jb_max_ms=v)):
+            with pytest.raises(ValueError, match="jb_max_ms"):
+                make(bad)
 
 
-def test_low_latency_settings_are_ones_pjmedia_takes() -> None:
-    s = calls.LOW_LATENCY_JB
-    assert s is not None
-    assert set(s) <= {"jbInit", "jbMinPre", "jbMaxPre", "jbMax", "jbDiscardAlgo"}
-    # stream.c: a value below one frame means "default"; jbMax is the capacity, rounded up
-    # to whole frames. For 10-30 ms frames: 2-4 frames, never the 500 ms default.
-    for ptime in (10, 20, 30):
-        assert ptime <= s["jbMax"] <= 2 * max(ptime, 20)
-    assert s["jbInit"] == 0  # no prefetch: after an underrun the next packet plays at once
+def test_cascade_jitter_ms_config() -> None:
+    base = {"node_id": "a", "secret": CLUSTER_SECRET}
+    assert from_dict({"applications": [APP], "cluster": base}).cluster.cascade_jitter_ms is None
+    cfg = from_dict({"applications": [APP], "cluster": {**base, "cascade_jitter_ms": 40}})
+    assert cfg.cluster.cascade_jitter_ms == 40
+    for bad in (0, 19, 501, -1, 10**9, "40ms", [40]):
+        with pytest.raises(ConfigError, match=r"cluster\.cascade_jitter_ms"):
+            from_dict({"applications": [APP], "cluster": {**base, "cascade_jitter_ms": bad}})
+
+
+def test_small_jitter_buffer_settings() -> None:
+    s = calls.small_jitter_buffer(40)
+    assert s == {"jbInit": 0, "jbMinPre": -1, "jbMaxPre": -1, "jbMax": 40}
     info = SimpleNamespace(jbInit=-1, jbMinPre=-1, jbMaxPre=-1, jbMax=-1, codecName="PCMU")
     assert calls.set_jitter_buffer(info, s)
     assert {k: getattr(info, k) for k in s} == s and info.codecName == "PCMU"
@@ -86,8 +100,8 @@ def by_kind(events: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
 async def test_cascade_leg_has_the_low_latency_buffer_phones_the_adaptive(
     cluster: Cluster, phones: Phonebank, tmp_path: Path  # noqa: F811
 ) -> None:
-    a = await cluster.start_node("a")
-    b = await cluster.start_node("b")
+    a = await cluster.start_node("a", cascade_jitter_ms=40)
+    b = await cluster.start_node("b", cascade_jitter_ms=40)
     recs = {cid: tmp_path / f"{cid}.wav" for cid in ("x", "y")}
     phones.call("x", a.uri(), record=str(recs["x"]), tone_hz=440, **{"from": "+15550001"})
     await phones.wait("media", "x")
@@ -108,16 +122,16 @@ async def test_cascade_leg_has_the_low_latency_buffer_phones_the_adaptive(
     for gw in (a, b):
         ready = by_kind(log_events(gw, "media.ready"))
         print(gw.http, ready)
-        assert len(ready.get("low_latency", [])) == 1, ready
+        assert len(ready.get(SMALL, [])) == 1, ready
         assert len(ready.get("adaptive", [])) == 1, ready
-        assert int(ready["low_latency"][0]["jb_max_prefetch"]) <= LOW_MAX_MAX_PREFETCH, ready
+        assert int(ready[SMALL][0]["jb_max_prefetch"]) <= LOW_MAX_MAX_PREFETCH, ready
         assert int(ready["adaptive"][0]["jb_max_prefetch"]) >= ADAPTIVE_MIN_MAX_PREFETCH, ready
         await eventually(lambda gw=gw: _ended_streams(gw, 2), timeout=15,
                          message="streams not ended")
         ended = by_kind(log_events(gw, "stream.jitter_buffer"))
         print(gw.http, ended)
         assert all(int(e["jb_max_prefetch"]) <= LOW_MAX_MAX_PREFETCH
-                   for e in ended["low_latency"]), ended
+                   for e in ended[SMALL]), ended
         assert all(int(e["jb_max_prefetch"]) >= ADAPTIVE_MIN_MAX_PREFETCH
                    for e in ended["adaptive"]), ended
 
@@ -128,7 +142,7 @@ async def test_reinvite_keeps_the_low_latency_buffer(
 ) -> None:
     """A cascade leg re-INVITEd (hold, then unhold) re-creates its stream on the owner: the
     new stream has the low-latency buffer too, and the room hears the leg again."""
-    a = await cluster.start_node("a")
+    a = await cluster.start_node("a", cascade_jitter_ms=40)
     rec = tmp_path / "x.wav"
     phones.call("x", a.uri(), record=str(rec), tone_hz=440, **{"from": "+15550001"})
     await phones.wait("media", "x")
@@ -152,14 +166,14 @@ async def test_reinvite_keeps_the_low_latency_buffer(
     assert heard[700] > HEARD_DB, heard
 
     ready = by_kind(log_events(a, "media.ready"))
-    assert len(ready.get("low_latency", [])) == 1, ready
-    leg_id = ready["low_latency"][0]["call_id"]
+    assert len(ready.get(SMALL, [])) == 1, ready
+    leg_id = ready[SMALL][0]["call_id"]
     await eventually(lambda: _ended_streams(a, 4), timeout=15, message="streams not ended")
     streams = [e for e in log_events(a, "stream.jitter_buffer") if e["call_id"] == leg_id]
     print("cascade leg's streams:", streams)
     # the first stream, the one hold re-created, the one unhold re-created: every one small
     assert len(streams) >= 2, streams
-    assert all(e["jitter_buffer"] == "low_latency"
+    assert all(e["jitter_buffer"] == SMALL
                and int(e["jb_max_prefetch"]) <= LOW_MAX_MAX_PREFETCH for e in streams), streams
 
 

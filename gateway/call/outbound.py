@@ -21,7 +21,7 @@ from sip.sipmsg import uri_user
 async def dial(services: Services, app: Application, uri: str, from_user: str,
                parent: CallSession | None,
                headers: tuple[tuple[str, str], ...] = (),
-               low_latency: bool = False) -> CallSession:
+               jb_max_ms: int = 0) -> CallSession:
     """Place the leg; it is live (in the ledger, call.initiated sent) when this returns.
     If the SIP stack refuses to even start it, it has already ended (outcome failed)."""
     call_id = new_call_id()
@@ -37,7 +37,7 @@ async def dial(services: Services, app: Application, uri: str, from_user: str,
     leg.webhook("call.initiated", sip)
     try:
         await services.engine.send(cmd.Dial(call_id, uri, from_user, headers,
-                                            low_latency=low_latency))
+                                            jb_max_ms=jb_max_ms))
     except SipCommandError as exc:
         # No SIP dialog was created: the leg ends here, as the SIP thread would end it.
         rec.error = {"code": "dial_failed", "message": str(exc)}

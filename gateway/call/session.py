@@ -199,11 +199,11 @@ class CallSession:
         await self.services.engine.send(cmd.Hangup(self.call_id, code, reason))
 
     # -- CallContext for actions -------------------------------------------------------
-    async def answer(self, low_latency: bool = False) -> None:
-        """`low_latency`: a cluster's cascade leg (cmd.Answer.low_latency)."""
+    async def answer(self, jb_max_ms: int = 0) -> None:
+        """`jb_max_ms`: a cluster's cascade leg's jitter buffer (cmd.Answer.jb_max_ms)."""
         if not self._answer_sent:
             self._answer_sent = True
-            await self.services.engine.send(cmd.Answer(self.call_id, low_latency=low_latency))
+            await self.services.engine.send(cmd.Answer(self.call_id, jb_max_ms=jb_max_ms))
         await self._media_ready.wait()
 
     async def hangup(self, reason: str | None = None) -> None:
