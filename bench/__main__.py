@@ -106,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the gateway's --log-level (WARNING keeps logging off per-call paths)")
     p.add_argument("--conf-threads", type=int, help="sip.conf_threads for the gateway")
     p.add_argument("--cascade-jitter-ms", type=int, default=None,
-                   help="cluster mode: the nodes' cluster.cascade_jitter_ms (default: adaptive)")
+                   help="cluster mode: the nodes' cluster.cascade_jitter_ms (0: adaptive; "
+                        "default: the config's, 40)")
     p.add_argument("--patch", help="experiment: JSON for bench.patched (see its docstring)")
     p.add_argument("--pjsua2-dir", type=Path, help="experiment: another pjsua2 build to use")
     p.add_argument("--room-window", type=float, default=8.0,

@@ -111,7 +111,7 @@ class ClusterPlan:
     bursts: int = 10  # delay: bursts per measurement
     delay_rounds: int = 2  # delay: (one node, across nodes) pairs
     phases: tuple[str, ...] = ("compare", "ramp", "delay")
-    cascade_jitter_ms: int | None = None  # the nodes' cluster.cascade_jitter_ms
+    cascade_jitter_ms: int | None = None  # the nodes' cluster.cascade_jitter_ms (None: theirs)
 
     def check(self) -> None:
         if not 1 <= self.remote < self.room_size:
@@ -208,8 +208,9 @@ async def cluster_up(workdir: Path, log_level: str, patch: dict[str, Any] | None
             gw = await gateway.start(
                 workdir / f"node-{name}", log_level=log_level,
                 sip_overrides={"rtp_port_start": start, "rtp_port_range": span},
-                sections={"cluster": {"node_id": name, "redis_url": redis.url,
-                                      "secret": SECRET, "cascade_jitter_ms": cascade_jitter_ms}},
+                sections={"cluster": {"node_id": name, "redis_url": redis.url, "secret": SECRET}
+                          | ({} if cascade_jitter_ms is None
+                             else {"cascade_jitter_ms": cascade_jitter_ms})},
                 patch=patch)
             _track(gw.proc, f"node {name}")
             c.nodes[name] = gw

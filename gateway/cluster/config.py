@@ -6,7 +6,7 @@
       secret: a-long-shared-secret       # the same on every node: cascade legs, internal HTTP
       sip_address: 10.0.0.5:5080         # where the other nodes dial this node (host:port)
       http_url: http://10.0.0.5:8081     # where the other nodes reach this node's HTTP
-      cascade_jitter_ms: 40              # cascade legs' jitter buffer (default: adaptive)
+      cascade_jitter_ms: 40              # cascade legs' jitter buffer; 0: adaptive
 
 No `node_id`: a single node, nothing here is used.
 """
@@ -19,6 +19,11 @@ from gateway.strict import between, checked, length, pattern
 from sip.commands import JB_MAX_MS_RANGE
 
 NODE_ID = pattern(r"[A-Za-z0-9_-]{1,64}", "1-64 of A-Z a-z 0-9 _ -")
+
+
+def jb_ms(v: int) -> str | None:
+    lo, hi = JB_MAX_MS_RANGE
+    return None if v == 0 or lo <= v <= hi else f"must be 0 (adaptive) or {lo}-{hi}"
 
 
 @dataclass(frozen=True)
@@ -40,10 +45,10 @@ class ClusterConfig:
     tick_s: float = checked(between(0.1, 10), default=1.0)
     # A node's liveness record lives this long without a refresh.
     node_ttl_s: float = checked(between(2, 600), default=10.0)
-    # The jitter buffer of cascade legs, both ends: None, pjmedia's adaptive one (as every
-    # phone's); a number, a buffer of at most that many ms with no prefetch (sip.calls).
-    # Measured on one shared box it did not lower the delay a cascade adds (BENCHMARKS.md).
-    cascade_jitter_ms: int | None = checked(between(*JB_MAX_MS_RANGE), default=None)
+    # The jitter buffer of cascade legs, both ends: a buffer of at most this many ms with no
+    # prefetch (sip.calls); 0, pjmedia's adaptive one, as every phone's. 40 ms: two 20 ms
+    # packets, measured against the adaptive one in BENCHMARKS.md (cluster section).
+    cascade_jitter_ms: int = checked(jb_ms, default=40)
 
     @property
     def enabled(self) -> bool:

@@ -383,7 +383,7 @@ class ClusterNode:
         leg = await outbound.dial(
             self.services, internal_app(key), f"sip:cascade@{claim.sip}", f"mv-{self.me}",
             None, headers=cascade.headers(self.cfg.secret, key, claim.epoch, self.me),
-            jb_max_ms=self.cfg.cascade_jitter_ms or 0)
+            jb_max_ms=self.cfg.cascade_jitter_ms)
         st.bridge_leg = leg
         log.info("cluster.bridge", extra={"call_id": leg.call_id, "room": key.name,
                                           "owner": claim.owner, "epoch": claim.epoch})
@@ -450,7 +450,7 @@ class ClusterNode:
 
     async def _serve(self, key: RoomKey, st: RoomState, session: CallSession) -> None:
         try:
-            await session.answer(jb_max_ms=self.cfg.cascade_jitter_ms or 0)
+            await session.answer(jb_max_ms=self.cfg.cascade_jitter_ms)
             await self.conferences.join(key, session.call_id, CASCADE)
             await session.end_call(200, "room_ended", "")
         except SipCommandError as exc:  # could not answer: the leg is ended, its node retries
