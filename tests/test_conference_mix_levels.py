@@ -3,10 +3,12 @@
 
 Three callers send tones at -1 dBFS into one room; a fourth, silent, hears all three. Their
 sum peaks near 2.5x full scale. Scaled per 20 ms frame, each tone arrives at about -10 dBFS
-and the signal touches full scale about once a frame (<1% of samples); clipped instead
-(mix_adj never applied, or computed wrongly), over a third of the samples sit at full
-scale and the clipping's harmonics and intermodulation take a tenth of the energy. A
-mix_adj far too small (or zero) shows as tones well below the expected level.
+and the signal touches full scale about once a frame (<1% of samples). If mix_adj is not
+lowered, the bridge casts the 32-bit sum to 16 bits without clipping and it wraps around:
+the tones drown in noise (a build with that step disabled: tones at -33 to -57 dBFS, 0.1%
+of the energy in them). Clipped instead, over a third of the samples would sit at full
+scale and distortion would take about a tenth of the energy. A mix_adj far too small shows
+as tones well below the expected level.
 """
 
 from __future__ import annotations
