@@ -43,6 +43,7 @@ from gateway.cluster.ownership import (
     admit_leg,
     plan,
 )
+from gateway.cluster.quota import CustomerQuota
 from gateway.cluster.reconcile import LostCalls
 from gateway.cluster.redis_store import ClusterStore
 from gateway.conferences import Conferences, StatusHook
@@ -103,6 +104,10 @@ class ClusterNode:
         # Our live calls in Redis, and the calls of nodes that died (gateway.cluster.lost).
         self.lost = LostCalls(self.me, self.store, cfg.tick_s, INTERNAL_APP_ID)
         self._lost_task: asyncio.Task[None] | None = None
+        # limits.max_calls_per_customer across the nodes (attached only with a limit).
+        self.quota = CustomerQuota(self.me, self.store, cfg.tick_s, cfg.node_ttl_s,
+                                   INTERNAL_APP_ID)
+        self._quota_task: asyncio.Task[None] | None = None
         self.rooms: dict[RoomKey, RoomState] = {}
         self.services: Services | None = None
         self.sip_address = ""
@@ -125,7 +130,7 @@ class ClusterNode:
     async def ctx(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: the loop runs from `start` (once SIP is up) to here."""
         yield
-        for task in (self._task, self._lost_task):
+        for task in (self._task, self._lost_task, self._quota_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -139,6 +144,9 @@ class ClusterNode:
                 # Calls that ended on the way out must not be taken for lost ones.
                 self.lost.resync = True
                 await self.lost.flush()
+                if self._quota_task is not None:
+                    with contextlib.suppress(Exception):
+                        await self.quota.close()
                 for key, st in list(self.rooms.items()):
                     if st.owned_epoch is not None:
                         with contextlib.suppress(Exception):
@@ -151,6 +159,8 @@ class ClusterNode:
         self.http_url = self.cfg.http_url or http_url
         self._task = asyncio.create_task(self._run(), name="cluster")
         self._lost_task = asyncio.create_task(self.lost.run(), name="cluster-calls")
+        if self.quota.calls is not None:
+            self._quota_task = asyncio.create_task(self.quota.run(), name="cluster-quota")
         log.info("cluster.node", extra={"node": self.me, "sip": self.sip_address,
                                         "http": self.http_url})
 
