@@ -142,7 +142,7 @@ async def _alive(store: ClusterStore, *nodes: str) -> None:
 
 
 async def test_two_nodes_see_each_others_counts_and_a_dead_one_drops_out(
-        store: ClusterStore) -> None:  # noqa: F811
+        store: ClusterStore) -> None:
     await _alive(store, "a", "b")
     a = _node(store, "a", [_session("app1", "cust"), _session("app1", "cust"),
                            _session(INTERNAL_APP_ID, "cust"), _session("app_b", "cust_b")])
@@ -169,7 +169,7 @@ async def test_two_nodes_see_each_others_counts_and_a_dead_one_drops_out(
 
 
 async def test_garbage_in_redis_counts_as_nothing_and_is_logged(
-        store: ClusterStore, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+        store: ClusterStore, caplog: pytest.LogCaptureFixture) -> None:
     await _alive(store, "me", "ok", "bad", "huge", "str", "big")
     me = _node(store, "me", [])
     await store.redis.hset("mv:quota:ok", mapping={"cust": "2", "other": "99"})
@@ -191,7 +191,7 @@ async def test_garbage_in_redis_counts_as_nothing_and_is_logged(
     assert all(len(str(r.__dict__["reason"])) < 200 for r in bad)
 
 
-async def test_many_nodes_are_read_up_to_the_bound(store: ClusterStore) -> None:  # noqa: F811
+async def test_many_nodes_are_read_up_to_the_bound(store: ClusterStore) -> None:
     pipe = store.redis.pipeline()
     for i in range(quota.MAX_NODES + 100):
         pipe.hset(f"mv:node:n{i}", "sip", "x")
@@ -204,7 +204,7 @@ async def test_many_nodes_are_read_up_to_the_bound(store: ClusterStore) -> None:
 
 
 async def test_redis_unreachable_counts_our_own_calls_only_logged_once(
-        store: ClusterStore, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+        store: ClusterStore, caplog: pytest.LogCaptureFixture) -> None:
     await _alive(store, "a", "b")
     b = _node(store, "b", [_session("app1", "cust")])
     await b.publish()

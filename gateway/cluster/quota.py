@@ -44,6 +44,7 @@ MAX_CUSTOMER_ID = 64  # as applications' customer_id
 MAX_COUNT = 1_000_000  # a node's calls of one customer: more is not a count we wrote
 CHUNK = 256  # customers asked for per HMGET (Lua's unpack has a limit)
 MAX_VALUE = 24  # characters of a value sent back by the script (longer: cut, then refused)
+MIN_GAP_S = 0.05  # between two writes of our counts (calls starting and ending in a burst)
 _COUNT = re.compile(r"0|[1-9][0-9]{0,6}")
 
 
@@ -205,16 +206,19 @@ class CustomerQuota:
     # -- the task ----------------------------------------------------------------------------
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        next_tick = 0.0
+        next_tick, last = 0.0, -1e9
         while True:
             now = loop.time()
             tick = now >= next_tick
             if tick:
                 next_tick = now + self.tick_s
+            elif now - last < MIN_GAP_S:  # a burst of calls: one write per MIN_GAP_S
+                await asyncio.sleep(MIN_GAP_S - (now - last))
             self._wake.clear()
+            last = loop.time()
             try:
                 await self.publish()
-                if tick:
+                if tick or not self.shared:
                     await self.refresh()
                 if not self.shared:
                     log.info("cluster.quota_shared", extra={"node": self.me})
