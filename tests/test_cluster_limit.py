@@ -6,6 +6,7 @@ room and node) never count, so a room across the nodes is not refused by its own
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,10 @@ async def test_the_limit_counts_the_customers_calls_on_every_node(
         # one of a's calls ends: b admits a new one
         phones.hangup("x")
         await phones.wait("ended", "x")
+        ended = time.monotonic()
         await eventually(lambda: _published(store, "a", 1), timeout=10)
+        print(f"a's count in Redis {1000 * (time.monotonic() - ended):.0f} ms after the "
+              "caller's end (polled every 50 ms)")
         await settle(REFRESH_S)
         _dial(phones, "v", b, tmp_path)
         await phones.wait("media", "v", timeout=15)
@@ -125,11 +129,14 @@ async def test_a_killed_nodes_calls_stop_counting_when_its_liveness_expires(
         _dial(phones, "z", b, tmp_path)
         await _refused(phones, "z")
         cluster.kill("a")
+        killed = time.monotonic()
         # its liveness record expires (node_ttl_s, 4 s here); its counts then stop counting
         await eventually(lambda: _gone(store, "mv:node:a"), timeout=15)
         await settle(REFRESH_S)
         _dial(phones, "v", b, tmp_path)
         await phones.wait("media", "v", timeout=15)
+        print(f"a call on b admitted {time.monotonic() - killed:.1f} s after a's kill "
+              f"(of which {REFRESH_S} s waited on purpose)")
         phones.hangup("v")
         await phones.wait("ended", "v")
         for cid in ("x", "y"):  # their node is gone: no answer expected
