@@ -6,14 +6,18 @@ room and node) never count, so a room across the nodes is not refused by its own
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.cluster import cascade
 from gateway.cluster.redis_store import ClusterStore
+from media.rooms import RoomKey
 from tests.cluster import (  # noqa: F401 (cluster: a fixture)
+    CLUSTER_SECRET,
     Cluster,
     cluster,
     room_nodes,
@@ -21,6 +25,7 @@ from tests.cluster import (  # noqa: F401 (cluster: a fixture)
     tail_levels,
 )
 from tests.harness import Phonebank
+from tests.test_cluster_nodes import _final_status
 from tests.test_cluster_steering import API, MINE
 from tests.waiting import eventually
 
@@ -28,6 +33,7 @@ pytestmark = pytest.mark.sip
 
 HEARD_DB = -25.0
 PAUSE = {"actions": [{"pause": {"length": 60}}]}  # a call that stays up, in no room
+KEY = RoomKey("cust_test", "r1")
 TONES = {"x": 440, "y": 700, "z": 1100, "w": 1300, "v": 1500}
 # Nodes read each other's counts every tick (0.5 s in the tests): this is a few of them.
 REFRESH_S = 2.0
@@ -199,3 +205,37 @@ async def test_a_room_across_nodes_is_not_refused_by_its_cascade_legs(
 
 async def _in_room(gw: Any, n: int) -> bool:
     return len(await room_nodes(gw, "r1")) == n
+
+
+async def test_a_cascade_leg_is_taken_when_the_customer_is_at_its_limit(
+    cluster: Cluster, phones: Phonebank, tmp_path: Path  # noqa: F811
+) -> None:
+    """One node, limit 1, its one caller in room r1: a cascade INVITE for the room (signed,
+    at the owner's epoch, as another node would send it) is answered, not refused with 486;
+    and the leg does not count: the next caller is refused for the caller, not for the leg,
+    and once the caller has gone a new one is admitted while the leg is still up."""
+    a = await cluster.start_node("a", {"limits": {"max_calls_per_customer": 1}, **API})
+    a.token = MINE
+    store = ClusterStore(cluster.redis.url)
+    try:
+        _dial(phones, "x", a, tmp_path)
+        await phones.wait("media", "x")
+        claim = await eventually(lambda: store.get_claim(KEY), timeout=10)
+        leg = list(cascade.headers(CLUSTER_SECRET, KEY, claim.epoch, "b"))
+        assert await asyncio.to_thread(_final_status, a.sip_port, leg) == 200
+        await eventually(lambda: "cluster.leg" in a.log(), timeout=10)
+        _dial(phones, "y", a, tmp_path)
+        await _refused(phones, "y")
+        phones.hangup("x")
+        await phones.wait("ended", "x")
+        _dial(phones, "v", a, tmp_path)  # the leg (no RTP: ends at the media timeout) is up
+        await phones.wait("media", "v", timeout=15)
+        status, body = await a.get("/v1/calls")
+        assert status == 200, body
+        live = {c["application_id"] for c in body["calls"] if c.get("ended_at") is None}
+        assert live == {"app_test", "app_cluster"}, body  # v, and the leg still up
+        assert "cluster.leg_refused" not in a.log()
+        phones.hangup("v")
+        await phones.wait("ended", "v")
+    finally:
+        await store.close()
