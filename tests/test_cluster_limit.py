@@ -7,6 +7,9 @@ room and node) never count, so a room across the nodes is not refused by its own
 from __future__ import annotations
 
 import asyncio
+import re
+import secrets
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from tests.cluster import (  # noqa: F401 (cluster: a fixture)
     tail_levels,
 )
 from tests.harness import Phonebank
-from tests.test_cluster_nodes import _final_status
+from tests.test_cluster_nodes import _invite
 from tests.test_cluster_steering import API, MINE
 from tests.waiting import eventually
 
@@ -222,7 +225,7 @@ async def test_a_cascade_leg_is_taken_when_the_customer_is_at_its_limit(
         await phones.wait("media", "x")
         claim = await eventually(lambda: store.get_claim(KEY), timeout=10)
         leg = list(cascade.headers(CLUSTER_SECRET, KEY, claim.epoch, "b"))
-        assert await asyncio.to_thread(_final_status, a.sip_port, leg) == 200
+        sock = await asyncio.to_thread(_leg_up, a.sip_port, leg)
         await eventually(lambda: "cluster.leg" in a.log(), timeout=10)
         _dial(phones, "y", a, tmp_path)
         await _refused(phones, "y")
@@ -237,5 +240,56 @@ async def test_a_cascade_leg_is_taken_when_the_customer_is_at_its_limit(
         assert "cluster.leg_refused" not in a.log()
         phones.hangup("v")
         await phones.wait("ended", "v")
+        await asyncio.to_thread(_leg_down, sock, a.sip_port)
     finally:
         await store.close()
+
+
+class _Leg:
+    def __init__(self, sock: socket.socket, ok: bytes, call_id: str, from_tag: str) -> None:
+        self.sock, self.call_id, self.from_tag = sock, call_id, from_tag
+        head = ok.split(b"\r\n\r\n", 1)[0].decode()
+        fields = dict(line.split(":", 1) for line in head.split("\r\n")[1:] if ":" in line)
+        self.to = fields["To"].strip()
+        self.contact = re.search(r"<([^>]+)>", fields["Contact"]).group(1)  # type: ignore[union-attr]
+
+    def request(self, method: str, cseq: int) -> bytes:
+        port = self.sock.getsockname()[1]
+        return "\r\n".join([
+            f"{method} {self.contact} SIP/2.0",
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{secrets.token_hex(6)};rport",
+            "Max-Forwards: 70", f"From: <sip:mv-x@127.0.0.1>;tag={self.from_tag}",
+            f"To: {self.to}", f"Call-ID: {self.call_id}", f"CSeq: {cseq} {method}",
+            "Content-Length: 0", "", ""]).encode()
+
+
+def _leg_up(port: int, headers: list[tuple[str, str]]) -> _Leg:
+    """A cascade leg as another node would make it: INVITE, 200, ACK."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    invite = _invite(port, sock.getsockname()[1], headers)
+    sock.sendto(invite, ("127.0.0.1", port))
+    while True:
+        reply = sock.recv(65536)
+        code = int(reply.split(b" ", 2)[1])
+        if code >= 200:
+            break
+    assert code == 200, reply[:200]
+    call_id = re.search(rb"Call-ID: (\S+)", invite).group(1).decode()  # type: ignore[union-attr]
+    tag = re.search(rb"From: [^\r]*;tag=(\w+)", invite).group(1).decode()  # type: ignore[union-attr]
+    leg = _Leg(sock, reply, call_id, tag)
+    sock.sendto(leg.request("ACK", 1), ("127.0.0.1", port))
+    return leg
+
+
+def _leg_down(leg: _Leg, port: int) -> None:
+    leg.sock.sendto(leg.request("BYE", 2), ("127.0.0.1", port))
+    try:
+        while True:  # the 200 to the BYE (a retransmitted 200 to the INVITE may come first)
+            reply = leg.sock.recv(65536)
+            if b"CSeq: 2 BYE" in reply:
+                assert int(reply.split(b" ", 2)[1]) == 200, reply[:200]
+                return
+    finally:
+        leg.sock.close()
