@@ -17,6 +17,7 @@ from gateway.cluster.moderation import (
     MAX_STARTERS,
     BadView,
     View,
+    after_read,
     has_local_starter,
     leg_changes,
     leg_starts,
@@ -45,6 +46,14 @@ def test_a_leg_counts_only_while_its_far_side_has_a_starter() -> None:
     assert leg_starts("n", None, {"m"}) is True
     assert leg_starts("n", None, {"n"}) is False
     assert leg_starts("n", None, set()) is False
+
+
+def test_after_a_redis_restart_known_starters_are_kept_for_a_while() -> None:
+    before = View(1000, frozenset({"n"}), None)
+    empty = View(2000, frozenset(), 1500)
+    assert after_read(before, empty, hold_off=True) == View(2000, frozenset({"n"}), 1500)
+    assert after_read(before, empty, hold_off=False) == empty
+    assert after_read(None, empty, hold_off=True) == empty
 
 
 def test_has_local_starter_ignores_cascade_legs() -> None:
@@ -262,3 +271,21 @@ def test_random_rooms_agree_with_one_node() -> None:
             one.join(KEY, n, muted=False, end_on_exit=False, now=0, start_on_enter=f)
         for node, book in _parts("own", nodes[1:], flags).items():
             assert book.rooms[KEY].started == one.rooms[KEY].started, (node, flags)
+
+
+async def test_a_redis_restart_does_not_stop_a_part(store: ClusterStore) -> None:
+    owner, n = Node("own", store), Node("n", store)
+    owner.join("leg-n", starter=False, leg=True)
+    owner.join("w", starter=False)
+    n.join("moderator", starter=True)
+    await n.mod.sync(KEY, {})
+    await owner.mod.sync(KEY, {"leg-n": "n"})
+    await store.redis.flushall()  # as a restart without persistence does
+    await owner.mod.sync(KEY, {"leg-n": "n"}, hold_off=True)  # n has not re-published yet
+    assert owner.room().started
+    await n.mod.sync(KEY, {})  # its next tick
+    await owner.mod.sync(KEY, {"leg-n": "n"})
+    assert owner.room().started and owner.mod.starters(KEY) == {"n"}
+    await store.redis.flushall()
+    await owner.mod.sync(KEY, {"leg-n": "n"})  # past the hold-off, n gone: the part waits
+    assert not owner.room().started

@@ -73,6 +73,15 @@ def parse_view(raw: Any) -> View:
     return View(now, frozenset(nodes), ended)
 
 
+def after_read(before: View | None, got: View, hold_off: bool) -> View:
+    """The view to act on after a read. Just after Redis came back from a restart (its
+    data lost) the other nodes may not have re-published yet (each does within a tick):
+    during `hold_off` a node that was a starter stays one, so no part stops for a moment."""
+    if not hold_off or before is None:
+        return got
+    return View(got.now_ms, got.starters | before.starters, got.ended_at_ms)
+
+
 def has_local_starter(members: Iterable[Member]) -> bool:
     """Whether a room part has a `start_on_enter` participant of its own (held or not, as
     on one node); cascade legs are not participants."""

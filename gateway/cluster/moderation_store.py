@@ -30,6 +30,7 @@ from gateway.cluster.cascade import encode_room
 from gateway.cluster.moderation import (
     BadView,
     View,
+    after_read,
     has_local_starter,
     leg_changes,
     leg_starts,
@@ -108,18 +109,20 @@ class Moderation:
         says (none read yet: it does not start the part)."""
         return replace(base, start_on_enter=leg_starts(self.me, far, self.starters(key)))
 
-    async def sync(self, key: RoomKey, legs: Mapping[str, str | None]) -> None:
+    async def sync(self, key: RoomKey, legs: Mapping[str, str | None],
+                   hold_off: bool = False) -> None:
         """Publish whether our part has a local start_on_enter participant, read the
         others', set our cascade legs' start_on_enter accordingly, and end our part if an
         end_on_exit participant ended the room elsewhere since it was created. `legs`: our
         cascade legs in this room -> far node (None: ours to the owner). Never raises for
-        Redis: an error keeps the last view."""
+        Redis: an error keeps the last view. `hold_off`: Redis came back a moment ago
+        (gateway.cluster.moderation.after_read)."""
         room = self.conferences.book.rooms.get(key)
         mine = room is not None and has_local_starter(room.members.values())
         try:
             raw = await self._sync(keys=self._keys(key), args=[
                 self.me, "1" if mine else "0", self.entry_ttl_ms, STARTERS_KEY_TTL_MS])
-            view = parse_view(raw)
+            got = parse_view(raw)
         except BadView as exc:
             log.warning("cluster.bad_starters", extra={"room": key.name, "error": str(exc)})
             return
@@ -127,6 +130,7 @@ class Moderation:
             self.on_redis_error(exc)
             return
         before = self.views.get(key)
+        view = after_read(before, got, hold_off)
         if room is None:
             self.views.pop(key, None)
             return

@@ -331,9 +331,9 @@ class ClusterNode:
         legs: dict[str, str | None] = dict(st.inbound_node)
         if st.bridge_leg is not None:
             legs[st.bridge_leg.call_id] = None
-        await self.moderation.sync(key, legs)
-        claim = await self.store.get_claim(key)
         hold_off = asyncio.get_running_loop().time() - self._redis_back_at < self.cfg.lease_s
+        await self.moderation.sync(key, legs, hold_off)
+        claim = await self.store.get_claim(key)
         for _ in range(3):  # a claim or a failed renewal means one more plan
             if claim is not None and claim.epoch >= st.max_epoch:
                 st.max_epoch = claim.epoch
