@@ -143,12 +143,15 @@ async def _none_waiting(gw: GatewayProc) -> bool:
     return len(got) == 3 and not any(got.values())
 
 
+@pytest.mark.parametrize("moderator_on", ["b", "a"])
 async def test_end_on_exit_ends_the_room_on_every_node(
-    cluster: Cluster, phones: Phonebank, tmp_path: Path, server: Server  # noqa: F811
+    cluster: Cluster, phones: Phonebank, tmp_path: Path, server: Server,  # noqa: F811
+    moderator_on: str,
 ) -> None:
-    """x on node a (the owner), y on node b, and a moderator with end_on_exit on node b: the
-    moderator hangs up, and the room ends on both nodes (x and y have no next action: their
-    calls end). The room's status_url hears conference.started and conference.ended once."""
+    """x on node a (the owner), y on node b, and a moderator with end_on_exit on node b (or
+    a): the moderator hangs up, and the room ends on both nodes (x and y have no next
+    action: their calls end). The room's status_url hears conference.started and
+    conference.ended once."""
     status = StatusReceiver(server)
     music = _serve_music(cluster, tmp_path)
     cluster.app.answer = _answers(music, {"end_on_exit": True},
@@ -159,7 +162,7 @@ async def test_end_on_exit_ends_the_room_on_every_node(
     await calls.call("x", a)
     await eventually(lambda: _listed(a, 1), timeout=10, message="x not in r1")
     await calls.call("y", b)
-    await calls.call("m", b)
+    await calls.call("m", {"a": a, "b": b}[moderator_on])
     for gw in (a, b):
         await eventually(lambda gw=gw: _none_waiting(gw), timeout=10,
                          message="the room did not start")
@@ -173,7 +176,8 @@ async def test_end_on_exit_ends_the_room_on_every_node(
     names = status.names()
     assert names.count("conference.started") == 1 and names.count("conference.ended") == 1, \
         names
-    assert "conference.ended_elsewhere" in a.log()
+    other = b if moderator_on == "a" else a
+    assert "conference.ended_elsewhere" in other.log()
     for gw in (a, b):
         await eventually(lambda gw=gw: _gone(gw), timeout=10, message="room still listed")
     done = await cluster.app.completed(count=3)

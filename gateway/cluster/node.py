@@ -376,6 +376,7 @@ class ClusterNode:
                     st.owned_epoch = None
                 elif isinstance(step, Forget):
                     self.rooms.pop(key, None)
+                    self.moderation.forget(key)
                     return
             if again is None:
                 return
