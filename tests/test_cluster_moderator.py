@@ -187,3 +187,49 @@ async def test_end_on_exit_ends_the_room_on_every_node(
 async def _gone(gw: GatewayProc) -> bool:
     status, _ = await gw.get("/v1/conferences/r1")
     return status == 404
+
+
+async def test_redis_unreachable_keeps_a_started_room_running(
+    cluster: Cluster, phones: Phonebank, tmp_path: Path  # noqa: F811
+) -> None:
+    """Waiting x on node a (the owner) and y on node b, the moderator on b: the room runs.
+    Redis stops (unreachable): every node keeps the last state it read, so nobody is dropped
+    and x, y and the moderator keep hearing each other; Redis comes back empty (no
+    persistence) and the room still runs."""
+    music = _serve_music(cluster, tmp_path)
+    cluster.app.answer = _answers(music, {})
+    a = await cluster.start_node("a")
+    b = await cluster.start_node("b")
+    calls = Calls(phones, tmp_path)
+    await calls.call("x", a)
+    await eventually(lambda: _listed(a, 1), timeout=10, message="x not in r1")
+    await calls.call("y", b)
+    await calls.call("m", b)
+    for gw in (a, b):
+        await eventually(lambda gw=gw: _none_waiting(gw), timeout=10,
+                         message="the room did not start")
+    cluster.redis.stop()
+    await eventually(lambda: "cluster.redis_down" in a.log() and "cluster.redis_down" in b.log(),
+                     timeout=10, message="the nodes did not notice")
+    await asyncio.sleep(2.5)
+    down = {c: (calls.now(c) - 2.2, calls.now(c) - 0.2) for c in calls.recs}
+    cluster.redis.start()
+    await eventually(lambda: "cluster.redis_back" in a.log() and "cluster.redis_back" in b.log(),
+                     timeout=10, message="the nodes did not notice Redis back")
+    await asyncio.sleep(3.0)  # past the hold-off: the state is Redis's again
+    for cid in calls.recs:
+        phones.hangup(cid)
+    for cid in calls.recs:
+        await phones.wait("ended", cid)
+    back = {c: (duration_s(calls.recs[c]) - 2.3, duration_s(calls.recs[c]) - 0.3)
+            for c in calls.recs}
+    for window in (down, back):
+        got = {cid: levels(calls.recs[cid], MUSIC_HZ, *TONES.values(), start_s=window[cid][0],
+                           end_s=window[cid][1]) for cid in calls.recs}
+        print("levels (dBFS):", got)
+        for cid, heard in got.items():
+            for other, hz in TONES.items():
+                if other != cid:
+                    assert heard[hz] > HEARD_DB, (cid, other, "not heard", got)
+            if cid != "m":
+                assert heard[MUSIC_HZ] < SILENT_DB, (cid, "waits again", got)
