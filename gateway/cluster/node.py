@@ -29,6 +29,7 @@ from gateway.call.services import Services
 from gateway.call.session import CallSession
 from gateway.cluster import cascade
 from gateway.cluster.config import ClusterConfig
+from gateway.cluster.moderation_store import Moderation
 from gateway.cluster.ownership import (
     Adopt,
     Bridge,
@@ -58,7 +59,10 @@ log = logging.getLogger("minivoice.cluster")
 INTERNAL_APP_ID = "app_cluster"
 
 
-# How a cascade leg (another node's share of the room) joins: always mixed, never beeps.
+# How a cascade leg (another node's share of the room) joins: always mixed, never beeps,
+# and no wait music (it would carry it to the other node); its start_on_enter is set by
+# gateway.cluster.moderation (it starts the part only while the far side has a
+# start_on_enter participant).
 CASCADE = MemberOptions(always_source=True)
 # A joining caller waits this long for Redis (its member entry and the room's shared
 # status_url); past it the join goes on with what this node knows, and the write finishes
@@ -121,6 +125,13 @@ class ClusterNode:
         # Room events once per room, not once per node (docs/api.md, Conference events).
         conferences.room_wide_events_here = False
         conferences.remote_count = self._others
+        # start_on_enter / end_on_exit across nodes (gateway.cluster.moderation).
+        self.moderation = Moderation(self.me, self.store.redis, self.store.p, conferences,
+                                     cfg.node_ttl_s, self._redis_down)
+        conferences.on_ended_by_exit = self._ended_by_exit
+
+    def _ended_by_exit(self, key: RoomKey) -> None:
+        self._spawn(self.moderation.mark_ended(key))
 
     def _others(self, key: RoomKey) -> int:
         st = self.rooms.get(key)
@@ -200,6 +211,9 @@ class ClusterNode:
                     self.conferences.notify_room(key, "conference.started", hook, 1)
         elif added in done:
             self._redis_down(cast(Exception, added.exception()))
+        # Once the caller is in the room part (Conferences.join puts them in before its
+        # first await): the part may now have a start_on_enter participant to publish.
+        asyncio.get_running_loop().call_soon(self.kick, key)
         try:
             return await self.conferences.join(key, call_id, *args, **options)
         finally:
@@ -324,8 +338,12 @@ class ClusterNode:
         st = self.rooms.get(key)
         if st is None:
             return
-        claim = await self.store.get_claim(key)
+        legs: dict[str, str | None] = dict(st.inbound_node)
+        if st.bridge_leg is not None:
+            legs[st.bridge_leg.call_id] = None
         hold_off = asyncio.get_running_loop().time() - self._redis_back_at < self.cfg.lease_s
+        await self.moderation.sync(key, legs, hold_off)
+        claim = await self.store.get_claim(key)
         for _ in range(3):  # a claim or a failed renewal means one more plan
             if claim is not None and claim.epoch >= st.max_epoch:
                 st.max_epoch = claim.epoch
@@ -368,6 +386,7 @@ class ClusterNode:
                     st.owned_epoch = None
                 elif isinstance(step, Forget):
                     self.rooms.pop(key, None)
+                    self.moderation.forget(key)
                     return
             if again is None:
                 return
@@ -407,7 +426,8 @@ class ClusterNode:
             await leg.answered_or_ended()
             if leg.ended.is_set():
                 return
-            await self.conferences.join(key, leg.call_id, CASCADE)
+            await self.conferences.join(
+                key, leg.call_id, self.moderation.leg_options(key, CASCADE, None))
             # The local room ended under it: hang the leg up; the plan decides what next.
             await leg.end_call(200, "room_ended", "")
         finally:
@@ -460,7 +480,9 @@ class ClusterNode:
     async def _serve(self, key: RoomKey, st: RoomState, session: CallSession) -> None:
         try:
             await session.answer()
-            await self.conferences.join(key, session.call_id, CASCADE)
+            far = st.inbound_node.get(session.call_id)
+            await self.conferences.join(key, session.call_id, self.moderation.leg_options(
+                key, CASCADE, far if far is not None else ""))
             await session.end_call(200, "room_ended", "")
         except SipCommandError as exc:  # could not answer: the leg is ended, its node retries
             log.warning("cluster.leg_failed", extra={"call_id": session.call_id,
