@@ -153,6 +153,8 @@ class Gateway:
         if self.cluster is not None:  # our lost calls: some may be ended by a survivor
             self.cluster.lost.attach(self.calls, self.store, self.outbox,
                                      self.cfg.applications)
+            if self.cfg.limits.max_calls_per_customer is not None:  # counted cluster-wide
+                self.cluster.quota.attach(self.calls, self.cfg.applications)
             elsewhere = await self.cluster.lost.at_start(
                 [live.call_id for live in self.store.live_all()])
         self.calls.recover_lost(self.cfg.applications, self.outbox, elsewhere)

@@ -93,6 +93,9 @@ class Conferences:
         self._oneshot_done: dict[str, asyncio.Future[None]] = {}
         # Called with the key of each room that ends (its recording stops).
         self.on_room_ended: Callable[[RoomKey], None] = lambda key: None
+        # Called with the key of a room that a participant with end_on_exit ended by
+        # leaving (a cluster ends the room's parts on the other nodes too).
+        self.on_ended_by_exit: Callable[[RoomKey], None] = lambda key: None
         self.status: dict[RoomKey, StatusHook] = {}
         # Always-mixed members (a cluster's cascade legs) are links, not participants: no
         # room events name them.
@@ -276,12 +279,15 @@ class Conferences:
     def leave(self, call_id: str) -> None:
         key = self.book.room_of[call_id]
         before = self._count(key)
+        by_exit = self.book.rooms[key].members[call_id].end_on_exit
         dep = self.book.leave(call_id)
         self._event("conference.leave", key, call_id, room_ended=dep.room_ended)
         self._after_departure(dep, "room_ended")
         self._departed(key, before, [call_id, *dep.evicted], dep.room_ended)
         if dep.room_ended:
             self.on_room_ended(key)
+            if by_exit:
+                self.on_ended_by_exit(key)
         opts = self._options.get(call_id)
         if opts is not None and opts.beep in ("exit", "both") and not dep.room_ended:
             self._beep(key, "exit", call_id)
@@ -303,6 +309,17 @@ class Conferences:
         self._event(event, self.book.room_of[call_id], call_id)
         if key is not None and was != held:
             self.notify(key, event, call_id)
+
+    def set_start_on_enter(self, call_id: str, start_on_enter: bool) -> None:
+        """Change whether a member starts the room (a cluster's cascade legs)."""
+        key = self.book.room_of.get(call_id)
+        if key is None:
+            return
+        was = self.book.rooms[key].started
+        self._apply(self.book.set_start_on_enter(call_id, start_on_enter))
+        room = self.book.rooms[key]
+        self._event("conference.start_on_enter", key, call_id, start_on_enter=start_on_enter,
+                    started=room.started, was_started=was)
 
     def set_speak_to(self, call_id: str, targets: tuple[str, ...] | None) -> None:
         self._apply(self.book.set_speak_to(call_id, targets))

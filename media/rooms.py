@@ -306,6 +306,14 @@ class RoomBook:
             room.speakers.discard(call_id)
         return snap.change()
 
+    def set_start_on_enter(self, call_id: str, start_on_enter: bool) -> LinkChange:
+        """Whether this member starts the room (a cluster's cascade leg counts as a
+        `start_on_enter` member only while the far side of it has one)."""
+        room = self._room_of(call_id)
+        snap = _Snapshot(room)
+        room.members[call_id].start_on_enter = start_on_enter
+        return snap.change()
+
     def set_speak_to(self, call_id: str, targets: Iterable[str] | None) -> LinkChange:
         """Only `targets` hear this member (None: everyone). Targets must be in the room."""
         room = self._room_of(call_id)

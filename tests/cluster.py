@@ -34,11 +34,12 @@ class Cluster:
     old: list[GatewayProc] = field(default_factory=list)
 
     async def start_node(self, name: str, sections: dict[str, dict[str, Any]] | None = None,
-                         **cluster: Any) -> GatewayProc:
-        """A node; `sections`: more config sections (e.g. api tokens)."""
+                         app: dict[str, Any] | None = None, **cluster: Any) -> GatewayProc:
+        """A node; `sections`: more config sections (e.g. api tokens); `app`: settings of
+        the test's application (e.g. caller_ids)."""
         d = self.tmp / name
         d.mkdir(exist_ok=True)
-        gw = await start_gateway(d, [app_config(self.app)], cluster={
+        gw = await start_gateway(d, [app_config(self.app, **(app or {}))], cluster={
             "node_id": name, "redis_url": self.redis.url, "secret": CLUSTER_SECRET,
             **TIMING, **cluster}, sip={"media_timeout_s": 5}, **(sections or {}))
         if name in self.nodes:  # restarted: the old process's log is checked too

@@ -4,8 +4,9 @@
 
 stdin, one JSON object per line:
     {"op": "call", "id": "a", "uri": "sip:1001@127.0.0.1:5060", "from": "+15550001",
-     "tone_hz": 440, "record": "/tmp/a.wav", "transport": "udp",
-     "headers": [["X-Name", "value"]]}   (headers: optional, extra INVITE headers)
+     "tone_hz": 440, "record": "/tmp/a.wav", "transport": "udp"}
+        optional "tone_dbfs": the tone's level, -60 to 0 dBFS (default -12)
+        optional "headers": [["X-Name", "value"], ...], extra INVITE headers
     {"op": "hangup", "id": "a"}
     {"op": "dtmf", "id": "a", "digits": "1#", "method": "rfc4733" | "info"}
     {"op": "hold", "id": "a"}, {"op": "unhold", "id": "a"}   (re-INVITEs)
@@ -137,7 +138,7 @@ class Bank:
         self.phones: dict[str, Phone] = {}
         self.accounts: dict[str, pj.Account] = {}
         self.trash: list[Phone] = []
-        self.tones: dict[int, str] = {}
+        self.tones: dict[tuple[int, float], str] = {}
         self.cmds: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self.tmp = tempfile.mkdtemp(prefix="phonebank-")
         self.listen: dict[str, Any] = {"mode": "busy"}
@@ -179,13 +180,16 @@ class Bank:
                 wanted = info.codecId.split("/")[0].lower() == self.args.codec.lower()
                 self.ep.codecSetPriority(info.codecId, 255 if wanted else 0)
 
-    def tone_file(self, hz: int) -> str:
-        if hz not in self.tones:
-            path = os.path.join(self.tmp, f"tone-{hz}.wav")
+    def tone_file(self, hz: int, dbfs: float = -12.0) -> str:
+        if not -60.0 <= dbfs <= 0.0:
+            raise ValueError(f"tone_dbfs {dbfs} is outside -60..0")
+        key = (hz, dbfs)
+        if key not in self.tones:
+            path = os.path.join(self.tmp, f"tone-{hz}-{dbfs:g}.wav")
             # A short gap at the end of each loop would show up as a level dip; keep it seamless.
-            write_wav(path, sine(hz, 2.0) if hz else silence(2.0))
-            self.tones[hz] = path
-        return self.tones[hz]
+            write_wav(path, sine(hz, 2.0, level_dbfs=dbfs) if hz else silence(2.0))
+            self.tones[key] = path
+        return self.tones[key]
 
     def gone(self, phone: Phone) -> None:
         self.phones.pop(phone.cid, None)
@@ -196,7 +200,8 @@ class Bank:
         if op == "quit":
             return False
         if op == "call":
-            tone = self.tone_file(int(c["tone_hz"])) if c.get("tone_hz") is not None else None
+            tone = (self.tone_file(int(c["tone_hz"]), float(c.get("tone_dbfs", -12.0)))
+                    if c.get("tone_hz") is not None else None)
             acc = self.accounts["@" + c["account"]] if c.get("account") else self.listener
             phone = Phone(self, acc, c["id"], tone, c.get("record"))
             self.phones[c["id"]] = phone

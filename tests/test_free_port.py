@@ -6,6 +6,7 @@ the kernel's ephemeral range and do not repeat soon."""
 
 from __future__ import annotations
 
+import itertools
 import socket
 from pathlib import Path
 
@@ -16,6 +17,8 @@ def test_ports_are_above_the_ephemeral_range_and_distinct() -> None:
     high = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[1])
     ports = [free_port() for _ in range(300)]
     assert len(set(ports)) == len(ports)
+    # neighbours are never handed out one after the other (programs that also bind port + 1)
+    assert all(abs(a - b) > 2 for a, b in itertools.pairwise(ports))
     if 65535 - high >= 1000:
         assert all(high < p <= 65535 for p in ports)
 

@@ -27,6 +27,16 @@ class CallWatch(Protocol):
     def gone(self, session: CallSession) -> None: ...
 
 
+class Quota(Protocol):
+    """A cluster's count of customers' calls (gateway.cluster.quota). Memory only."""
+
+    def counts(self, session: CallSession) -> bool: ...  # False: a cascade leg
+
+    def elsewhere(self, customer_id: str) -> int: ...  # on the other live nodes
+
+    def changed(self) -> None: ...
+
+
 class CallTable:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -34,6 +44,7 @@ class CallTable:
         self.outbound = 0  # outbound legs among the sessions (a count, for /metrics)
         self.on_finished: Callable[[CallSession], None] | None = None  # metrics
         self.watch: CallWatch | None = None  # the cluster's record of our live calls
+        self.quota: Quota | None = None  # a cluster's per-customer counts; None: ours only
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -45,13 +56,20 @@ class CallTable:
         return self.sessions.get(call_id)
 
     def count(self, customer_id: str) -> int:
-        return sum(1 for s in self.sessions.values() if s.customer_id == customer_id)
+        """A customer's live calls for limits.max_calls_per_customer: ours and, in a
+        cluster, those on the other live nodes; never a cascade leg."""
+        q = self.quota
+        mine = sum(1 for s in self.sessions.values()
+                   if s.customer_id == customer_id and (q is None or q.counts(s)))
+        return mine + (q.elsewhere(customer_id) if q is not None else 0)
 
     def admit(self, session: CallSession) -> None:
         self.sessions[session.call_id] = session
         if session.rec.direction == "outbound":
             self.outbound += 1
         self.remember(session)
+        if self.quota is not None:
+            self.quota.changed()
 
     def remember(self, session: CallSession) -> None:
         """Store a live call's record: if this process dies, the next one finishes it."""
@@ -94,6 +112,8 @@ class CallTable:
         self.store.call_save(session.call_id, session.record())
         if self.watch is not None:
             self._tell(self.watch.gone, session)
+        if self.quota is not None:
+            self.quota.changed()
         if not session.completion_queued:  # no event_url (or the outbox is full)
             self.store.live_delete(session.call_id)
 

@@ -29,6 +29,7 @@ from gateway.call.services import Services
 from gateway.call.session import CallSession
 from gateway.cluster import cascade
 from gateway.cluster.config import ClusterConfig
+from gateway.cluster.moderation_store import Moderation
 from gateway.cluster.ownership import (
     Adopt,
     Bridge,
@@ -43,6 +44,7 @@ from gateway.cluster.ownership import (
     admit_leg,
     plan,
 )
+from gateway.cluster.quota import CustomerQuota
 from gateway.cluster.reconcile import LostCalls
 from gateway.cluster.redis_store import ClusterStore
 from gateway.conferences import Conferences, StatusHook
@@ -57,7 +59,10 @@ log = logging.getLogger("minivoice.cluster")
 INTERNAL_APP_ID = "app_cluster"
 
 
-# How a cascade leg (another node's share of the room) joins: always mixed, never beeps.
+# How a cascade leg (another node's share of the room) joins: always mixed, never beeps,
+# and no wait music (it would carry it to the other node); its start_on_enter is set by
+# gateway.cluster.moderation (it starts the part only while the far side has a
+# start_on_enter participant).
 CASCADE = MemberOptions(always_source=True)
 # A joining caller waits this long for Redis (its member entry and the room's shared
 # status_url); past it the join goes on with what this node knows, and the write finishes
@@ -103,6 +108,10 @@ class ClusterNode:
         # Our live calls in Redis, and the calls of nodes that died (gateway.cluster.lost).
         self.lost = LostCalls(self.me, self.store, cfg.tick_s, INTERNAL_APP_ID)
         self._lost_task: asyncio.Task[None] | None = None
+        # limits.max_calls_per_customer across the nodes (attached only with a limit).
+        self.quota = CustomerQuota(self.me, self.store, cfg.tick_s, cfg.node_ttl_s,
+                                   INTERNAL_APP_ID)
+        self._quota_task: asyncio.Task[None] | None = None
         self.rooms: dict[RoomKey, RoomState] = {}
         self.services: Services | None = None
         self.sip_address = ""
@@ -116,6 +125,13 @@ class ClusterNode:
         # Room events once per room, not once per node (docs/api.md, Conference events).
         conferences.room_wide_events_here = False
         conferences.remote_count = self._others
+        # start_on_enter / end_on_exit across nodes (gateway.cluster.moderation).
+        self.moderation = Moderation(self.me, self.store.redis, self.store.p, conferences,
+                                     cfg.node_ttl_s, self._redis_down)
+        conferences.on_ended_by_exit = self._ended_by_exit
+
+    def _ended_by_exit(self, key: RoomKey) -> None:
+        self._spawn(self.moderation.mark_ended(key))
 
     def _others(self, key: RoomKey) -> int:
         st = self.rooms.get(key)
@@ -125,7 +141,7 @@ class ClusterNode:
     async def ctx(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: the loop runs from `start` (once SIP is up) to here."""
         yield
-        for task in (self._task, self._lost_task):
+        for task in (self._task, self._lost_task, self._quota_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -139,6 +155,9 @@ class ClusterNode:
                 # Calls that ended on the way out must not be taken for lost ones.
                 self.lost.resync = True
                 await self.lost.flush()
+                if self._quota_task is not None:
+                    with contextlib.suppress(Exception):
+                        await self.quota.close()
                 for key, st in list(self.rooms.items()):
                     if st.owned_epoch is not None:
                         with contextlib.suppress(Exception):
@@ -151,6 +170,8 @@ class ClusterNode:
         self.http_url = self.cfg.http_url or http_url
         self._task = asyncio.create_task(self._run(), name="cluster")
         self._lost_task = asyncio.create_task(self.lost.run(), name="cluster-calls")
+        if self.quota.calls is not None:
+            self._quota_task = asyncio.create_task(self.quota.run(), name="cluster-quota")
         log.info("cluster.node", extra={"node": self.me, "sip": self.sip_address,
                                         "http": self.http_url})
 
@@ -190,6 +211,9 @@ class ClusterNode:
                     self.conferences.notify_room(key, "conference.started", hook, 1)
         elif added in done:
             self._redis_down(cast(Exception, added.exception()))
+        # Once the caller is in the room part (Conferences.join puts them in before its
+        # first await): the part may now have a start_on_enter participant to publish.
+        asyncio.get_running_loop().call_soon(self.kick, key)
         try:
             return await self.conferences.join(key, call_id, *args, **options)
         finally:
@@ -314,8 +338,12 @@ class ClusterNode:
         st = self.rooms.get(key)
         if st is None:
             return
-        claim = await self.store.get_claim(key)
+        legs: dict[str, str | None] = dict(st.inbound_node)
+        if st.bridge_leg is not None:
+            legs[st.bridge_leg.call_id] = None
         hold_off = asyncio.get_running_loop().time() - self._redis_back_at < self.cfg.lease_s
+        await self.moderation.sync(key, legs, hold_off)
+        claim = await self.store.get_claim(key)
         for _ in range(3):  # a claim or a failed renewal means one more plan
             if claim is not None and claim.epoch >= st.max_epoch:
                 st.max_epoch = claim.epoch
@@ -358,6 +386,7 @@ class ClusterNode:
                     st.owned_epoch = None
                 elif isinstance(step, Forget):
                     self.rooms.pop(key, None)
+                    self.moderation.forget(key)
                     return
             if again is None:
                 return
@@ -398,7 +427,8 @@ class ClusterNode:
             await leg.answered_or_ended()
             if leg.ended.is_set():
                 return
-            await self.conferences.join(key, leg.call_id, CASCADE)
+            await self.conferences.join(
+                key, leg.call_id, self.moderation.leg_options(key, CASCADE, None))
             # The local room ended under it: hang the leg up; the plan decides what next.
             await leg.end_call(200, "room_ended", "")
         finally:
@@ -451,7 +481,9 @@ class ClusterNode:
     async def _serve(self, key: RoomKey, st: RoomState, session: CallSession) -> None:
         try:
             await session.answer(jb_max_ms=self.cfg.cascade_jitter_ms)
-            await self.conferences.join(key, session.call_id, CASCADE)
+            far = st.inbound_node.get(session.call_id)
+            await self.conferences.join(key, session.call_id, self.moderation.leg_options(
+                key, CASCADE, far if far is not None else ""))
             await session.end_call(200, "room_ended", "")
         except SipCommandError as exc:  # could not answer: the leg is ended, its node retries
             log.warning("cluster.leg_failed", extra={"call_id": session.call_id,

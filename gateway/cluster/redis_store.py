@@ -15,7 +15,8 @@ Keys (customer ids are percent-encoded, so a ':' in one cannot alias another's k
     mv:callnodes                   set   node ids that have call records
     mv:reconciler:{node}           str   the survivor taking a dead node's calls  TTL 30 s
     mv:done:{call id}              str   the node that sent its call.completed  TTL 7 days
-(gateway.cluster.lost says what the call records are for.)
+(gateway.cluster.lost says what the call records are for; mv:starters:{room} and
+mv:ended:{room}, for start_on_enter / end_on_exit, are gateway.cluster.moderation_store's.)
 """
 
 from __future__ import annotations

@@ -1,0 +1,162 @@
+"""`start_on_enter` / `end_on_exit` across nodes: the Redis side, and applying the rules of
+gateway.cluster.moderation to this node's room parts.
+
+Keys (beside the room's members; `{room}` is `{customer, percent-encoded}/{room}`):
+    mv:starters:{room}  hash  node -> until when (Redis clock, ms) the node's part has a
+                              local start_on_enter participant; written by that node every
+                              tick while it has the room (entry life: node_ttl_s), deleted
+                              when it has none; expired entries are dropped by every write;
+                              the key itself expires STARTERS_KEY_TTL_MS after the last one
+    mv:ended:{room}     str   Redis clock (ms) of the last end_on_exit end of the room;
+                              ENDED_TTL_MS
+
+Every sync is one script call (publish our entry, drop expired ones, read the rest and the
+end mark, with Redis's clock). Redis unreachable: the node keeps the last view it read for
+the room (legs keep their start_on_enter, nothing is ended), and its next sync that works
+puts everything right (it publishes every tick, so a Redis that lost its data is refilled
+within a tick).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+
+import redis.asyncio as aioredis
+
+from gateway.cluster.cascade import encode_room
+from gateway.cluster.moderation import (
+    BadView,
+    View,
+    after_read,
+    has_local_starter,
+    leg_changes,
+    leg_starts,
+    parse_view,
+    part_created_ms,
+    part_ends,
+)
+from gateway.conferences import Conferences
+from media.rooms import MemberOptions, RoomKey
+
+log = logging.getLogger("minivoice.cluster")
+
+STARTERS_KEY_TTL_MS = 3_600_000
+# Long enough for every node to see it (a few ticks), short enough to cost nothing.
+ENDED_TTL_MS = 60_000
+
+# KEYS: starters hash, ended mark. ARGV: node, 1 (we have a starter) / 0, entry ttl ms,
+# key ttl ms. Returns {now ms, ended ms or false, live node, ...}.
+_SYNC = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[2] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[3]))
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+local out = {now, redis.call('GET', KEYS[2]) or false}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local until_ms = tonumber(all[i + 1])
+  if until_ms == nil or until_ms < now then
+    redis.call('HDEL', KEYS[1], all[i])
+  elseif #out < 258 then
+    out[#out + 1] = all[i]
+  end
+end
+if #all > 0 or ARGV[2] == '1' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+return out
+"""
+
+# KEYS: ended mark. ARGV: ttl ms. Returns the mark (Redis clock, ms).
+_END = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], now, 'PX', ARGV[1])
+return now
+"""
+
+
+class Moderation:
+    """One node's side: `sync` a room part (every tick and when it changes), `mark_ended`
+    when an end_on_exit participant ended it here."""
+
+    def __init__(self, me: str, redis: aioredis.Redis, prefix: str, conferences: Conferences,
+                 entry_ttl_s: float, on_redis_error: Callable[[Exception], None]) -> None:
+        self.me = me
+        self.p = prefix
+        self.conferences = conferences
+        self.entry_ttl_ms = max(1000, int(entry_ttl_s * 1000))
+        self.on_redis_error = on_redis_error
+        self._sync = redis.register_script(_SYNC)
+        self._end = redis.register_script(_END)
+        # The last view read per room this node has: kept while Redis is unreachable.
+        self.views: dict[RoomKey, View] = {}
+
+    def _keys(self, key: RoomKey) -> list[str]:
+        rid = encode_room(key)
+        return [f"{self.p}:starters:{rid}", f"{self.p}:ended:{rid}"]
+
+    def starters(self, key: RoomKey) -> frozenset[str]:
+        view = self.views.get(key)
+        return view.starters if view is not None else frozenset()
+
+    def leg_options(self, key: RoomKey, base: MemberOptions, far: str | None) -> MemberOptions:
+        """How a cascade leg joins our part: `base` with start_on_enter as the last view
+        says (none read yet: it does not start the part)."""
+        return replace(base, start_on_enter=leg_starts(self.me, far, self.starters(key)))
+
+    async def sync(self, key: RoomKey, legs: Mapping[str, str | None],
+                   hold_off: bool = False) -> None:
+        """Publish whether our part has a local start_on_enter participant, read the
+        others', set our cascade legs' start_on_enter accordingly, and end our part if an
+        end_on_exit participant ended the room elsewhere since it was created. `legs`: our
+        cascade legs in this room -> far node (None: ours to the owner). Never raises for
+        Redis: an error keeps the last view. `hold_off`: Redis came back a moment ago
+        (gateway.cluster.moderation.after_read)."""
+        room = self.conferences.book.rooms.get(key)
+        mine = room is not None and has_local_starter(room.members.values())
+        try:
+            raw = await self._sync(keys=self._keys(key), args=[
+                self.me, "1" if mine else "0", self.entry_ttl_ms, STARTERS_KEY_TTL_MS])
+            got = parse_view(raw)
+        except BadView as exc:
+            log.warning("cluster.bad_starters", extra={"room": key.name, "error": str(exc)})
+            return
+        except Exception as exc:  # Redis down: keep what we knew
+            self.on_redis_error(exc)
+            return
+        before = self.views.get(key)
+        view = after_read(before, got, hold_off)
+        if room is None:
+            self.views.pop(key, None)
+            return
+        self.views[key] = view
+        if before is None or before.starters != view.starters:
+            log.info("conference.starters", extra={
+                "room": key.name, "customer_id": key.customer_id, "node": self.me,
+                "starters": ",".join(sorted(view.starters)), "local": mine})
+        if part_ends(view, part_created_ms(room.created_at, time.time(), view)):
+            log.info("conference.ended_elsewhere", extra={
+                "room": key.name, "customer_id": key.customer_id, "node": self.me})
+            self.conferences.end(key)
+            return
+        current = {cid: room.members[cid].start_on_enter for cid in legs if cid in room.members}
+        for cid, value in leg_changes(self.me, legs, current, view.starters).items():
+            self.conferences.set_start_on_enter(cid, value)
+
+    def forget(self, key: RoomKey) -> None:
+        self.views.pop(key, None)
+
+    async def mark_ended(self, key: RoomKey) -> None:
+        """An end_on_exit participant ended our part: the other nodes end theirs. Redis
+        unreachable: they do not (logged)."""
+        try:
+            await self._end(keys=self._keys(key)[1:], args=[ENDED_TTL_MS])
+        except Exception as exc:
+            log.warning("cluster.end_not_shared", extra={
+                "room": key.name, "customer_id": key.customer_id, "error": str(exc)})
+            self.on_redis_error(exc)
