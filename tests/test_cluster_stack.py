@@ -119,8 +119,14 @@ async def test_make_cluster_dispatches_and_skips_a_dead_node(tmp_path: Path) -> 
         try:
             code = await asyncio.to_thread(proc.wait, 100)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            code = await asyncio.to_thread(proc.wait, 10)
+            # SIGTERM stops the stack's children too (they run in sessions of their own,
+            # so a kill of the stack alone would leave them behind), then the test fails
+            proc.terminate()
+            try:
+                await asyncio.to_thread(proc.wait, 100)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            code = -1
         log = (tmp_path / "stack.log").read_text(errors="replace")
     assert code == 0, log[-6000:]
     assert "Traceback" not in log, log[-4000:]

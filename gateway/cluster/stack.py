@@ -191,6 +191,10 @@ def run(path: str) -> int:
     parts = Parts(run_dir)
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    # Python turns SIGINT into KeyboardInterrupt only if it was not ignored when the process
+    # started, and a shell ignores it for a command it puts in the background: started that
+    # way (a CI script run with `&`), the stack never saw Ctrl-C and ran on forever.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     code = 0
     try:
         redis = shutil.which("redis-server")
