@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from media.rooms import Link, Player
-
-# A small jitter buffer's capacity: at least one 20 ms packet, at most pjmedia's default.
-JB_MAX_MS_RANGE = (20, 500)
+from sip.config import JB_MAX_MS_RANGE
 
 
 def check_jb_max_ms(value: int) -> None:

@@ -14,7 +14,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["MAX_CALLS_BUILT", "Codec", "SipConfig"]
+# A small jitter buffer's capacity: at least one 20 ms packet, at most pjmedia's default.
+# Here, not in sip.commands: gateway.cluster.config checks cascade_jitter_ms against it, and
+# the edge's image has only this module of sip/ (no pjsua2, no media).
+JB_MAX_MS_RANGE = (20, 500)
+
+__all__ = ["JB_MAX_MS_RANGE", "MAX_CALLS_BUILT", "Codec", "SipConfig"]
 
 
 def _between(lo: float, hi: float) -> Callable[[Any], str | None]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.strict import between, checked, length, pattern
-from sip.commands import JB_MAX_MS_RANGE
+from sip.config import JB_MAX_MS_RANGE
 
 NODE_ID = pattern(r"[A-Za-z0-9_-]{1,64}", "1-64 of A-Z a-z 0-9 _ -")
 
