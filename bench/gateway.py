@@ -35,6 +35,10 @@ log = logging.getLogger("bench.gateway")
 
 
 _STRIDE = 8
+# free_port() stays below this; the compose tests publish whole RTP ranges above it
+# (tests/compose_kit.free_udp_blocks), and a port handed out inside such a range before
+# Docker publishes it would make `docker-compose up` fail.
+FREE_PORTS_END = 63999
 
 
 def _listen_ports() -> list[int]:
@@ -48,12 +52,13 @@ def _listen_ports() -> list[int]:
     high = 60999
     with contextlib.suppress(OSError, ValueError, IndexError):
         high = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[1])
-    if 65535 - high < 1000:
+    if FREE_PORTS_END - high < 1000:
         return []  # no room above it on this machine: the kernel picks (the old way)
     # Two ports handed out one after the other are never neighbours: some programs bind the
     # next port up as well (baresip's SIP over TLS on port + 1 collided with the control
     # port handed out after its SIP port).
-    ports = [p for offset in range(_STRIDE) for p in range(high + 1 + offset, 65536, _STRIDE)]
+    ports = [p for offset in range(_STRIDE)
+             for p in range(high + 1 + offset, FREE_PORTS_END + 1, _STRIDE)]
     start = random.randrange(len(ports))
     return ports[start:] + ports[:start]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from bench.gateway import free_port
+from bench.gateway import FREE_PORTS_END, free_port
 from tests.harness import ROOT
 
 
@@ -71,12 +71,13 @@ def free_host_port() -> int:
     return free_port("0.0.0.0")
 
 
-def free_udp_blocks(count: int, size: int = 100, lo: int = 61000,
+def free_udp_blocks(count: int, size: int = 100, lo: int = FREE_PORTS_END + 1,
                     hi: int = 65500) -> list[int]:
     """The first port of each of `count` blocks of `size` UDP ports free on every host address,
     for an RTP range published as it is. Above Linux's ephemeral range (32768-60999 by
-    default) and the ranges the other tests and the benchmark use (10000-32000), where a
-    fixed range like the compose files' default 10000-10099 can be taken."""
+    default), the ranges the other tests and the benchmark use (10000-32000) and the ports
+    free_port() hands out (up to FREE_PORTS_END), where a fixed range like the compose
+    files' default 10000-10099 can be taken."""
     starts: list[int] = []
     for start in range(lo, hi - size + 1, size):
         free = True
