@@ -334,3 +334,6 @@ async def serve(cfg: Config, drain_s: float | None = None,
         gw.drain_deadline = 0.0
         await stopping
     again.cancel()
+    # What is left is asyncio's own clean-up: a process that logs this and does not exit is
+    # held by a task or a worker thread, not by the gateway's shutdown steps.
+    log.info("gateway stopped")

@@ -141,11 +141,17 @@ class ClusterNode:
     async def ctx(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: the loop runs from `start` (once SIP is up) to here."""
         yield
-        for task in (self._task, self._lost_task, self._quota_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        loops = [t for t in (self._task, self._lost_task, self._quota_task) if t is not None]
+        for task in loops:
+            task.cancel()
+        if loops:
+            # Bounded: a loop that missed its cancellation (a client library turning it into
+            # an error the loop retries on) must not hold the exit; a CI run once saw a node
+            # still running 15 s after SIGTERM, its SIP engine long stopped.
+            _, stuck = await asyncio.wait(loops, timeout=3.0)
+            for task in stuck:
+                log.warning("cluster.task_stuck", extra={"node": self.me,
+                                                         "task": task.get_name()})
         if self._tasks:  # members' removals, legs being hung up
             await asyncio.wait(set(self._tasks), timeout=2.0)
         # Leaving cleanly: free our rooms now rather than when their leases lapse. Bounded:
