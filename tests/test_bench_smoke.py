@@ -54,7 +54,11 @@ def test_bench_runs_end_to_end_at_toy_scale(tmp_path: Path) -> None:
 
     gw, pjsua = r["ratio"]["servers"]
     assert gw["target"] == "gateway" and pjsua["target"] == "pjsua", r["ratio"]
-    assert gw["answered"] == pjsua["answered"] == 4 and r["ratio"]["ratio"] > 0, r["ratio"]
+    assert gw["answered"] == pjsua["answered"] == 4, r["ratio"]
+    # 4 looped calls for 2 s may cost pjsua less than one 10 ms clock tick: no ratio then
+    # (bench/ratio.py says so in the summary), otherwise a positive one.
+    assert r["ratio"]["ratio"] > 0 if pjsua["cpu_ms_per_leg_s"] else \
+        r["ratio"]["ratio"] is None, r["ratio"]
 
     for phase in ("ramp_gateway", "delay_gateway", "room_4_gateway"):
         assert r[phase]["exit_code"] == 0 and not r[phase]["error_lines"], r[phase]
