@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from media.rooms import Link, Player
-from sip.config import JB_MAX_MS_RANGE
+from sip.config import jb_max_ms_problem
 
 
 def check_jb_max_ms(value: int) -> None:
-    lo, hi = JB_MAX_MS_RANGE
-    if type(value) is not int or not (value == 0 or lo <= value <= hi):
-        raise ValueError(f"jb_max_ms must be 0 or {lo}-{hi}, not {value!r}")
+    problem = jb_max_ms_problem(value)
+    if problem:
+        raise ValueError(f"jb_max_ms {problem}")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,20 @@ from typing import Any, Literal
 # the edge's image has only this module of sip/ (no pjsua2, no media).
 JB_MAX_MS_RANGE = (20, 500)
 
-__all__ = ["JB_MAX_MS_RANGE", "MAX_CALLS_BUILT", "Codec", "SipConfig"]
+
+def jb_max_ms_problem(value: object) -> str | None:
+    """Why `value` is not a jitter buffer setting (0: adaptive, or a size in range), or None.
+
+    The one check behind both the config key cluster.cascade_jitter_ms and the SIP
+    commands' jb_max_ms.
+    """
+    lo, hi = JB_MAX_MS_RANGE
+    if type(value) is int and (value == 0 or lo <= value <= hi):
+        return None
+    return f"must be 0 (adaptive) or {lo}-{hi}, not {value!r}"
+
+
+__all__ = ["JB_MAX_MS_RANGE", "MAX_CALLS_BUILT", "Codec", "SipConfig", "jb_max_ms_problem"]
 
 
 def _between(lo: float, hi: float) -> Callable[[Any], str | None]:

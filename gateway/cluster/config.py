@@ -16,14 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.strict import between, checked, length, pattern
-from sip.config import JB_MAX_MS_RANGE
+from sip.config import jb_max_ms_problem
 
 NODE_ID = pattern(r"[A-Za-z0-9_-]{1,64}", "1-64 of A-Z a-z 0-9 _ -")
-
-
-def jb_ms(v: int) -> str | None:
-    lo, hi = JB_MAX_MS_RANGE
-    return None if v == 0 or lo <= v <= hi else f"must be 0 (adaptive) or {lo}-{hi}"
 
 
 @dataclass(frozen=True)
@@ -48,7 +43,7 @@ class ClusterConfig:
     # The jitter buffer of cascade legs, both ends: a buffer of at most this many ms with no
     # prefetch (sip.calls); 0, pjmedia's adaptive one, as every phone's. 40 ms: two 20 ms
     # packets, measured against the adaptive one in BENCHMARKS.md (cluster section).
-    cascade_jitter_ms: int = checked(jb_ms, default=40)
+    cascade_jitter_ms: int = checked(jb_max_ms_problem, default=40)
 
     @property
     def enabled(self) -> bool:
