@@ -19,10 +19,7 @@ async def two_callers_hear_each_other(uri: str, app: AppServer, phones: Phoneban
     for cid in recs:
         await phones.wait("media", cid, timeout=15)
     await asyncio.sleep(2.5)
-    for cid in recs:
-        phones.hangup(cid)
-    for cid in recs:
-        await phones.wait("ended", cid)
+    await phones.hangup_all(recs)
     a = levels(recs["check-a"], 440, 700)
     b = levels(recs["check-b"], 440, 700)
     assert a[700] > -25 and b[440] > -25, (a, b)

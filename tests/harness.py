@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,6 +294,17 @@ class Phonebank:
 
     def hangup(self, cid: str) -> None:
         self.send(op="hangup", id=cid)
+
+    async def hangup_all(self, cids: Iterable[str], timeout: float = 10.0) -> None:
+        """Hang up every call of `cids`, then wait for each one's `ended`. The hang-ups go
+        out together and the waits share one deadline: each call has `timeout` seconds from
+        the hang-ups, as if each were waited for on its own, without the waits adding up."""
+        cids = list(cids)
+        for cid in cids:
+            self.hangup(cid)
+        deadline = time.monotonic() + timeout
+        for cid in cids:
+            await self.wait("ended", cid, timeout=max(0.0, deadline - time.monotonic()))
 
     def find(self, event: str, cid: str | None, **match: Any) -> dict[str, Any] | None:
         for e in self.events:

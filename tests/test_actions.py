@@ -83,9 +83,7 @@ async def test_ivr_say_gather_then_room_chosen_by_digit(
         assert set(body) == {"event", "created_at", "call", "variables", "data"}
         assert body["data"]["reason"] == "num_digits"
     await asyncio.sleep(2.5)  # a and b talk in "sales", c alone in "support"
-    for cid in "abc":
-        phones.hangup(cid)
-        await phones.wait("ended", cid)
+    await phones.hangup_all("abc")
     end = _duration(recs["a"])
     a = levels(recs["a"], 440, 700, 1100, start_s=end - 2.0, end_s=end - 0.3)
     b = levels(recs["b"], 440, 700, 1100, start_s=end - 2.0, end_s=end - 0.3)

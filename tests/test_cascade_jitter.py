@@ -115,10 +115,7 @@ async def test_cascade_leg_has_the_low_latency_buffer_phones_the_adaptive(
     await phones.wait("media", "y")
     await eventually(lambda: _complete(a), timeout=10, message="room not complete on a")
     await asyncio.sleep(3.0)
-    for cid in recs:
-        phones.hangup(cid)
-    for cid in recs:
-        await phones.wait("ended", cid)
+    await phones.hangup_all(recs)
     heard = {cid: tail_levels(path, 440, 700) for cid, path in recs.items()}
     print("levels heard (dBFS):", heard)
     assert heard["x"][700] > HEARD_DB and heard["y"][440] > HEARD_DB, heard

@@ -55,10 +55,7 @@ async def claim_of(store: ClusterStore):  # type: ignore[no-untyped-def]
 
 async def hang_up_and_measure(phones: Phonebank, recs: dict[str, Path]
                               ) -> dict[str, dict[float, float]]:
-    for cid in recs:
-        phones.hangup(cid)
-    for cid in recs:
-        await phones.wait("ended", cid)
+    await phones.hangup_all(recs)
     return {cid: tail_levels(p, *TONES.values()) for cid, p in recs.items()}
 
 

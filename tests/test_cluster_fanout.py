@@ -195,10 +195,7 @@ async def test_record_a_room_through_the_node_that_does_not_own_it(
     assert status == 201 and body["customer_id"] == "cust_test", body
     status, body = await b.request("DELETE", f"{rec}/{body['id']}", token=ADMIN)
     assert status == 200 and body["status"] == "completed", body
-    phones.hangup("x")
-    phones.hangup("y")
-    for cid in "xy":
-        await phones.wait("ended", cid)
+    await phones.hangup_all("xy")
 
 
 async def test_broken_or_hostile_nodes_do_not_break_the_list(cluster: Cluster  # noqa: F811

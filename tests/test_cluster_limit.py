@@ -114,9 +114,7 @@ async def test_the_limit_counts_the_customers_calls_on_every_node(
         # and now a is at the limit too (y there, v on b)
         _dial(phones, "w", a, tmp_path)
         await _refused(phones, "w")
-        for cid in ("y", "v"):
-            phones.hangup(cid)
-            await phones.wait("ended", cid)
+        await phones.hangup_all(("y", "v"))
         await cluster.app.completed(count=3)
         assert _callers(cluster) == {"+1555000440", "+1555000700", "+15550001500"}
     finally:
@@ -191,10 +189,7 @@ async def test_a_room_across_nodes_is_not_refused_by_its_cascade_legs(
         await phones.wait("media", "v", timeout=15)
         await eventually(lambda: _in_room(b, 3), timeout=10, message="v not in the room")
         await settle(3.0)
-        for cid in ("y", "z", "v"):
-            phones.hangup(cid)
-        for cid in ("y", "z", "v"):
-            await phones.wait("ended", cid)
+        await phones.hangup_all(("y", "z", "v"))
         heard = {cid: tail_levels(recs[cid], *TONES.values()) for cid in ("y", "z", "v")}
         print("levels heard (dBFS):", heard)
         # through the cascade leg both ways: z (on b) hears y and v (on a), they hear z

@@ -110,10 +110,7 @@ async def test_waiting_callers_on_two_nodes_start_when_a_moderator_joins(
     print(f"nobody waits on either node {asyncio.get_running_loop().time() - joined:.2f} s "
           "after the moderator's call was answered (API polled)")
     await asyncio.sleep(3.0)
-    for cid in calls.recs:
-        phones.hangup(cid)
-    for cid in calls.recs:
-        await phones.wait("ended", cid)
+    await phones.hangup_all(calls.recs)
 
     after = {c: (duration_s(calls.recs[c]) - 2.3, duration_s(calls.recs[c]) - 0.3)
              for c in calls.recs}
@@ -220,10 +217,7 @@ async def test_redis_unreachable_keeps_a_started_room_running(
     await eventually(lambda: "cluster.redis_back" in a.log() and "cluster.redis_back" in b.log(),
                      timeout=10, message="the nodes did not notice Redis back")
     await asyncio.sleep(3.0)  # past the hold-off: the state is Redis's again
-    for cid in calls.recs:
-        phones.hangup(cid)
-    for cid in calls.recs:
-        await phones.wait("ended", cid)
+    await phones.hangup_all(calls.recs)
     back = {c: (duration_s(calls.recs[c]) - 2.3, duration_s(calls.recs[c]) - 0.3)
             for c in calls.recs}
     for window in (down, back):

@@ -49,10 +49,7 @@ async def test_callers_on_two_nodes_hear_each_other(
     _, body = await b.get("/v1/conferences/r1")
     assert {p["from"] for p in body["participants"]} == {"+15550001", "+15550002"}
     await asyncio.sleep(3.0)
-    for cid in recs:
-        phones.hangup(cid)
-    for cid in recs:
-        await phones.wait("ended", cid)
+    await phones.hangup_all(recs)
     heard = {cid: tail_levels(path, 440, 700) for cid, path in recs.items()}
     print("levels heard (dBFS):", heard)
     assert heard["x"][700] > HEARD_DB and heard["y"][440] > HEARD_DB, heard

@@ -28,10 +28,7 @@ async def talk(phones: Phonebank, gw: GatewayProc, callers: dict[str, dict[str, 
     for cid in callers:
         await phones.wait("media", cid)
     await asyncio.sleep(hold_s)
-    for cid in callers:
-        phones.hangup(cid)
-    for cid in callers:
-        await phones.wait("ended", cid)
+    await phones.hangup_all(callers)
     return recs
 
 
@@ -113,10 +110,7 @@ async def test_end_on_exit_moves_others_to_their_next_action(
     ended_c = await phones.wait("ended", "c")
     assert ended_c["code"] in (200, 603)
     await asyncio.sleep(2.5)  # b is now in "side" with d
-    phones.hangup("b")
-    phones.hangup("d")
-    for cid in "bd":
-        await phones.wait("ended", cid)
+    await phones.hangup_all("bd")
     b_main = levels(recs["b"], 440, 1100, 1500, start_s=0.8, end_s=1.8)
     b_side = levels(recs["b"], 440, 1100, 1500, skip_s=3.2)
     assert b_main[440] > HEARD_DB and b_main[1100] > HEARD_DB, b_main
@@ -187,9 +181,7 @@ async def test_room_survives_hold_and_unhold(
     await asyncio.sleep(1.0)
     phones.send(op="unhold", id="a")
     await asyncio.sleep(2.5)
-    for cid in "ab":
-        phones.hangup(cid)
-        await phones.wait("ended", cid)
+    await phones.hangup_all("ab")
     def last_seconds(path: Path) -> dict[float, float]:
         # each file's own end: a's recording pauses while a is on hold, so it is shorter
         x, rate = read_final(path)

@@ -296,10 +296,7 @@ async def test_the_page_shows_the_room_and_its_mute_and_hold_buttons_silence_the
         ) == label
         clicked.append((f"{button}->{value}", at, heard))
         await asyncio.sleep(max(0.0, at + 2.5 - loop.time()))
-    for cid in ("talker", "listener"):
-        phones.hangup(cid)
-    for cid in ("talker", "listener"):
-        await phones.wait("ended", cid)
+    await phones.hangup_all(("talker", "listener"))
 
     # the listener heard the talker before the first click, and after each click as expected
     windows = [(what, max(0.3, at - heard_since - 2.0), at - heard_since - 0.2, heard)

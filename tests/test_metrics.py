@@ -148,10 +148,7 @@ async def test_metrics_of_a_real_gateway_move_with_real_calls(
     assert value(s, "minivoice_answer_url_seconds_count", kind="answer_url", outcome="ok") == 2
     assert 0 <= value(s, "minivoice_sip_loop_lag_seconds") < 2
     await asyncio.sleep(2.0)  # RTP flows both ways for a while
-    for cid in ("a", "b"):
-        phones.hangup(cid)
-    for cid in ("a", "b"):
-        await phones.wait("ended", cid)
+    await phones.hangup_all(("a", "b"))
 
     dest = f"http://127.0.0.1:{app.port}"
 

@@ -241,10 +241,7 @@ async def test_rtt_from_rtcp_in_the_call_record(
     for cid in ("a", "b"):
         await phones.wait("media", cid, timeout=15)
     await asyncio.sleep(RTT_CALL_S)
-    for cid in ("a", "b"):
-        phones.hangup(cid)
-    for cid in ("a", "b"):
-        await phones.wait("ended", cid)
+    await phones.hangup_all(("a", "b"))
     done = await app.completed(count=2, timeout=15)
     rtts = []
     for hook in done:

@@ -78,10 +78,7 @@ async def callers_in_room(phones: Phonebank, gw: GatewayProc, room: str = "rec")
 
 
 async def hang_up(phones: Phonebank, *cids: str) -> float:
-    for cid in cids:
-        phones.hangup(cid)
-    for cid in cids:
-        await phones.wait("ended", cid)
+    await phones.hangup_all(cids)
     return asyncio.get_running_loop().time()
 
 

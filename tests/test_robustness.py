@@ -168,10 +168,7 @@ async def test_transfers_with_eight_caller_ids_all_bridge(
             await callee.wait("media", f"in{i + 1}", timeout=15)
         await asyncio.sleep(2.5)  # all eight bridged at once
         incoming = {e["id"]: e["from"] for e in callee.events if e.get("event") == "incoming"}
-        for i in range(len(tones)):
-            phones.hangup(f"c{i}")
-        for i in range(len(tones)):
-            await phones.wait("ended", f"c{i}", timeout=15)
+        await phones.hangup_all([f"c{i}" for i in range(len(tones))], timeout=15)
         for i, hz in enumerate(tones):
             caller_id = f"+1555000{i:04d}"
             leg = next(k for k, v in incoming.items() if caller_id in v)

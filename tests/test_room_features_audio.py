@@ -109,10 +109,7 @@ class Scene:
         return self.ids
 
     async def hang_up_all(self) -> None:
-        for cid in self.recs:
-            self.phones.hangup(cid)
-        for cid in self.recs:
-            await self.phones.wait("ended", cid)
+        await self.phones.hangup_all(self.recs)
 
     async def patch(self, room: str, call_id: str, body: Any) -> tuple[int, Any]:
         return await self.gw.request("PATCH", f"/v1/conferences/{room}/participants/{call_id}",

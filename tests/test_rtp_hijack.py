@@ -76,10 +76,7 @@ async def test_second_rtp_source_is_neither_heard_nor_answered(
         assert len(media_ports) >= 4, media_ports  # RTP + RTCP of two calls
         received = await asyncio.to_thread(rogue_rtp, media_ports, 3.0)
         await asyncio.sleep(0.5)
-        for cid in recs:
-            phones.hangup(cid)
-        for cid in recs:
-            await phones.wait("ended", cid)
+        await phones.hangup_all(recs)
     finally:
         await phones.close()
     assert received == 0, f"the rogue source was sent {received} packets of the mix"
@@ -101,10 +98,7 @@ async def test_each_stream_gets_a_random_port(gateway: GatewayProc, app: AppServ
             await phones.wait("media", f"p{i}")
         new = sorted(udp_ports(gateway.proc.pid) - before)
         rtp = [p for p in new if p % 2 == 0]
-        for i in range(6):
-            phones.hangup(f"p{i}")
-        for i in range(6):
-            await phones.wait("ended", f"p{i}")
+        await phones.hangup_all(f"p{i}" for i in range(6))
     finally:
         await phones.close()
     assert len(rtp) >= 6, rtp
