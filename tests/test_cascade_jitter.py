@@ -19,6 +19,7 @@ from gateway.config import ConfigError, from_dict
 from media.rooms import RoomKey
 from sip import calls
 from sip import commands as cmd
+from tests.checks import TWO_TONES, callers_on_two_nodes, hang_up_and_hear_each_other
 from tests.cluster import (  # noqa: F401 (cluster: a fixture)
     CLUSTER_SECRET,
     Cluster,
@@ -108,17 +109,9 @@ async def test_cascade_leg_has_the_low_latency_buffer_phones_the_adaptive(
     leg_kind = SMALL if setting is None else "adaptive"
     a = await cluster.start_node("a", **opts)
     b = await cluster.start_node("b", **opts)
-    recs = {cid: tmp_path / f"{cid}.wav" for cid in ("x", "y")}
-    phones.call("x", a.uri(), record=str(recs["x"]), tone_hz=440, **{"from": "+15550001"})
-    await phones.wait("media", "x")
-    phones.call("y", b.uri(), record=str(recs["y"]), tone_hz=700, **{"from": "+15550002"})
-    await phones.wait("media", "y")
-    await eventually(lambda: _complete(a), timeout=10, message="room not complete on a")
+    recs = await callers_on_two_nodes(phones, a, b, tmp_path)  # x on a, y on b, in r1
     await asyncio.sleep(3.0)
-    await phones.hangup_all(recs)
-    heard = {cid: tail_levels(path, 440, 700) for cid, path in recs.items()}
-    print("levels heard (dBFS):", heard)
-    assert heard["x"][700] > HEARD_DB and heard["y"][440] > HEARD_DB, heard
+    await hang_up_and_hear_each_other(phones, recs, TWO_TONES)
 
     # Each node: its phone (adaptive) and its end of the cascade leg (a answered it, b dialed
     # it), as pjmedia built them.
@@ -182,11 +175,6 @@ async def test_reinvite_keeps_the_low_latency_buffer(
     assert len(streams) >= 2, streams
     assert all(e["jitter_buffer"] == SMALL
                and int(e["jb_max_prefetch"]) <= LOW_MAX_MAX_PREFETCH for e in streams), streams
-
-
-async def _complete(gw: GatewayProc) -> dict[str, str] | None:
-    seen = await room_nodes(gw, "r1")
-    return seen if len(seen) == 2 else None
 
 
 async def _ended_streams(gw: GatewayProc, n: int) -> Any:

@@ -14,19 +14,18 @@ import pytest
 from bench.audio import mixer_delay
 from gateway.cluster import cascade
 from media.rooms import RoomKey
+from tests.checks import TWO_TONES, callers_on_two_nodes, hang_up_and_hear_each_other
 from tests.cluster import (  # noqa: F401 (cluster: a fixture)
     CLUSTER_SECRET,
     Cluster,
     cluster,
     room_nodes,
-    tail_levels,
 )
 from tests.harness import Phonebank
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.sip
 
-HEARD_DB = -25.0
 SILENT_DB = -45.0
 
 
@@ -35,24 +34,17 @@ async def test_callers_on_two_nodes_hear_each_other(
 ) -> None:
     a = await cluster.start_node("a")
     b = await cluster.start_node("b")
-    recs = {cid: tmp_path / f"{cid}.wav" for cid in ("x", "y")}
-    phones.call("x", a.uri(), record=str(recs["x"]), tone_hz=440, **{"from": "+15550001"})
-    await phones.wait("media", "x")
-    phones.call("y", b.uri(), record=str(recs["y"]), tone_hz=700, **{"from": "+15550002"})
-    await phones.wait("media", "y")
+    # x (440 Hz) on a, y (700 Hz) on b; both nodes list the two of them (not the cascade leg)
+    recs = await callers_on_two_nodes(phones, a, b, tmp_path)
 
     # Any node's API lists both, each with its node; the cascade leg is not a participant.
     for gw in (a, b):
-        seen = await eventually(lambda gw=gw: _both(gw), timeout=10,
-                                message="room not complete on both nodes")
+        seen = await room_nodes(gw, "r1")
         assert sorted(seen.values()) == ["a", "b"], seen
     _, body = await b.get("/v1/conferences/r1")
     assert {p["from"] for p in body["participants"]} == {"+15550001", "+15550002"}
     await asyncio.sleep(3.0)
-    await phones.hangup_all(recs)
-    heard = {cid: tail_levels(path, 440, 700) for cid, path in recs.items()}
-    print("levels heard (dBFS):", heard)
-    assert heard["x"][700] > HEARD_DB and heard["y"][440] > HEARD_DB, heard
+    heard = await hang_up_and_hear_each_other(phones, recs, TWO_TONES)
     assert heard["x"][700] - heard["x"][440] >= 25, f"x hears itself: {heard}"
     assert heard["y"][440] - heard["y"][700] >= 25, f"y hears itself: {heard}"
 
@@ -67,11 +59,6 @@ async def test_callers_on_two_nodes_hear_each_other(
     assert {w["call"]["from"] for w in cluster.app.webhooks()} == {"+15550001", "+15550002"}
     # The room is gone everywhere once empty.
     await eventually(lambda: _gone(a), timeout=10)
-
-
-async def _both(gw):  # type: ignore[no-untyped-def]
-    seen = await room_nodes(gw, "r1")
-    return seen if len(seen) == 2 else None
 
 
 async def _gone(gw):  # type: ignore[no-untyped-def]
