@@ -11,6 +11,7 @@ import re
 import secrets
 import socket
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,13 @@ import pytest
 from gateway.cluster import cascade
 from gateway.cluster.redis_store import ClusterStore
 from media.rooms import RoomKey
+from tests.checks import hang_up_and_hear_each_other
 from tests.cluster import (  # noqa: F401 (cluster: a fixture)
     CLUSTER_SECRET,
     Cluster,
     cluster,
     room_nodes,
     settle,
-    tail_levels,
 )
 from tests.harness import Phonebank
 from tests.test_cluster_nodes import _invite
@@ -34,7 +35,6 @@ from tests.waiting import eventually
 
 pytestmark = pytest.mark.sip
 
-HEARD_DB = -25.0
 PAUSE = {"actions": [{"pause": {"length": 60}}]}  # a call that stays up, in no room
 KEY = RoomKey("cust_test", "r1")
 TONES = {"x": 440, "y": 700, "z": 1100, "w": 1300, "v": 1500}
@@ -75,81 +75,87 @@ async def _limited(c: Cluster, cap: int) -> tuple[Any, Any]:
     return nodes[0], nodes[1]
 
 
+@pytest.fixture
+async def cluster_store(cluster: Cluster) -> AsyncIterator[ClusterStore]:  # noqa: F811
+    """A client of the cluster's Redis, to read what the nodes publish there."""
+    store = ClusterStore(cluster.redis.url)
+    yield store
+    await store.close()
+
+
+async def _two_calls_on_a(c: Cluster, phones: Phonebank, store: ClusterStore, tmp: Path,
+                          cap: int) -> tuple[Any, Any, dict[str, Path]]:
+    """Nodes a and b with the customer's limit at `cap`, and x and y up on a, once b can have
+    read a's count of 2. Returns the nodes and x's and y's recordings."""
+    a, b = await _limited(c, cap)
+    recs = {}
+    for cid in ("x", "y"):
+        recs[cid] = _dial(phones, cid, a, tmp)
+        await phones.wait("media", cid)
+    await eventually(lambda: _published(store, "a", 2), timeout=10)
+    await settle(REFRESH_S)
+    return a, b, recs
+
+
 async def test_the_limit_counts_the_customers_calls_on_every_node(
-    cluster: Cluster, phones: Phonebank, tmp_path: Path  # noqa: F811
+    cluster: Cluster, phones: Phonebank, tmp_path: Path,  # noqa: F811
+    cluster_store: ClusterStore,
 ) -> None:
     cluster.app.answer = lambda p: PAUSE
-    a, b = await _limited(cluster, 2)
-    store = ClusterStore(cluster.redis.url)
-    try:
-        for cid in ("x", "y"):
-            _dial(phones, cid, a, tmp_path)
-            await phones.wait("media", cid)
-        await eventually(lambda: _published(store, "a", 2), timeout=10)
-        await settle(REFRESH_S)
-        # b has no call of the customer, a has two: the customer is at its limit
-        _dial(phones, "z", b, tmp_path)
-        await _refused(phones, "z")
-        assert "reason=customer_call_limit" in b.log()
-        status, err = await b.request("POST", "/v1/calls", {
-            "to": "sip:nobody@127.0.0.1:9", "from": "+15550009", **PAUSE})
-        assert status == 429, err
-        assert err["error"]["code"] == "too_many_calls"
-        assert err["error"]["message"] == "2 live calls (limits.max_calls_per_customer)"
-        assert len(cluster.app.answers()) == 2, "a refused call reached answer_url"
-        assert "+15550001100" not in _callers(cluster), "the refused call sent webhooks"
+    a, b, _ = await _two_calls_on_a(cluster, phones, cluster_store, tmp_path, 2)
+    # b has no call of the customer, a has two: the customer is at its limit
+    _dial(phones, "z", b, tmp_path)
+    await _refused(phones, "z")
+    assert "reason=customer_call_limit" in b.log()
+    status, err = await b.request("POST", "/v1/calls", {
+        "to": "sip:nobody@127.0.0.1:9", "from": "+15550009", **PAUSE})
+    assert status == 429, err
+    assert err["error"]["code"] == "too_many_calls"
+    assert err["error"]["message"] == "2 live calls (limits.max_calls_per_customer)"
+    assert len(cluster.app.answers()) == 2, "a refused call reached answer_url"
+    assert "+15550001100" not in _callers(cluster), "the refused call sent webhooks"
 
-        # one of a's calls ends: b admits a new one
-        phones.hangup("x")
-        await phones.wait("ended", "x")
-        ended = time.monotonic()
-        await eventually(lambda: _published(store, "a", 1), timeout=10)
-        print(f"a's count in Redis {1000 * (time.monotonic() - ended):.0f} ms after the "
-              "caller's end (polled every 50 ms)")
-        await settle(REFRESH_S)
-        _dial(phones, "v", b, tmp_path)
-        await phones.wait("media", "v", timeout=15)
-        await eventually(lambda: _published(store, "b", 1), timeout=10)
-        await settle(REFRESH_S)
-        # and now a is at the limit too (y there, v on b)
-        _dial(phones, "w", a, tmp_path)
-        await _refused(phones, "w")
-        await phones.hangup_all(("y", "v"))
-        await cluster.app.completed(count=3)
-        assert _callers(cluster) == {"+1555000440", "+1555000700", "+15550001500"}
-    finally:
-        await store.close()
+    # one of a's calls ends: b admits a new one
+    phones.hangup("x")
+    await phones.wait("ended", "x")
+    ended = time.monotonic()
+    await eventually(lambda: _published(cluster_store, "a", 1), timeout=10)
+    print(f"a's count in Redis {1000 * (time.monotonic() - ended):.0f} ms after the "
+          "caller's end (polled every 50 ms)")
+    await settle(REFRESH_S)
+    _dial(phones, "v", b, tmp_path)
+    await phones.wait("media", "v", timeout=15)
+    await eventually(lambda: _published(cluster_store, "b", 1), timeout=10)
+    await settle(REFRESH_S)
+    # and now a is at the limit too (y there, v on b)
+    _dial(phones, "w", a, tmp_path)
+    await _refused(phones, "w")
+    await phones.hangup_all(("y", "v"))
+    await cluster.app.completed(count=3)
+    assert _callers(cluster) == {"+1555000440", "+1555000700", "+15550001500"}
 
 
 async def test_a_killed_nodes_calls_stop_counting_when_its_liveness_expires(
-    cluster: Cluster, phones: Phonebank, tmp_path: Path  # noqa: F811
+    cluster: Cluster, phones: Phonebank, tmp_path: Path,  # noqa: F811
+    cluster_store: ClusterStore,
 ) -> None:
     cluster.app.answer = lambda p: PAUSE
-    a, b = await _limited(cluster, 2)
-    store = ClusterStore(cluster.redis.url)
-    try:
-        for cid in ("x", "y"):
-            _dial(phones, cid, a, tmp_path)
-            await phones.wait("media", cid)
-        await eventually(lambda: _published(store, "a", 2), timeout=10)
-        await settle(REFRESH_S)
-        _dial(phones, "z", b, tmp_path)
-        await _refused(phones, "z")
-        cluster.kill("a")
-        killed = time.monotonic()
-        # its liveness record expires (node_ttl_s, 4 s here); its counts then stop counting
-        await eventually(lambda: _gone(store, "mv:node:a"), timeout=15)
-        await settle(REFRESH_S)
-        _dial(phones, "v", b, tmp_path)
-        await phones.wait("media", "v", timeout=15)
-        print(f"a call on b admitted {time.monotonic() - killed:.1f} s after a's kill "
-              f"(of which {REFRESH_S} s waited on purpose)")
-        phones.hangup("v")
-        await phones.wait("ended", "v")
-        for cid in ("x", "y"):  # their node is gone: no answer expected
-            phones.hangup(cid)
-    finally:
-        await store.close()
+    _, b, _ = await _two_calls_on_a(cluster, phones, cluster_store, tmp_path, 2)
+    _dial(phones, "z", b, tmp_path)
+    await _refused(phones, "z")
+    cluster.kill("a")
+    killed = time.monotonic()
+    # its liveness record expires (node_ttl_s, 4 s here); its counts then stop counting
+    await eventually(lambda: _gone(cluster_store, "mv:node:a"), timeout=15)
+    await settle(REFRESH_S)
+    _dial(phones, "v", b, tmp_path)
+    await phones.wait("media", "v", timeout=15)
+    print(f"a call on b admitted {time.monotonic() - killed:.1f} s after a's kill "
+          f"(of which {REFRESH_S} s waited on purpose)")
+    phones.hangup("v")
+    await phones.wait("ended", "v")
+    for cid in ("x", "y"):  # their node is gone: no answer expected
+        phones.hangup(cid)
 
 
 async def _gone(store: ClusterStore, key: str) -> bool:
@@ -157,48 +163,36 @@ async def _gone(store: ClusterStore, key: str) -> bool:
 
 
 async def test_a_room_across_nodes_is_not_refused_by_its_cascade_legs(
-    cluster: Cluster, phones: Phonebank, tmp_path: Path  # noqa: F811
+    cluster: Cluster, phones: Phonebank, tmp_path: Path,  # noqa: F811
+    cluster_store: ClusterStore,
 ) -> None:
     """Limit 3. x and y on a, in room r1; z on b joins it (b bridges to a: one leg out of b,
     one into a) and the customer is at 3: w is refused. x leaves: 2 callers, and 2 cascade
     legs that would make 4 if they counted; v is admitted and the room carries on."""
-    a, b = await _limited(cluster, 3)
-    store = ClusterStore(cluster.redis.url)
-    recs: dict[str, Path] = {}
-    try:
-        for cid in ("x", "y"):
-            recs[cid] = _dial(phones, cid, a, tmp_path)
-            await phones.wait("media", cid)
-        await eventually(lambda: _published(store, "a", 2), timeout=10)
-        await settle(REFRESH_S)
-        recs["z"] = _dial(phones, "z", b, tmp_path)  # the leg is made with the customer at 3
-        await phones.wait("media", "z", timeout=15)
-        await eventually(lambda: _in_room(a, 3), timeout=10, message="room not joined")
-        # the legs are not published: each node has its callers only
-        await eventually(lambda: _published(store, "b", 1), timeout=10)
-        assert await _published(store, "a", 2)
-        await settle(REFRESH_S)
-        _dial(phones, "w", b, tmp_path)
-        await _refused(phones, "w")
+    a, b, recs = await _two_calls_on_a(cluster, phones, cluster_store, tmp_path, 3)
+    recs["z"] = _dial(phones, "z", b, tmp_path)  # the leg is made with the customer at 3
+    await phones.wait("media", "z", timeout=15)
+    await eventually(lambda: _in_room(a, 3), timeout=10, message="room not joined")
+    # the legs are not published: each node has its callers only
+    await eventually(lambda: _published(cluster_store, "b", 1), timeout=10)
+    assert await _published(cluster_store, "a", 2)
+    await settle(REFRESH_S)
+    _dial(phones, "w", b, tmp_path)
+    await _refused(phones, "w")
 
-        phones.hangup("x")
-        await phones.wait("ended", "x")
-        await eventually(lambda: _published(store, "a", 1), timeout=10)
-        await settle(REFRESH_S)
-        recs["v"] = _dial(phones, "v", a, tmp_path)
-        await phones.wait("media", "v", timeout=15)
-        await eventually(lambda: _in_room(b, 3), timeout=10, message="v not in the room")
-        await settle(3.0)
-        await phones.hangup_all(("y", "z", "v"))
-        heard = {cid: tail_levels(recs[cid], *TONES.values()) for cid in ("y", "z", "v")}
-        print("levels heard (dBFS):", heard)
-        # through the cascade leg both ways: z (on b) hears y and v (on a), they hear z
-        assert heard["z"][TONES["y"]] > HEARD_DB and heard["z"][TONES["v"]] > HEARD_DB, heard
-        assert heard["y"][TONES["z"]] > HEARD_DB and heard["v"][TONES["z"]] > HEARD_DB, heard
-        assert "+15550001300" not in _callers(cluster), "the refused call sent webhooks"
-        assert "cluster.leg_refused" not in a.log()
-    finally:
-        await store.close()
+    phones.hangup("x")
+    await phones.wait("ended", "x")
+    await eventually(lambda: _published(cluster_store, "a", 1), timeout=10)
+    await settle(REFRESH_S)
+    recs["v"] = _dial(phones, "v", a, tmp_path)
+    await phones.wait("media", "v", timeout=15)
+    await eventually(lambda: _in_room(b, 3), timeout=10, message="v not in the room")
+    await settle(3.0)
+    # through the cascade leg both ways: z (on b) hears y and v (on a), they hear z (and y
+    # and v, both on a, hear each other)
+    await hang_up_and_hear_each_other(phones, {c: recs[c] for c in ("y", "z", "v")}, TONES)
+    assert "+15550001300" not in _callers(cluster), "the refused call sent webhooks"
+    assert "cluster.leg_refused" not in a.log()
 
 
 async def _in_room(gw: Any, n: int) -> bool:
@@ -206,7 +200,8 @@ async def _in_room(gw: Any, n: int) -> bool:
 
 
 async def test_a_cascade_leg_is_taken_when_the_customer_is_at_its_limit(
-    cluster: Cluster, phones: Phonebank, tmp_path: Path  # noqa: F811
+    cluster: Cluster, phones: Phonebank, tmp_path: Path,  # noqa: F811
+    cluster_store: ClusterStore,
 ) -> None:
     """One node, limit 1, its one caller in room r1: a cascade INVITE for the room (signed,
     at the owner's epoch, as another node would send it) is answered, not refused with 486;
@@ -214,30 +209,26 @@ async def test_a_cascade_leg_is_taken_when_the_customer_is_at_its_limit(
     and once the caller has gone a new one is admitted while the leg is still up."""
     a = await cluster.start_node("a", {"limits": {"max_calls_per_customer": 1}, **API})
     a.token = MINE
-    store = ClusterStore(cluster.redis.url)
-    try:
-        _dial(phones, "x", a, tmp_path)
-        await phones.wait("media", "x")
-        claim = await eventually(lambda: store.get_claim(KEY), timeout=10)
-        leg = list(cascade.headers(CLUSTER_SECRET, KEY, claim.epoch, "b"))
-        sock = await asyncio.to_thread(_leg_up, a.sip_port, leg)
-        await eventually(lambda: "cluster.leg" in a.log(), timeout=10)
-        _dial(phones, "y", a, tmp_path)
-        await _refused(phones, "y")
-        phones.hangup("x")
-        await phones.wait("ended", "x")
-        _dial(phones, "v", a, tmp_path)  # the leg (no RTP: ends at the media timeout) is up
-        await phones.wait("media", "v", timeout=15)
-        status, body = await a.get("/v1/calls")
-        assert status == 200, body
-        live = {c["application_id"] for c in body["calls"] if c.get("ended_at") is None}
-        assert live == {"app_test", "app_cluster"}, body  # v, and the leg still up
-        assert "cluster.leg_refused" not in a.log()
-        phones.hangup("v")
-        await phones.wait("ended", "v")
-        await asyncio.to_thread(_leg_down, sock, a.sip_port)
-    finally:
-        await store.close()
+    _dial(phones, "x", a, tmp_path)
+    await phones.wait("media", "x")
+    claim = await eventually(lambda: cluster_store.get_claim(KEY), timeout=10)
+    leg = list(cascade.headers(CLUSTER_SECRET, KEY, claim.epoch, "b"))
+    sock = await asyncio.to_thread(_leg_up, a.sip_port, leg)
+    await eventually(lambda: "cluster.leg" in a.log(), timeout=10)
+    _dial(phones, "y", a, tmp_path)
+    await _refused(phones, "y")
+    phones.hangup("x")
+    await phones.wait("ended", "x")
+    _dial(phones, "v", a, tmp_path)  # the leg (no RTP: ends at the media timeout) is up
+    await phones.wait("media", "v", timeout=15)
+    status, body = await a.get("/v1/calls")
+    assert status == 200, body
+    live = {c["application_id"] for c in body["calls"] if c.get("ended_at") is None}
+    assert live == {"app_test", "app_cluster"}, body  # v, and the leg still up
+    assert "cluster.leg_refused" not in a.log()
+    phones.hangup("v")
+    await phones.wait("ended", "v")
+    await asyncio.to_thread(_leg_down, sock, a.sip_port)
 
 
 class _Leg:
