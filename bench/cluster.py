@@ -40,7 +40,6 @@ import contextlib
 import itertools
 import logging
 import random
-import shutil
 import signal
 import socket
 import statistics
@@ -59,6 +58,7 @@ from bench.gateway import Gateway, free_port
 from bench.load import HOLD_MS
 from bench.probe import Leg, ProbeUA, SipError, silence
 from bench.procstat import Sample, Window
+from bench.redisproc import RedisProc
 from bench.roomfeatures import HEARD, tone_presence
 
 log = logging.getLogger("bench.cluster")
@@ -121,37 +121,24 @@ class ClusterPlan:
 
 
 class Redis:
-    """A redis-server on a free loopback port, no persistence, in the run's directory."""
+    """The run's redis-server (bench.redisproc: a free loopback port, no persistence, in the
+    run's directory) and a client of it, to count its operations."""
 
     def __init__(self, workdir: Path) -> None:
-        exe = shutil.which("redis-server")
-        if not exe:
-            raise RuntimeError("redis-server is not installed (scripts/setup.sh installs it)")
-        self.port = free_port()
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "yes"],
-            stdout=(workdir / "redis.log").open("ab"), stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL)
+        self.server = RedisProc(workdir)
+        self.proc = self.server.spawn()
         _track(self.proc, "redis-server")
         self.client: aioredis.Redis | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.server.url
 
     async def ready(self) -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), 0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    self.client = aioredis.from_url(self.url, decode_responses=True)
-                    return
-            await asyncio.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        # In a thread, so a cancelled run is not held up here: close() stops the server,
+        # and the wait ends when it sees the server gone.
+        await asyncio.to_thread(self.server.wait_ready)
+        self.client = aioredis.from_url(self.url, decode_responses=True)
 
     async def ops(self) -> int:
         """Commands Redis has run (scripts count once each), not counting our INFO calls."""
