@@ -38,19 +38,19 @@ async def callers_on_two_nodes(
     tones: Mapping[str, float] = TWO_TONES, room: str = "r1",
     before_y: Callable[[], Awaitable[object]] | None = None,
 ) -> dict[str, Path]:
-    """Caller x (from +15550001) on node `a`, then caller y (+15550002) on node `b`, into the
-    application's room `room`, each playing its tone of `tones` and recording what it hears.
-    y calls once x has media and `before_y` (if given, e.g. until a owns the room) returned.
-    Returns the recordings once both nodes' APIs list both callers, on two different nodes
-    (y's node has bridged to x's through a cascade leg)."""
+    """Caller x on node `a`, then caller y on node `b`, into the application's room `room`,
+    each calling from +1555000<its tone of `tones`>, playing that tone and recording what it
+    hears. y calls once x has media and `before_y` (if given, e.g. until a owns the room)
+    has returned. Returns the recordings once both nodes' APIs list both callers, on two
+    different nodes (y's node has bridged to x's through a cascade leg)."""
     recs = {cid: tmp / f"{cid}.wav" for cid in ("x", "y")}
     phones.call("x", a.uri(), record=str(recs["x"]), tone_hz=tones["x"],
-                **{"from": "+15550001"})
+                **{"from": f"+1555000{tones['x']:g}"})
     await phones.wait("media", "x")
     if before_y is not None:
         await before_y()
     phones.call("y", b.uri(), record=str(recs["y"]), tone_hz=tones["y"],
-                **{"from": "+15550002"})
+                **{"from": f"+1555000{tones['y']:g}"})
     await phones.wait("media", "y")
     for gw in (a, b):
         seen = await eventually(lambda gw=gw: _listing_two(gw, room), timeout=10,
