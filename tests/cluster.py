@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from gateway.cluster.redis_store import ClusterStore
 from tests.audio import duration_s, levels
 from tests.harness import AppServer, GatewayProc, app_config, start_gateway
 from tests.redisproc import RedisProc
@@ -81,6 +82,15 @@ async def cluster(tmp_path: Path, app: AppServer) -> AsyncIterator[Cluster]:
             c.stop_all()
         finally:
             redis.stop()
+
+
+@pytest.fixture
+async def cluster_store(cluster: Cluster) -> AsyncIterator[ClusterStore]:
+    """A client of the cluster's Redis, to read what the nodes keep there (closed before
+    the cluster stops)."""
+    store = ClusterStore(cluster.redis.url)
+    yield store
+    await store.close()
 
 
 def tail_levels(path: Path, *freqs: float, window_s: float = 2.0,

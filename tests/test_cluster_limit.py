@@ -11,7 +11,6 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,11 @@ from gateway.cluster import cascade
 from gateway.cluster.redis_store import ClusterStore
 from media.rooms import RoomKey
 from tests.checks import hang_up_and_hear_each_other
-from tests.cluster import (  # noqa: F401 (cluster: a fixture)
+from tests.cluster import (  # noqa: F401 (cluster, cluster_store: fixtures)
     CLUSTER_SECRET,
     Cluster,
     cluster,
+    cluster_store,
     room_nodes,
     settle,
 )
@@ -75,14 +75,6 @@ async def _limited(c: Cluster, cap: int) -> tuple[Any, Any]:
     return nodes[0], nodes[1]
 
 
-@pytest.fixture
-async def cluster_store(cluster: Cluster) -> AsyncIterator[ClusterStore]:  # noqa: F811
-    """A client of the cluster's Redis, to read what the nodes publish there."""
-    store = ClusterStore(cluster.redis.url)
-    yield store
-    await store.close()
-
-
 async def _two_calls_on_a(c: Cluster, phones: Phonebank, store: ClusterStore, tmp: Path,
                           cap: int) -> tuple[Any, Any, dict[str, Path]]:
     """Nodes a and b with the customer's limit at `cap`, and x and y up on a, once b can have
@@ -97,15 +89,22 @@ async def _two_calls_on_a(c: Cluster, phones: Phonebank, store: ClusterStore, tm
     return a, b, recs
 
 
+async def _at_the_limit(c: Cluster, phones: Phonebank, store: ClusterStore, tmp: Path
+                        ) -> tuple[Any, Any]:
+    """Limit 2, and two calls that stay up (in no room) on node a: b has no call of the
+    customer, a has two, and the customer is at its limit: z, on b, is refused."""
+    c.app.answer = lambda p: PAUSE
+    a, b, _ = await _two_calls_on_a(c, phones, store, tmp, 2)
+    _dial(phones, "z", b, tmp)
+    await _refused(phones, "z")
+    return a, b
+
+
 async def test_the_limit_counts_the_customers_calls_on_every_node(
     cluster: Cluster, phones: Phonebank, tmp_path: Path,  # noqa: F811
-    cluster_store: ClusterStore,
+    cluster_store: ClusterStore,  # noqa: F811
 ) -> None:
-    cluster.app.answer = lambda p: PAUSE
-    a, b, _ = await _two_calls_on_a(cluster, phones, cluster_store, tmp_path, 2)
-    # b has no call of the customer, a has two: the customer is at its limit
-    _dial(phones, "z", b, tmp_path)
-    await _refused(phones, "z")
+    a, b = await _at_the_limit(cluster, phones, cluster_store, tmp_path)
     assert "reason=customer_call_limit" in b.log()
     status, err = await b.request("POST", "/v1/calls", {
         "to": "sip:nobody@127.0.0.1:9", "from": "+15550009", **PAUSE})
@@ -137,12 +136,9 @@ async def test_the_limit_counts_the_customers_calls_on_every_node(
 
 async def test_a_killed_nodes_calls_stop_counting_when_its_liveness_expires(
     cluster: Cluster, phones: Phonebank, tmp_path: Path,  # noqa: F811
-    cluster_store: ClusterStore,
+    cluster_store: ClusterStore,  # noqa: F811
 ) -> None:
-    cluster.app.answer = lambda p: PAUSE
-    _, b, _ = await _two_calls_on_a(cluster, phones, cluster_store, tmp_path, 2)
-    _dial(phones, "z", b, tmp_path)
-    await _refused(phones, "z")
+    _, b = await _at_the_limit(cluster, phones, cluster_store, tmp_path)
     cluster.kill("a")
     killed = time.monotonic()
     # its liveness record expires (node_ttl_s, 4 s here); its counts then stop counting
@@ -164,7 +160,7 @@ async def _gone(store: ClusterStore, key: str) -> bool:
 
 async def test_a_room_across_nodes_is_not_refused_by_its_cascade_legs(
     cluster: Cluster, phones: Phonebank, tmp_path: Path,  # noqa: F811
-    cluster_store: ClusterStore,
+    cluster_store: ClusterStore,  # noqa: F811
 ) -> None:
     """Limit 3. x and y on a, in room r1; z on b joins it (b bridges to a: one leg out of b,
     one into a) and the customer is at 3: w is refused. x leaves: 2 callers, and 2 cascade
@@ -201,7 +197,7 @@ async def _in_room(gw: Any, n: int) -> bool:
 
 async def test_a_cascade_leg_is_taken_when_the_customer_is_at_its_limit(
     cluster: Cluster, phones: Phonebank, tmp_path: Path,  # noqa: F811
-    cluster_store: ClusterStore,
+    cluster_store: ClusterStore,  # noqa: F811
 ) -> None:
     """One node, limit 1, its one caller in room r1: a cascade INVITE for the room (signed,
     at the owner's epoch, as another node would send it) is answered, not refused with 486;
