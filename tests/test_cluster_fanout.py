@@ -25,7 +25,7 @@ from tests.audio import levels
 from tests.cluster import Cluster, cluster, room_nodes  # noqa: F401 (cluster: a fixture)
 from tests.harness import GatewayProc, Phonebank
 from tests.httpkit import Server
-from tests.test_cluster_steering import ADMIN, API, MINE, OTHER, forged
+from tests.test_cluster_steering import ADMIN, API, MINE, OTHER, api_nodes, forged
 from tests.test_conference_events import StatusReceiver
 from tests.waiting import eventually
 
@@ -51,10 +51,7 @@ async def _raw(gw: GatewayProc, method: str, path: str, token: str | None = MINE
 
 async def test_call_list_from_any_node(cluster: Cluster, phones: Phonebank  # noqa: F811
                                        ) -> None:
-    a = await cluster.start_node("a", sections=API)
-    b = await cluster.start_node("b", sections=API)
-    for gw in (a, b):
-        gw.token = MINE
+    a, b = await api_nodes(cluster)
     phones.call("x", a.uri(), tone_hz=440, **{"from": "+15550001"})
     await phones.wait("media", "x")
     phones.call("y", b.uri(), tone_hz=700, **{"from": "+15550002"})
@@ -120,10 +117,7 @@ async def test_call_list_from_any_node(cluster: Cluster, phones: Phonebank  # no
 async def test_record_a_room_through_the_node_that_does_not_own_it(
     cluster: Cluster, phones: Phonebank, tmp_path: Path  # noqa: F811
 ) -> None:
-    a = await cluster.start_node("a", sections=API)
-    b = await cluster.start_node("b", sections=API)
-    for gw in (a, b):
-        gw.token = MINE
+    a, b = await api_nodes(cluster)
     phones.call("x", a.uri(), tone_hz=440, **{"from": "+15550001"})
     await phones.wait("media", "x")  # x first: node a owns the room
     phones.call("y", b.uri(), tone_hz=700, **{"from": "+15550002"})
@@ -296,10 +290,7 @@ async def test_room_events_once_per_room_across_nodes(
     url = server.url + "/status"
     cluster.app.answer = lambda p: {"actions": [{"conference": {
         "room": "r1", **({"status_url": url} if p["call"]["from"] == "+15550001" else {})}}]}
-    a = await cluster.start_node("a", sections=API)
-    b = await cluster.start_node("b", sections=API)
-    for gw in (a, b):
-        gw.token = MINE
+    a, b = await api_nodes(cluster)
     phones.call("x", a.uri(), tone_hz=0, **{"from": "+15550001"})
     await status.until("participant.joined")
     phones.call("y", b.uri(), tone_hz=0, **{"from": "+15550002"})

@@ -143,6 +143,22 @@ async def _none_waiting(gw: GatewayProc) -> bool:
     return len(got) == 3 and not any(got.values())
 
 
+async def _started(c: Cluster, phones: Phonebank, tmp: Path, moderator_on: str
+                   ) -> tuple[GatewayProc, GatewayProc, Calls]:
+    """Nodes a and b; x calls a (the owner: its caller came first), then y calls b and the
+    moderator m calls node `moderator_on`. Returns once neither node lists anyone waiting."""
+    nodes = {"a": await c.start_node("a"), "b": await c.start_node("b")}
+    calls = Calls(phones, tmp)
+    await calls.call("x", nodes["a"])
+    await eventually(lambda: _listed(nodes["a"], 1), timeout=10, message="x not in r1")
+    await calls.call("y", nodes["b"])
+    await calls.call("m", nodes[moderator_on])
+    for gw in nodes.values():
+        await eventually(lambda gw=gw: _none_waiting(gw), timeout=10,
+                         message="the room did not start")
+    return nodes["a"], nodes["b"], calls
+
+
 @pytest.mark.parametrize("moderator_on", ["b", "a"])
 async def test_end_on_exit_ends_the_room_on_every_node(
     cluster: Cluster, phones: Phonebank, tmp_path: Path, server: Server,  # noqa: F811
@@ -156,16 +172,7 @@ async def test_end_on_exit_ends_the_room_on_every_node(
     music = _serve_music(cluster, tmp_path)
     cluster.app.answer = _answers(music, {"end_on_exit": True},
                                   status_url=server.url + "/status")
-    a = await cluster.start_node("a")
-    b = await cluster.start_node("b")
-    calls = Calls(phones, tmp_path)
-    await calls.call("x", a)
-    await eventually(lambda: _listed(a, 1), timeout=10, message="x not in r1")
-    await calls.call("y", b)
-    await calls.call("m", {"a": a, "b": b}[moderator_on])
-    for gw in (a, b):
-        await eventually(lambda gw=gw: _none_waiting(gw), timeout=10,
-                         message="the room did not start")
+    a, b, _ = await _started(cluster, phones, tmp_path, moderator_on)
     phones.hangup("m")
     await phones.wait("ended", "m")
     # Each caller's room ended; with no next action the gateway hangs up.
@@ -198,16 +205,7 @@ async def test_redis_unreachable_keeps_a_started_room_running(
     persistence) and the room still runs."""
     music = _serve_music(cluster, tmp_path)
     cluster.app.answer = _answers(music, {})
-    a = await cluster.start_node("a")
-    b = await cluster.start_node("b")
-    calls = Calls(phones, tmp_path)
-    await calls.call("x", a)
-    await eventually(lambda: _listed(a, 1), timeout=10, message="x not in r1")
-    await calls.call("y", b)
-    await calls.call("m", b)
-    for gw in (a, b):
-        await eventually(lambda gw=gw: _none_waiting(gw), timeout=10,
-                         message="the room did not start")
+    a, b, calls = await _started(cluster, phones, tmp_path, "b")
     cluster.redis.stop()
     await eventually(lambda: "cluster.redis_down" in a.log() and "cluster.redis_down" in b.log(),
                      timeout=10, message="the nodes did not notice")

@@ -39,6 +39,16 @@ API = {"api": {"tokens": [{"token": ADMIN}, {"token": MINE, "customer_id": "cust
                           {"token": OTHER, "customer_id": "cust_other"}]}}
 
 
+async def api_nodes(c: Cluster, token: str = MINE) -> tuple[GatewayProc, GatewayProc]:
+    """Nodes a and b with the API's tokens (API); requests through them carry `token`."""
+    nodes = []
+    for name in ("a", "b"):
+        gw = await c.start_node(name, sections=API)
+        gw.token = token
+        nodes.append(gw)
+    return nodes[0], nodes[1]
+
+
 async def forged(gw: GatewayProc, method: str, path: str, scope: str,
                  secret: str = CLUSTER_SECRET, body: bytes = b"", stamp: str | None = None,
                  signed: tuple[str, str, bytes] | None = None) -> int:
@@ -84,10 +94,7 @@ async def test_forged_forwards_are_refused(cluster: Cluster) -> None:  # noqa: F
 async def test_steer_a_room_from_the_node_that_does_not_have_the_participant(
     cluster: Cluster, phones: Phonebank, tmp_path: Path  # noqa: F811
 ) -> None:
-    a = await cluster.start_node("a", sections=API)
-    b = await cluster.start_node("b", sections=API)
-    for gw in (a, b):
-        gw.token = MINE
+    a, b = await api_nodes(cluster)
     recs = {cid: tmp_path / f"{cid}.wav" for cid in "xyz"}
     phones.call("x", a.uri(), record=str(recs["x"]), tone_hz=440, **{"from": "+15550001"})
     await phones.wait("media", "x")  # x first: node a owns the room
@@ -185,10 +192,7 @@ async def test_announce_and_hang_up_through_another_node(
     path = tmp_path / "announce.wav"
     write_wav(path, sine(ANNOUNCE_HZ, 1.5))
     cluster.app.media["announce"] = (path.read_bytes(), {"Content-Type": "audio/wav"})
-    a = await cluster.start_node("a", sections=API)
-    b = await cluster.start_node("b", sections=API)
-    for gw in (a, b):
-        gw.token = ADMIN
+    a, b = await api_nodes(cluster, ADMIN)
     recs = {cid: tmp_path / f"{cid}.wav" for cid in "xy"}
     phones.call("x", a.uri(), record=str(recs["x"]), tone_hz=440, **{"from": "+15550001"})
     await phones.wait("media", "x")
