@@ -41,7 +41,6 @@ import itertools
 import logging
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import time
@@ -223,22 +222,9 @@ def media_slot(taken: set[int]) -> int:
     start = random.randrange(500)
     for k in range(500):
         slot = (start + k) % 500
-        if slot in taken:
-            continue
-        base = sipp.media_port(slot)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + 4):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-        taken.add(slot)
-        return slot
+        if slot not in taken and sipp.media_slot_free(slot):
+            taken.add(slot)
+            return slot
     raise RuntimeError("no free SIPp media ports in 10000-11999")
 
 

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import socket
 import subprocess
 import sys
 import time
@@ -142,19 +141,8 @@ def free_media_port() -> int:
     """SIPp's -mp: the first slot whose ports are free now (another run's SIPp on this
     machine may hold slot 0's; SIPp then fails every call with "Unable to bind")."""
     for slot in range(500):
-        base = sipp.media_port(slot)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + 4):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
+        if sipp.media_slot_free(slot):
+            return sipp.media_port(slot)
     raise RuntimeError("no free SIPp media ports")
 
 

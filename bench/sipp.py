@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import csv
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,25 @@ def media_port(slot: int) -> int:
     if not 0 <= slot < 500:
         raise ValueError(f"SIPp media slot {slot} out of 0..499")
     return MEDIA_BASE + 4 * slot
+
+
+def media_slot_free(slot: int) -> bool:
+    """Whether the 4 media ports of a SIPp slot can be bound now: another bench run on this
+    machine may hold them, and SIPp then fails (exits, or fails every call with "Unable to
+    bind")."""
+    base = media_port(slot)
+    socks: list[socket.socket] = []
+    try:
+        for port in range(base, base + 4):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(sock)
+            sock.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def alaw_tone(path: Path, freq_hz: int = 1000, seconds: float = 2.0, volume: float = 0.05) -> Path:
