@@ -4,17 +4,20 @@ gateway.cluster.moderation to this node's room parts.
 Keys (beside the room's members; `{room}` is `{customer, percent-encoded}/{room}`):
     mv:starters:{room}  hash  node -> until when (Redis clock, ms) the node's part has a
                               local start_on_enter participant; written by that node every
-                              tick while it has the room (entry life: node_ttl_s), deleted
-                              when it has none; expired entries are dropped by every write;
-                              the key itself expires STARTERS_KEY_TTL_MS after the last one
+                              tick while its part is shared with other nodes
+                              (gateway.cluster.moderation.part_shared; entry life:
+                              node_ttl_s), deleted when it has none or stops sharing;
+                              expired entries are dropped by every write; the key itself
+                              expires STARTERS_KEY_TTL_MS after the last one
     mv:ended:{room}     str   Redis clock (ms) of the last end_on_exit end of the room;
                               ENDED_TTL_MS
 
 Every sync is one script call (publish our entry, drop expired ones, read the rest and the
-end mark, with Redis's clock). Redis unreachable: the node keeps the last view it read for
-the room (legs keep their start_on_enter, nothing is ended), and its next sync that works
-puts everything right (it publishes every tick, so a Redis that lost its data is refilled
-within a tick).
+end mark, with Redis's clock). Only shared parts sync (gateway.cluster.node decides; a room
+whose callers are all on one node costs nothing here). Redis unreachable: the node keeps the
+last view it read for the room (legs keep their start_on_enter, nothing is ended), and its
+next sync that works puts everything right (a shared part syncs every tick, so a Redis that
+lost its data is refilled within a tick).
 """
 
 from __future__ import annotations
@@ -93,8 +96,15 @@ class Moderation:
         self.on_redis_error = on_redis_error
         self._sync = redis.register_script(_SYNC)
         self._end = redis.register_script(_END)
+        self.redis = redis
         # The last view read per room this node has: kept while Redis is unreachable.
         self.views: dict[RoomKey, View] = {}
+        # What the last sync that worked published per room: whether our part had a local
+        # starter, our legs (-> far node) and which of them were in the part. A sync for a
+        # change (`changed_only`) with none of that changed is skipped: the next tick's
+        # reads the others' anyway, as it would have.
+        self._last: dict[RoomKey, tuple[bool, frozenset[tuple[str, str | None]],
+                                        frozenset[str]]] = {}
 
     def _keys(self, key: RoomKey) -> list[str]:
         rid = encode_room(key)
@@ -110,25 +120,33 @@ class Moderation:
         return replace(base, start_on_enter=leg_starts(self.me, far, self.starters(key)))
 
     async def sync(self, key: RoomKey, legs: Mapping[str, str | None],
-                   hold_off: bool = False) -> None:
+                   hold_off: bool = False, changed_only: bool = False) -> None:
         """Publish whether our part has a local start_on_enter participant, read the
         others', set our cascade legs' start_on_enter accordingly, and end our part if an
         end_on_exit participant ended the room elsewhere since it was created. `legs`: our
         cascade legs in this room -> far node (None: ours to the owner). Never raises for
         Redis: an error keeps the last view. `hold_off`: Redis came back a moment ago
-        (gateway.cluster.moderation.after_read)."""
+        (gateway.cluster.moderation.after_read). `changed_only`: skip it (no Redis) if our
+        starter, our legs and which of them are in the part are as at the last sync."""
         room = self.conferences.book.rooms.get(key)
         mine = room is not None and has_local_starter(room.members.values())
+        state = (mine, frozenset(legs.items()),
+                 frozenset(c for c in legs if room is not None and c in room.members))
+        if changed_only and self._last.get(key) == state:
+            return
         try:
             raw = await self._sync(keys=self._keys(key), args=[
                 self.me, "1" if mine else "0", self.entry_ttl_ms, STARTERS_KEY_TTL_MS])
             got = parse_view(raw)
         except BadView as exc:
+            self._last[key] = state  # published; the reply was garbage (the next tick reads)
             log.warning("cluster.bad_starters", extra={"room": key.name, "error": str(exc)})
             return
         except Exception as exc:  # Redis down: keep what we knew
+            self._last.pop(key, None)
             self.on_redis_error(exc)
             return
+        self._last[key] = state
         before = self.views.get(key)
         view = after_read(before, got, hold_off)
         if room is None:
@@ -149,7 +167,23 @@ class Moderation:
             self.conferences.set_start_on_enter(cid, value)
 
     def forget(self, key: RoomKey) -> None:
+        """Drop what we know of the room: a part that shares nothing reads nothing, so a
+        view kept would go stale (a leg that joins later starts from none, and the sync at
+        its arrival reads the others afresh; a Redis hold-off never keeps a stale node)."""
         self.views.pop(key, None)
+        self._last.pop(key, None)
+
+    async def withdraw(self, key: RoomKey) -> bool:
+        """Our part stopped sharing (its legs are gone, or the part itself): remove our
+        entry now rather than let it lapse, so that a node that bridges to us later reads
+        no stale starter of ours before our first sync. False: Redis did not answer."""
+        try:
+            await self.redis.hdel(self._keys(key)[0], self.me)  # type: ignore[misc]
+        except Exception as exc:
+            self.on_redis_error(exc)
+            return False
+        self.forget(key)
+        return True
 
     async def mark_ended(self, key: RoomKey) -> None:
         """An end_on_exit participant ended our part: the other nodes end theirs. Redis
