@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,10 @@ import redis.asyncio as aioredis
 
 from gateway.cluster import moderation_store
 from gateway.cluster.moderation import part_shared
+from gateway.cluster.moderation_store import Moderation
+from gateway.cluster.redis_store import ClusterStore
+from gateway.conferences import Conferences
+from media.rooms import RoomKey
 from media.tones import sine, write_wav
 from tests.audio import duration_s, levels
 from tests.cluster import (  # noqa: F401 (cluster: a fixture)
@@ -212,3 +217,58 @@ async def test_end_on_exit_reaches_a_node_that_joined_a_room_alone_until_then(
     await phones.wait("ended", "y", timeout=15)
     assert "conference.ended_elsewhere" in b.log()
     assert any("mv:ended:" in c for c in monitor.moderation(start))
+
+
+# -- the sync script's writes (a real redis-server, crafted entries) ----------------------
+KEY = RoomKey("cust_1", "room-1")
+STARTERS = "mv:starters:cust_1/room-1"
+
+
+def _part(name: str, store: ClusterStore, ttl_s: float, starter: bool) -> Moderation:
+    conf = Conferences(lambda change: None)
+    conf.book.join(KEY, f"caller-{name}", muted=False, end_on_exit=False, now=time.time(),
+                   start_on_enter=starter)
+    errors: list[Exception] = []
+    return Moderation(name, store.redis, store.p, conf, ttl_s, errors.append)
+
+
+async def test_a_steady_sync_writes_nothing_until_half_the_entry_life_is_gone(
+        store: ClusterStore) -> None:
+    r = store.redis
+    mod = _part("n", store, 1.0, starter=True)
+    await mod.sync(KEY, {})
+    first = int(await r.hget(STARTERS, "n"))  # type: ignore[misc]
+    ops = await _ops(r)
+    await mod.sync(KEY, {})  # read-only: the script, TIME, GET, HGETALL
+    assert await _ops(r) - ops == 4
+    assert int(await r.hget(STARTERS, "n")) == first  # type: ignore[misc]
+    assert mod.starters(KEY) == {"n"}
+    await asyncio.sleep(0.6)  # past half the entry's life (1 s): rewritten
+    await mod.sync(KEY, {})
+    assert int(await r.hget(STARTERS, "n")) >= first + 500  # type: ignore[misc]
+    assert 0 < await r.pttl(STARTERS) <= 3_600_000
+    # our own entry garbled: rewritten; no starter any more: deleted
+    await r.hset(STARTERS, "n", "junk")  # type: ignore[misc]
+    await mod.sync(KEY, {})
+    assert (await r.hget(STARTERS, "n")).isdigit()  # type: ignore[misc]
+    mod.conferences.book.leave("caller-n")
+    await mod.sync(KEY, {})
+    assert not await r.hexists(STARTERS, "n")  # type: ignore[misc]
+    # a node without a starter and no entry writes nothing either
+    ops = await _ops(r)
+    await _part("m", store, 1.0, starter=False).sync(KEY, {})
+    assert await _ops(r) - ops == 4
+
+
+async def test_withdraw_removes_only_our_entry(store: ClusterStore) -> None:
+    a, b = _part("a", store, 5.0, starter=True), _part("b", store, 5.0, starter=True)
+    await a.sync(KEY, {})
+    await b.sync(KEY, {})
+    assert await a.withdraw(KEY)
+    assert set(await store.redis.hkeys(STARTERS)) == {b"b"}  # type: ignore[misc]
+    assert a.starters(KEY) == frozenset()  # nothing known of the room any more
+
+
+async def _ops(r: Any) -> int:
+    stats = await r.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")

@@ -6,9 +6,10 @@ Keys (beside the room's members; `{room}` is `{customer, percent-encoded}/{room}
                               local start_on_enter participant; written by that node every
                               tick while its part is shared with other nodes
                               (gateway.cluster.moderation.part_shared; entry life:
-                              node_ttl_s), deleted when it has none or stops sharing;
-                              expired entries are dropped by every write; the key itself
-                              expires STARTERS_KEY_TTL_MS after the last one
+                              node_ttl_s, rewritten once half of it is gone), deleted when
+                              it has none or stops sharing; expired entries are dropped by
+                              every sync; the key itself expires STARTERS_KEY_TTL_MS after
+                              the last write
     mv:ended:{room}     str   Redis clock (ms) of the last end_on_exit end of the room;
                               ENDED_TTL_MS
 
@@ -51,26 +52,35 @@ STARTERS_KEY_TTL_MS = 3_600_000
 ENDED_TTL_MS = 60_000
 
 # KEYS: starters hash, ended mark. ARGV: node, 1 (we have a starter) / 0, entry ttl ms,
-# key ttl ms. Returns {now ms, ended ms or false, live node, ...}.
+# key ttl ms. Returns {now ms, ended ms or false, live node, ...} (ours first). A shared
+# part syncs every tick, so the steady case is read-only: our entry is rewritten (and the
+# key's life renewed) only once less than half of its life is left, deleted only if there.
 _SYNC = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if ARGV[2] == '1' then
-  redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[3]))
-else
-  redis.call('HDEL', KEYS[1], ARGV[1])
-end
 local out = {now, redis.call('GET', KEYS[2]) or false}
 local all = redis.call('HGETALL', KEYS[1])
+local ttl = tonumber(ARGV[3])
+local ours = false
+if ARGV[2] == '1' then out[3] = ARGV[1] end
 for i = 1, #all, 2 do
   local until_ms = tonumber(all[i + 1])
-  if until_ms == nil or until_ms < now then
+  if all[i] == ARGV[1] then
+    ours = until_ms or 0
+  elseif until_ms == nil or until_ms < now then
     redis.call('HDEL', KEYS[1], all[i])
   elseif #out < 258 then
     out[#out + 1] = all[i]
   end
 end
-if #all > 0 or ARGV[2] == '1' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+if ARGV[2] == '1' then
+  if not ours or ours < now + ttl / 2 then
+    redis.call('HSET', KEYS[1], ARGV[1], now + ttl)
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  end
+elseif ours then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
 return out
 """
 
