@@ -258,6 +258,14 @@ async def test_a_steady_sync_writes_nothing_until_half_the_entry_life_is_gone(
     ops = await _ops(r)
     await _part("m", store, 1.0, starter=False).sync(KEY, {})
     assert await _ops(r) - ops == 4
+    # unwritten_s 0 (a node_ttl_s within 3 ticks of tick_s): rewritten at every sync
+    every = Moderation("e", r, store.p, _part("e", store, 1.0, starter=True).conferences, 1.0,
+                       lambda exc: None, unwritten_s=0.0)
+    await every.sync(KEY, {})
+    ops = await _ops(r)
+    await asyncio.sleep(0.01)
+    await every.sync(KEY, {})
+    assert await _ops(r) - ops == 6  # + HSET, PEXPIRE
 
 
 async def test_withdraw_removes_only_our_entry(store: ClusterStore) -> None:

@@ -3,13 +3,13 @@ gateway.cluster.moderation to this node's room parts.
 
 Keys (beside the room's members; `{room}` is `{customer, percent-encoded}/{room}`):
     mv:starters:{room}  hash  node -> until when (Redis clock, ms) the node's part has a
-                              local start_on_enter participant; written by that node every
-                              tick while its part is shared with other nodes
+                              local start_on_enter participant; kept by that node (checked
+                              every tick) while its part is shared with other nodes
                               (gateway.cluster.moderation.part_shared; entry life:
-                              node_ttl_s, rewritten once half of it is gone), deleted when
-                              it has none or stops sharing; expired entries are dropped by
-                              every sync; the key itself expires STARTERS_KEY_TTL_MS after
-                              the last write
+                              node_ttl_s, rewritten once half of it is gone, or 3 ticks
+                              before its end if sooner), deleted when it has none or stops
+                              sharing; expired entries are dropped by every sync; the key
+                              itself expires STARTERS_KEY_TTL_MS after the last write
     mv:ended:{room}     str   Redis clock (ms) of the last end_on_exit end of the room;
                               ENDED_TTL_MS
 
@@ -52,9 +52,10 @@ STARTERS_KEY_TTL_MS = 3_600_000
 ENDED_TTL_MS = 60_000
 
 # KEYS: starters hash, ended mark. ARGV: node, 1 (we have a starter) / 0, entry ttl ms,
-# key ttl ms. Returns {now ms, ended ms or false, live node, ...} (ours first). A shared
-# part syncs every tick, so the steady case is read-only: our entry is rewritten (and the
-# key's life renewed) only once less than half of its life is left, deleted only if there.
+# key ttl ms, rewrite ms. Returns {now ms, ended ms or false, live node, ...} (ours first).
+# A shared part syncs every tick, so the steady case is read-only: our entry is rewritten
+# (and the key's life renewed) only once less than `rewrite ms` of its life is left, and
+# deleted only if it is there.
 _SYNC = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -74,7 +75,7 @@ for i = 1, #all, 2 do
   end
 end
 if ARGV[2] == '1' then
-  if not ours or ours < now + ttl / 2 then
+  if not ours or ours < now + tonumber(ARGV[5]) then
     redis.call('HSET', KEYS[1], ARGV[1], now + ttl)
     redis.call('PEXPIRE', KEYS[1], ARGV[4])
   end
@@ -98,11 +99,18 @@ class Moderation:
     when an end_on_exit participant ended it here."""
 
     def __init__(self, me: str, redis: aioredis.Redis, prefix: str, conferences: Conferences,
-                 entry_ttl_s: float, on_redis_error: Callable[[Exception], None]) -> None:
+                 entry_ttl_s: float, on_redis_error: Callable[[Exception], None],
+                 unwritten_s: float | None = None) -> None:
+        """`unwritten_s`: how long our entry may go without a rewrite (default: half its
+        life; 0: rewritten at every sync). It must outlast the syncs' own lateness, so the
+        node gives it a few ticks less than the entry's life at most."""
         self.me = me
         self.p = prefix
         self.conferences = conferences
         self.entry_ttl_ms = max(1000, int(entry_ttl_s * 1000))
+        unwritten_ms = self.entry_ttl_ms // 2 if unwritten_s is None else int(unwritten_s * 1000)
+        # Rewritten once less than this is left of its life.
+        self.rewrite_ms = self.entry_ttl_ms - max(0, min(unwritten_ms, self.entry_ttl_ms))
         self.on_redis_error = on_redis_error
         self._sync = redis.register_script(_SYNC)
         self._end = redis.register_script(_END)
@@ -146,7 +154,8 @@ class Moderation:
             return
         try:
             raw = await self._sync(keys=self._keys(key), args=[
-                self.me, "1" if mine else "0", self.entry_ttl_ms, STARTERS_KEY_TTL_MS])
+                self.me, "1" if mine else "0", self.entry_ttl_ms, STARTERS_KEY_TTL_MS,
+                self.rewrite_ms])
             got = parse_view(raw)
         except BadView as exc:
             self._last[key] = state  # published; the reply was garbage (the next tick reads)
