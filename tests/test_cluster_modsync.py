@@ -152,7 +152,7 @@ async def test_a_room_on_one_node_runs_no_moderation_script_until_it_spans_two(
     renewals = [c for c in alone if c.startswith("EVALSHA") and "mv:room:" in c]
     print(f"x alone on a for 6 ticks: {len(alone)} commands, {len(renewals)} renewals, "
           f"moderation: {monitor.moderation(start)}")
-    assert len(renewals) >= 4, alone  # the ticks ran (and MONITOR saw them)
+    assert len(renewals) >= 3, alone  # the ticks ran (and MONITOR saw them)
     assert monitor.moderation(start) == []
 
     shared_from = len(monitor.commands)
@@ -167,7 +167,7 @@ async def test_a_room_on_one_node_runs_no_moderation_script_until_it_spans_two(
     by_node = {n: sum(1 for c in synced if c.startswith(f"EVALSHA {SYNC_SHA}")
                       and f" {n} " in f" {c} ") for n in ("a", "b")}
     print("moderation syncs while shared:", by_node)
-    assert by_node["a"] >= 4 and by_node["b"] >= 4, synced  # every tick, on both nodes
+    assert by_node["a"] >= 3 and by_node["b"] >= 3, synced  # every tick, on both nodes
     phones.hangup("y")
     await phones.wait("ended", "y")
     end = duration_s(y_rec)
