@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from gateway.api.auth import authorize as _authorize
 from gateway.api.auth import errors_and_auth, scope
-from gateway.api.conferences import room_view as _room_view
 from gateway.api.core import FORWARDED, FORWARDED_HEADER, SCOPE, ApiError, Handler, Route
 from gateway.api.routes import ROUTES, openapi_document, setup
 
@@ -26,7 +25,6 @@ __all__ = [
     "Handler",
     "Route",
     "_authorize",
-    "_room_view",
     "errors_and_auth",
     "openapi_document",
     "scope",

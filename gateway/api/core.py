@@ -100,15 +100,23 @@ def room_in_scope(request: web.Request) -> Room:
         room = rooms.room(RoomKey(str(customer), name))
     else:
         wanted = request.query.get("customer_id")
-        found = [r for r in rooms.live()
-                 if r.key.name == name and (wanted is None or r.key.customer_id == wanted)]
-        if len(found) > 1:
-            raise ApiError(409, "ambiguous", f"room {name} exists for several customers: "
-                                             "add ?customer_id=")
-        room = found[0] if found else None
+        key = one_room(name, {r.key for r in rooms.live() if r.key.name == name
+                              and (wanted is None or r.key.customer_id == wanted)})
+        room = rooms.room(key)
     if room is None:
         raise ApiError(404, "not_found", f"no room {name}")
     return room
+
+
+def one_room(name: str, found: set[RoomKey]) -> RoomKey:
+    """The one room named `name` an admin's request can mean (rooms of different customers
+    may share a name): 409 when there are several, 404 when none."""
+    if len(found) > 1:
+        raise ApiError(409, "ambiguous", f"room {name} exists for several customers: "
+                                         "add ?customer_id=")
+    if not found:
+        raise ApiError(404, "not_found", f"no room {name}")
+    return next(iter(found))
 
 
 def member(request: web.Request, room: Room) -> str:
