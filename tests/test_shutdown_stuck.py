@@ -14,16 +14,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from aiohttp import web
 
+from bench.gateway import free_port
 from gateway.cluster.config import ClusterConfig
 from gateway.cluster.node import ClusterNode
 from gateway.cluster.reconcile import LostCalls
 from gateway.cluster.redis_store import ClusterStore
 from gateway.conferences import Conferences
 from gateway.waits import cancel_and_wait, wait_event
+from tests.harness import GATEWAY_ENV, PYTHON, ROOT, GatewayProc, rtp_block
 from tests.redisproc import RedisProc
+from tests.waiting import eventually
 
 # -- the lost cancellation -------------------------------------------------------------------
 
@@ -130,3 +132,99 @@ async def test_a_cluster_node_stops_its_loops_while_they_are_busy(
 
 class CallTableStub(list[object]):
     """What the quota loop reads of the call table: no calls."""
+
+
+# -- a stop held by something else: the stacks in the log, then an exit ----------------------
+
+# The real `python -m gateway serve`, with a stop that leaves behind one thing that holds the
+# process after serve has returned, and the stop watch's bounds shortened for the test.
+HELD = r'''
+import asyncio, sys, threading, time
+from gateway import app, cli, stopwatch
+stopwatch.STUCK_S, stopwatch.FORCED_S = 2.0, 4.0
+how = sys.argv.pop(1)
+stop = app.Gateway.stop
+
+async def swallows_cancel():
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+
+async def stop_then_hold(self, drain_s=0.0):
+    await stop(self, drain_s)
+    if how == "thread":  # a non-daemon thread: the interpreter's exit joins it
+        threading.Thread(target=threading.Event().wait, name="held-worker").start()
+    elif how == "task":  # asyncio.run cancels it once and waits for it
+        asyncio.create_task(swallows_cancel(), name="held-task")
+    elif how == "executor":  # asyncio.run waits for the default executor's threads
+        asyncio.get_running_loop().run_in_executor(None, time.sleep, 3600)
+
+app.Gateway.stop = stop_then_hold
+raise SystemExit(cli.main(sys.argv[1:]))
+'''
+
+
+def _serve(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path, int]:
+    sip_port, http_port = free_port(), free_port()
+    log = tmp / "gw.log"
+    proc = subprocess.Popen(
+        [PYTHON, "-c", HELD, *args, "serve", "--answer-url", "http://127.0.0.1:9/answer",
+         "--secret", "held-secret-0123", "--sip-port", str(sip_port),
+         "--http-port", str(http_port), "--rtp-port-start", str(rtp_block()),
+         "--db", str(tmp / "g.db"), "--drain", "0"],
+        cwd=ROOT, env=GATEWAY_ENV, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    return proc, log, http_port
+
+
+async def _ready(log: Path) -> None:
+    await eventually(lambda: "gateway ready" in log.read_text(errors="replace"), timeout=30)
+
+
+@pytest.mark.parametrize(("how", "culprit"), [
+    ("thread", "shutdown.stuck.thread thread_name=held-worker"),
+    ("task", "shutdown.stuck.task task=held-task"),  # and its stack: swallows_cancel
+    ("executor", "shutdown_default_executor"),  # a task of asyncio.run's, and its thread
+])
+async def test_a_stop_held_after_serve_dumps_its_stacks_and_exits(
+    tmp_path: Path, how: str, culprit: str,
+) -> None:
+    proc, log, _ = _serve(tmp_path, how)
+    try:
+        await _ready(log)
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        code = await asyncio.to_thread(proc.wait, 30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text(errors="replace")
+    assert code == 70, text[-3000:]
+    lines = text.splitlines()
+    stuck = next(i for i, ln in enumerate(lines) if " shutdown.stuck " in ln)
+    forced = next(i for i, ln in enumerate(lines) if " shutdown.forced " in ln)
+    assert "gateway stopped" in text and stuck < forced, text[-3000:]
+    assert any(culprit in ln for ln in lines[stuck:forced]), text[-3000:]
+    if how == "task":  # the task's own stack names the coroutine that holds it
+        assert any("held-task" in ln and "swallows_cancel" in ln for ln in lines), text[-3000:]
+    assert "exit_code=70" in lines[forced]
+    # The conftest's check: a stuck stop fails a test by its exit code and these lines,
+    # not by looking like a crash.
+    assert "Traceback" not in text
+    assert took < 15.0, took  # 4 s bound here (11 s for real), under the harness's kill
+    print(f"{how}: exit {code} {took:.1f} s after SIGTERM")
+
+
+async def test_a_normal_stop_logs_none_of_it(gateway: GatewayProc) -> None:
+    """The watch is armed on every stop; a stop that ends in time never shows it."""
+    await asyncio.sleep(0.5)
+    sent = time.monotonic()
+    code = await asyncio.to_thread(gateway.stop)
+    took = time.monotonic() - sent
+    text = gateway.log()
+    assert code == 0 and "gateway stopped" in text, text[-3000:]
+    assert "shutdown.stuck" not in text and "shutdown.forced" not in text
+    print(f"normal stop: {took:.2f} s")
