@@ -17,13 +17,15 @@ import pytest
 from aiohttp import web
 
 from bench.gateway import free_port
+from gateway import stopwatch
 from gateway.cluster.config import ClusterConfig
 from gateway.cluster.node import ClusterNode
 from gateway.cluster.reconcile import LostCalls
 from gateway.cluster.redis_store import ClusterStore
 from gateway.conferences import Conferences
 from gateway.waits import cancel_and_wait, wait_event
-from tests.harness import GATEWAY_ENV, PYTHON, ROOT, GatewayProc, rtp_block
+from tests.cluster import Cluster, cluster  # noqa: F401 (cluster: a fixture)
+from tests.harness import GATEWAY_ENV, PYTHON, ROOT, GatewayProc, Phonebank, rtp_block
 from tests.redisproc import RedisProc
 from tests.waiting import eventually
 
@@ -182,6 +184,7 @@ async def _ready(log: Path) -> None:
     await eventually(lambda: "gateway ready" in log.read_text(errors="replace"), timeout=30)
 
 
+@pytest.mark.sip
 @pytest.mark.parametrize(("how", "culprit"), [
     ("thread", "shutdown.stuck.thread thread_name=held-worker"),
     ("task", "shutdown.stuck.task task=held-task"),  # and its stack: swallows_cancel
@@ -218,6 +221,7 @@ async def test_a_stop_held_after_serve_dumps_its_stacks_and_exits(
     print(f"{how}: exit {code} {took:.1f} s after SIGTERM")
 
 
+@pytest.mark.sip
 async def test_a_normal_stop_logs_none_of_it(gateway: GatewayProc) -> None:
     """The watch is armed on every stop; a stop that ends in time never shows it."""
     await asyncio.sleep(0.5)
@@ -228,3 +232,91 @@ async def test_a_normal_stop_logs_none_of_it(gateway: GatewayProc) -> None:
     assert code == 0 and "gateway stopped" in text, text[-3000:]
     assert "shutdown.stuck" not in text and "shutdown.forced" not in text
     print(f"normal stop: {took:.2f} s")
+
+
+# -- Redis that stops answering ----------------------------------------------------------------
+
+
+class FreezingProxy:
+    """A TCP proxy in front of Redis that can stop answering: from `freeze()` on, nothing goes
+    through either way, and connections (old and new) stay open: a Redis that hangs, not one
+    that is down (refused connections fail at once)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.frozen = False
+        self.port = 0
+        self._never = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> FreezingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for w in self._writers:
+            w.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.append(writer)
+        with contextlib.suppress(Exception):
+            if self.frozen:
+                await self._never.wait()
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+            self._writers.append(up_w)
+            await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if self.frozen:
+                await self._never.wait()
+            writer.write(data)
+            await writer.drain()
+
+
+@pytest.mark.sip
+async def test_a_node_whose_redis_hangs_still_stops_at_once(
+    cluster: Cluster, phones: Phonebank, tmp_path: Path,  # noqa: F811
+) -> None:
+    """A node owning a room with a caller in it; Redis stops answering (every command waits
+    for its 1 s socket timeout); SIGTERM: the node drains, hangs up, gives up on Redis and
+    exits 0, well inside the stop watch's bound."""
+    proxy = await FreezingProxy(int(cluster.redis.url.rsplit(":", 1)[1].split("/")[0])).start()
+    try:
+        cluster.app.answer = lambda p: {"actions": [{"conference": {"room": "r1"}}]}
+        a = await cluster.start_node("a", redis_url=proxy.url)
+        phones.call("x", a.uri())
+        await phones.wait("media", "x")
+        await eventually(lambda: "conference.owner" in a.log(), timeout=10)
+        proxy.freeze()
+        await eventually(lambda: "cluster.redis_down" in a.log(), timeout=10)
+        sent = time.monotonic()
+        code = await asyncio.to_thread(a.stop)
+        took = time.monotonic() - sent
+    finally:
+        await proxy.close()
+    text = a.log()
+    assert code == 0, text[-3000:]
+    assert "gateway stopped" in text and "shutdown.stuck" not in text, text[-3000:]
+    assert "cluster.task_stuck" not in text, text[-3000:]
+    # 2 s of drain (the harness's), then bounded steps; the stop watch dumps at 8 s more
+    assert took < 2.0 + stopwatch.STUCK_S, took
+    print(f"stop with a hung Redis: {took:.1f} s after SIGTERM")
