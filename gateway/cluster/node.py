@@ -50,6 +50,7 @@ from gateway.cluster.reconcile import LostCalls
 from gateway.cluster.redis_store import ClusterStore
 from gateway.conferences import Conferences, StatusHook
 from gateway.config import Application
+from gateway.waits import cancel_and_wait, wait_event
 from media.rooms import MemberOptions, RoomKey
 from sip import commands as cmd
 from sip import events as ev
@@ -156,16 +157,12 @@ class ClusterNode:
         """aiohttp cleanup context: the loop runs from `start` (once SIP is up) to here."""
         yield
         loops = [t for t in (self._task, self._lost_task, self._quota_task) if t is not None]
-        for task in loops:
-            task.cancel()
-        if loops:
-            # Bounded: a loop that missed its cancellation (a client library turning it into
-            # an error the loop retries on) must not hold the exit; a CI run once saw a node
-            # still running 15 s after SIGTERM, its SIP engine long stopped.
-            _, stuck = await asyncio.wait(loops, timeout=3.0)
-            for task in stuck:
-                log.warning("cluster.task_stuck", extra={"node": self.me,
-                                                         "task": task.get_name()})
+        # Cancelled again until they end (a cancellation can be lost inside the Redis client:
+        # gateway.waits), and bounded: a CI run once saw a node still running 15 s after
+        # SIGTERM, its SIP engine long stopped, waiting here for a loop that ran on.
+        for task in await cancel_and_wait(loops, timeout=3.0):
+            log.warning("cluster.task_stuck", extra={"node": self.me,
+                                                     "task": task.get_name()})
         if self._tasks:  # members' removals, legs being hung up
             await asyncio.wait(set(self._tasks), timeout=2.0)
         # Leaving cleanly: free our rooms now rather than when their leases lapse. Bounded:
@@ -298,8 +295,8 @@ class ClusterNode:
                     else:
                         log.exception("cluster.reconcile_failed", extra={"room": key.name})
             if not self._dirty:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, next_tick - loop.time()))
+                # not wait_for: on 3.11 it can swallow our cancellation at exit (gateway.waits)
+                await wait_event(self._wake, max(0.0, next_tick - loop.time()))
 
     async def _heartbeat(self) -> None:
         legs = len(self.services.calls) if self.services else 0  # type: ignore[arg-type]
