@@ -38,6 +38,7 @@ from gateway.netguard import AddressPolicy
 from gateway.outbox import Outbox
 from gateway.recordings import Recordings, completed_data
 from gateway.room_events import RoomEvents
+from gateway.stopwatch import StopWatch
 from gateway.store import Store
 from media import tones
 from sip import commands as cmd
@@ -80,6 +81,9 @@ class Gateway:
         self.services: Services
         self.http_port = 0
         self._runner: web.AppRunner | None = None
+        # Called once the drain is over: from there on the stop is bounded (serve arms
+        # gateway.stopwatch with it).
+        self.on_drained: Callable[[], None] | None = None
 
     # -- the application and its resources -----------------------------------------------
     def make_app(self) -> web.Application:
@@ -244,6 +248,8 @@ class Gateway:
             log.info("draining", extra={"calls": len(self.calls), "seconds": drain_s})
             while len(self.calls) and loop.time() < self.drain_deadline:
                 await asyncio.sleep(0.1)
+        if self.on_drained is not None:
+            self.on_drained()
         # All at once: each end_call waits for its SIP command, and there may be thousands.
         await asyncio.gather(*(s.end_call(503, "shutdown", "Service Unavailable")
                                for s in self.calls), return_exceptions=True)
@@ -326,6 +332,9 @@ async def serve(cfg: Config, drain_s: float | None = None,
         if first == signal.SIGTERM else 0.0
     log.info("stopping", extra={"signal": first.name, "drain_s": drain})
     dog.cancel()
+    # A stop that hangs after the drain dumps every thread's and task's stack to the log
+    # and exits (gateway.stopwatch); a normal stop is over long before.
+    gw.on_drained = StopWatch(loop).arm
     stopping = asyncio.create_task(gw.stop(drain))
     again = asyncio.create_task(signals.get())
     await asyncio.wait({stopping, again}, return_when=asyncio.FIRST_COMPLETED)

@@ -43,6 +43,8 @@ from aiohttp import web
 from yarl import URL
 
 from gateway import api, keys
+from gateway.api.conferences import room_view as local_room_view
+from gateway.api.core import one_room
 from gateway.cluster.node import ClusterNode
 from gateway.timestamps import iso
 from media.rooms import RoomKey
@@ -107,7 +109,7 @@ async def _local_participants(app: web.Application, key: RoomKey) -> list[dict[s
     room = node.conferences.room(key)
     if room is None:
         return []
-    view = await api._room_view(app, room)
+    view = await local_room_view(app, room)
     return [p | {"node": node.me} for p in view["participants"]
             if not node.is_cascade_leg(p["call_id"])]
 
@@ -155,12 +157,7 @@ async def _room_key(request: web.Request) -> RoomKey:
     found = {r.key for r in node.conferences.live() if r.key.name == name}
     with contextlib.suppress(Exception):  # Redis down: the local rooms are what we know
         found.update(await node.store.rooms_named(name))
-    if len(found) > 1:
-        raise api.ApiError(409, "ambiguous", f"room {name} exists for several customers: "
-                                             "add ?customer_id=")
-    if not found:
-        raise api.ApiError(404, "not_found", f"no room {name}")
-    return found.pop()
+    return one_room(name, found)
 
 
 async def room_view(request: web.Request) -> dict[str, Any]:

@@ -82,6 +82,17 @@ def after_read(before: View | None, got: View, hold_off: bool) -> View:
     return View(got.now_ms, got.starters | before.starters, got.ended_at_ms)
 
 
+def part_shared(owned_here: bool, cascade_legs: int) -> bool:
+    """Whether a room part's `start_on_enter` state is any other node's business, so that
+    it is published and the others' read (every tick): while it has cascade legs (inbound
+    ones on the owner, its own to the owner elsewhere), or does not own the room (it is
+    bridging, or failing to). A room whose callers are all on its owner (most rooms: the
+    edge hashes a room's number to one node) shares nothing: its part starts on its own
+    members as on one node, and a leg that joins later makes it shared at once (both ends
+    read and publish when their leg arrives or joins, before the leg can carry a sound)."""
+    return cascade_legs > 0 or not owned_here
+
+
 def has_local_starter(members: Iterable[Member]) -> bool:
     """Whether a room part has a `start_on_enter` participant of its own (held or not, as
     on one node); cascade legs are not participants."""

@@ -29,6 +29,7 @@ from gateway.call.services import Services
 from gateway.call.session import CallSession
 from gateway.cluster import cascade
 from gateway.cluster.config import ClusterConfig
+from gateway.cluster.moderation import part_shared
 from gateway.cluster.moderation_store import Moderation
 from gateway.cluster.ownership import (
     Adopt,
@@ -49,6 +50,7 @@ from gateway.cluster.reconcile import LostCalls
 from gateway.cluster.redis_store import ClusterStore
 from gateway.conferences import Conferences, StatusHook
 from gateway.config import Application
+from gateway.waits import cancel_and_wait, wait_event
 from media.rooms import MemberOptions, RoomKey
 from sip import commands as cmd
 from sip import events as ev
@@ -68,6 +70,10 @@ CASCADE = MemberOptions(always_source=True)
 # status_url); past it the join goes on with what this node knows, and the write finishes
 # (or fails) behind it.
 JOIN_REDIS_WAIT_S = 0.5
+# A part that stops being shared (its last cascade leg gone) still syncs start_on_enter for
+# this many ticks: an end_on_exit mark written by the node whose part ended (which also
+# drops the leg) may reach Redis after the leg's BYE reached us.
+MODERATION_LINGER_TICKS = 3
 
 
 @dataclass
@@ -85,6 +91,11 @@ class RoomState:
     # Members of the room on other nodes, as of our last join or leave (room events'
     # `participants` count them).
     others: int = 0
+    # start_on_enter sharing (gateway.cluster.moderation.part_shared): loop time until which
+    # the part syncs (shared now, or a few ticks ago), and whether we may have an entry in
+    # Redis to withdraw once it stops.
+    shared_until: float = float("-inf")
+    published: bool = False
 
     def local(self, hold_off: bool = False) -> Local:
         return Local(callers=len(self.callers), inbound_legs=len(self.inbound),
@@ -126,8 +137,12 @@ class ClusterNode:
         conferences.room_wide_events_here = False
         conferences.remote_count = self._others
         # start_on_enter / end_on_exit across nodes (gateway.cluster.moderation).
-        self.moderation = Moderation(self.me, self.store.redis, self.store.p, conferences,
-                                     cfg.node_ttl_s, self._redis_down)
+        # Our entries go unwritten for half their life at most, and never closer than 3
+        # ticks to its end (a late tick must not let one lapse: a part would stop).
+        self.moderation = Moderation(
+            self.me, self.store.redis, self.store.p, conferences, cfg.node_ttl_s,
+            self._redis_down, unwritten_s=max(0.0, min(cfg.node_ttl_s / 2,
+                                                       cfg.node_ttl_s - 3 * cfg.tick_s)))
         conferences.on_ended_by_exit = self._ended_by_exit
 
     def _ended_by_exit(self, key: RoomKey) -> None:
@@ -142,16 +157,12 @@ class ClusterNode:
         """aiohttp cleanup context: the loop runs from `start` (once SIP is up) to here."""
         yield
         loops = [t for t in (self._task, self._lost_task, self._quota_task) if t is not None]
-        for task in loops:
-            task.cancel()
-        if loops:
-            # Bounded: a loop that missed its cancellation (a client library turning it into
-            # an error the loop retries on) must not hold the exit; a CI run once saw a node
-            # still running 15 s after SIGTERM, its SIP engine long stopped.
-            _, stuck = await asyncio.wait(loops, timeout=3.0)
-            for task in stuck:
-                log.warning("cluster.task_stuck", extra={"node": self.me,
-                                                         "task": task.get_name()})
+        # Cancelled again until they end (a cancellation can be lost inside the Redis client:
+        # gateway.waits), and bounded: a CI run once saw a node still running 15 s after
+        # SIGTERM, its SIP engine long stopped, waiting here for a loop that ran on.
+        for task in await cancel_and_wait(loops, timeout=3.0):
+            log.warning("cluster.task_stuck", extra={"node": self.me,
+                                                     "task": task.get_name()})
         if self._tasks:  # members' removals, legs being hung up
             await asyncio.wait(set(self._tasks), timeout=2.0)
         # Leaving cleanly: free our rooms now rather than when their leases lapse. Bounded:
@@ -265,7 +276,8 @@ class ClusterNode:
         next_tick = 0.0
         while True:
             now = loop.time()
-            if now >= next_tick:
+            tick = now >= next_tick
+            if tick:
                 next_tick = now + self.cfg.tick_s
                 await self._heartbeat()
                 await self._end_legs_of_dead_nodes()
@@ -276,15 +288,15 @@ class ClusterNode:
             self._wake.clear()
             for key in keys:
                 try:
-                    await self._reconcile(key)
+                    await self._reconcile(key, tick)
                 except Exception as exc:
                     if "redis" in type(exc).__module__ or isinstance(exc, OSError):
                         self._redis_down(exc)
                     else:
                         log.exception("cluster.reconcile_failed", extra={"room": key.name})
             if not self._dirty:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, next_tick - loop.time()))
+                # not wait_for: on 3.11 it can swallow our cancellation at exit (gateway.waits)
+                await wait_event(self._wake, max(0.0, next_tick - loop.time()))
 
     async def _heartbeat(self) -> None:
         legs = len(self.services.calls) if self.services else 0  # type: ignore[arg-type]
@@ -340,15 +352,59 @@ class ClusterNode:
                     "call_id": cid, "room": key.name, "from_node": node})
                 self._spawn(leg.end_call(200, "cluster_node_lost", "Node Lost"))
 
-    async def _reconcile(self, key: RoomKey) -> None:
-        st = self.rooms.get(key)
-        if st is None:
-            return
+    def _hold_off(self) -> bool:
+        """Redis came back a moment ago (Local.hold_off, moderation.after_read)."""
+        return asyncio.get_running_loop().time() - self._redis_back_at < self.cfg.lease_s
+
+    @staticmethod
+    def _legs(st: RoomState) -> dict[str, str | None]:
+        """Our cascade legs in the room -> their far node (None: ours to the owner)."""
         legs: dict[str, str | None] = dict(st.inbound_node)
         if st.bridge_leg is not None:
             legs[st.bridge_leg.call_id] = None
-        hold_off = asyncio.get_running_loop().time() - self._redis_back_at < self.cfg.lease_s
-        await self.moderation.sync(key, legs, hold_off)
+        return legs
+
+    async def _reconcile(self, key: RoomKey, tick: bool = True) -> None:
+        """The room's ownership plan, then its start_on_enter sharing (after the plan, so
+        that a part that just claimed the room shares nothing and one that just started
+        bridging publishes at once). `tick`: this is the tick's pass over every room, not
+        a pass for a change."""
+        st = self.rooms.get(key)
+        if st is None:
+            return
+        hold_off = self._hold_off()
+        forgotten = await self._own(key, st, hold_off)
+        await self._moderate(key, st, hold_off, tick, forgotten)
+
+    async def _moderate(self, key: RoomKey, st: RoomState, hold_off: bool, tick: bool,
+                        forgotten: bool) -> None:
+        """start_on_enter / end_on_exit across nodes, for a part that is shared
+        (gateway.cluster.moderation.part_shared) or was a few ticks ago: a sync every tick,
+        and on a change of its starter or its legs. A room whose callers are all on this
+        node (most rooms) costs no Redis work here at all: nobody else needs its state, and
+        it needs nobody's, until a cascade leg joins it. Then both ends read and publish at
+        once (the owner before answering the leg, the other node as soon as it bridges and
+        again once the leg is in its part), so the leg counts right before it carries a
+        sound. The alternatives weighed: piggybacking the publish/read on the claim and
+        renewal scripts would still run Redis work per room per tick (only one call instead
+        of two), and publishing only for rooms with a non-default participant would still
+        need every shared part to read."""
+        now = asyncio.get_running_loop().time()
+        if not forgotten and part_shared(
+                st.owned_epoch is not None,
+                len(st.inbound) + (st.bridge is not None or st.bridge_leg is not None)):
+            st.shared_until = now + MODERATION_LINGER_TICKS * self.cfg.tick_s
+        if forgotten or now >= st.shared_until:
+            if st.published:
+                st.published = not await self.moderation.withdraw(key)
+            else:
+                self.moderation.forget(key)
+            return
+        st.published = True
+        await self.moderation.sync(key, self._legs(st), hold_off, changed_only=not tick)
+
+    async def _own(self, key: RoomKey, st: RoomState, hold_off: bool) -> bool:
+        """Carry out gateway.cluster.ownership.plan; True: the room was forgotten."""
         claim = await self.store.get_claim(key)
         for _ in range(3):  # a claim or a failed renewal means one more plan
             if claim is not None and claim.epoch >= st.max_epoch:
@@ -365,7 +421,7 @@ class ClusterNode:
                                                   self.cfg.lease_s, step.epoch):
                         again = await self.store.get_claim(key)
                         if again is None:  # gone between the two reads: try once more
-                            return
+                            return False
                 elif isinstance(step, Adopt):
                     st.owned_epoch = step.claim.epoch
                     log.info("conference.owner", extra={
@@ -392,11 +448,11 @@ class ClusterNode:
                     st.owned_epoch = None
                 elif isinstance(step, Forget):
                     self.rooms.pop(key, None)
-                    self.moderation.forget(key)
-                    return
+                    return True
             if again is None:
-                return
+                return False
             claim = again
+        return False
 
     async def _prune(self, key: RoomKey) -> None:
         live = set(await self.store.nodes())
@@ -433,6 +489,10 @@ class ClusterNode:
             await leg.answered_or_ended()
             if leg.ended.is_set():
                 return
+            # Once the leg is in our part (Conferences.join puts it in before its first
+            # await): sync, so it counts as the owner's entry says (published before the
+            # owner answered it).
+            asyncio.get_running_loop().call_soon(self.kick, key)
             await self.conferences.join(
                 key, leg.call_id, self.moderation.leg_options(key, CASCADE, None))
             # The local room ended under it: hang the leg up; the plan decides what next.
@@ -486,8 +546,17 @@ class ClusterNode:
 
     async def _serve(self, key: RoomKey, st: RoomState, session: CallSession) -> None:
         try:
+            # Our part is shared from now on: publish our start_on_enter state before the
+            # leg is answered, so the far node reads it as soon as its leg is up (a room
+            # that was ours alone published nothing). Bounded, as a join's Redis write.
+            sync = self._spawn(self.moderation.sync(key, self._legs(st), self._hold_off()))
+            st.published = True
+            await asyncio.wait({sync}, timeout=JOIN_REDIS_WAIT_S)
             await session.answer(jb_max_ms=self.cfg.cascade_jitter_ms)
             far = st.inbound_node.get(session.call_id)
+            # Once the leg is in the part: sync again, so the leg counts as the far node's
+            # entry says (a view read before it came may be stale).
+            asyncio.get_running_loop().call_soon(self.kick, key)
             await self.conferences.join(key, session.call_id, self.moderation.leg_options(
                 key, CASCADE, far if far is not None else ""))
             await session.end_call(200, "room_ended", "")

@@ -21,7 +21,6 @@ top; `CustomerQuota` is the I/O around them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections import Counter
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.cluster.redis_store import ClusterStore
+from gateway.waits import wait_event
 
 if TYPE_CHECKING:
     from gateway.call.session import CallSession
@@ -229,9 +229,8 @@ class CustomerQuota:
                     log.warning("cluster.quota_local_only", extra={"node": self.me,
                                                                    "error": str(exc)})
                     self.shared = False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(),
-                                       max(0.05, next_tick - loop.time()))
+            # not wait_for: on 3.11 it can swallow our cancellation at exit (gateway.waits)
+            await wait_event(self._wake, max(0.05, next_tick - loop.time()))
 
     def _mine(self) -> Counter[str]:
         return local_counts(((s.app.id, s.customer_id) for s in self.calls or ()),

@@ -30,6 +30,7 @@ from gateway.cluster import lost
 from gateway.cluster.redis_store import ClusterStore
 from gateway.config import Application
 from gateway.store import Store
+from gateway.waits import wait_event
 
 if TYPE_CHECKING:
     from gateway.call.session import CallSession
@@ -109,9 +110,8 @@ class LostCalls:
                     log.warning("cluster.calls_unpublished", extra={"node": self.me,
                                                                     "error": str(exc)})
                 self._failing = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(),
-                                       max(0.05, next_tick - time.monotonic()))
+            # not wait_for: on 3.11 it can swallow our cancellation at exit (gateway.waits)
+            await wait_event(self._wake, max(0.05, next_tick - time.monotonic()))
 
     async def flush(self) -> None:
         changes, self.pending = self.pending, {}

@@ -64,7 +64,12 @@ def setup(app: web.Application, scope_of: Callable[[web.Request], Scope]) -> Non
     app.router.add_get("/", _page)
     for name in FILES:
         app.router.add_get(f"/console/{name}", _static)
-    app.router.add_get("/v1/console/stream", lambda r: _stream(r, scope_of(r)))
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        # a coroutine function, not a lambda returning one: aiohttp deprecates bare functions
+        return await _stream(request, scope_of(request))
+
+    app.router.add_get("/v1/console/stream", stream)
     app.on_shutdown.append(_close_streams)
 
 

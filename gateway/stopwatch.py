@@ -1,0 +1,130 @@
+"""A stop that does not finish says why, then ends.
+
+Armed once the SIGTERM drain is over (the calls are being hung up): from then on every step
+of the stop is bounded, so a process still alive `stuck_s` later is held by something that
+is not (a task that swallowed its cancellation, a worker thread in a blocking call, a
+non-daemon thread that the interpreter's exit joins). Then:
+
+- `shutdown.stuck` (ERROR), followed by one `shutdown.stuck.thread` line per thread and one
+  `shutdown.stuck.task` line per asyncio task not done, each with its stack (innermost
+  last, `file:line function` separated by ` > `: outer calls inner);
+- `forced_s` after arming, if still alive: `shutdown.forced` (CRITICAL) and the process
+  exits with EXIT_CODE, so that nobody needs kill -9.
+
+A plain Python thread cannot run while native code holds the GIL; for that case the
+interpreter's fault handler (a C thread) dumps every thread's stack and exits a second
+later than `forced_s`. A normal stop ends long before `stuck_s` and logs nothing of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import TextIO
+
+log = logging.getLogger("minivoice.gateway")
+
+STUCK_S = 8.0  # the harness kills a gateway 15 s after SIGTERM (2 s drain in tests)
+FORCED_S = 11.0
+EXIT_CODE = 70  # EX_SOFTWARE, as for a dead SIP thread (gateway.watchdog)
+MAX_FRAMES = 16  # per stack: the innermost ones say what it waits for
+MAX_TASKS = 50  # a stuck stop with thousands of calls: the log stays readable
+
+
+def _frames(stack: traceback.StackSummary) -> str:
+    return " > ".join(f"{os.path.basename(e.filename)}:{e.lineno} {e.name}"
+                      for e in list(stack)[-MAX_FRAMES:])
+
+
+def _task_stack(task: asyncio.Task[object]) -> str:
+    frames = task.get_stack(limit=MAX_FRAMES)  # outermost first for a coroutine
+    return " > ".join(f"{os.path.basename(f.f_code.co_filename)}:{f.f_lineno} "
+                      f"{f.f_code.co_name}" for f in frames)
+
+
+class StopWatch:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None,
+                 stuck_s: float | None = None, forced_s: float | None = None,
+                 stream: TextIO | None = None,
+                 exit_fn: Callable[[int], object] = os._exit) -> None:
+        self.loop = loop
+        self.stuck_s = STUCK_S if stuck_s is None else stuck_s
+        self.forced_s = FORCED_S if forced_s is None else forced_s
+        self.stream = stream if stream is not None else sys.stderr
+        self.exit_fn = exit_fn
+        self._armed_at: float | None = None
+
+    def arm(self) -> None:
+        """Start the clock (once; later calls do nothing)."""
+        if self._armed_at is not None:
+            return
+        self._armed_at = time.monotonic()
+        # The last resort, for when no Python code can run (not possible on a stream without
+        # a file descriptor).
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            faulthandler.dump_traceback_later(self.forced_s + 1.0, exit=True,
+                                              file=self.stream)
+        threading.Thread(target=self._watch, name="stop-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        assert self._armed_at is not None
+        time.sleep(self.stuck_s)
+        try:
+            self.dump()
+        except Exception as exc:  # the exit below must happen whatever the dump met
+            log.error("shutdown.stuck", extra={"dump_failed": repr(exc)})
+        time.sleep(max(0.0, self.forced_s - (time.monotonic() - self._armed_at)))
+        log.critical("shutdown.forced", extra={
+            "after_s": round(time.monotonic() - self._armed_at, 1),
+            "exit_code": EXIT_CODE})
+        self._flush()
+        self.exit_fn(EXIT_CODE)
+
+    def dump(self) -> None:
+        """What every thread and every unfinished task is doing, one line each."""
+        assert self._armed_at is not None
+        threads = {t.ident: t.name for t in threading.enumerate()}
+        frames = sys._current_frames()
+        tasks = self._tasks()
+        log.error("shutdown.stuck", extra={
+            "after_s": round(time.monotonic() - self._armed_at, 1), "threads": len(frames),
+            "tasks": len(tasks), "exit_in_s": round(self.forced_s - self.stuck_s, 1)})
+        me = threading.get_ident()
+        for ident, frame in frames.items():
+            if ident == me:
+                continue
+            log.error("shutdown.stuck.thread", extra={
+                "thread_name": threads.get(ident, hex(ident)),
+                "daemon": next((t.daemon for t in threading.enumerate() if t.ident == ident),
+                               None),
+                "stack": _frames(traceback.extract_stack(frame))})
+        for task in tasks[:MAX_TASKS]:
+            try:
+                stack = _task_stack(task)
+            except Exception as exc:  # read from another thread: it may change under us
+                stack = f"unreadable: {exc!r}"
+            log.error("shutdown.stuck.task", extra={"task": task.get_name(),
+                                                    "cancelling": task.cancelling(),
+                                                    "stack": stack})
+        self._flush()
+
+    def _tasks(self) -> list[asyncio.Task[object]]:
+        if self.loop is None or self.loop.is_closed():
+            return []
+        try:  # not thread-safe in general; all_tasks retries when the set changes under it
+            return [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+        except RuntimeError:
+            return []
+
+    def _flush(self) -> None:
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        self.stream.flush()
