@@ -5,6 +5,7 @@ cascade leg."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
@@ -53,7 +54,7 @@ async def callers_on_two_nodes(
                 **{"from": f"+1555000{tones['y']:g}"})
     await phones.wait("media", "y")
     for gw in (a, b):
-        seen = await eventually(lambda gw=gw: _listing_two(gw, room), timeout=10,
+        seen = await eventually(functools.partial(_listing_two, gw, room), timeout=10,
                                 message=f"room {room} not complete on {gw.http}")
         assert len(set(seen.values())) == 2, seen
     return recs

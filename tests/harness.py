@@ -26,7 +26,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from bench.gateway import free_port  # shared with the benchmark
+from bench.gateway import free_port as free_port  # shared with the benchmark; re-exported
 from gateway import signing
 from tests.httpkit import serve
 

@@ -35,7 +35,7 @@ def wav_bytes(seconds: float, rate: int = 8000) -> bytes:
 
 
 def wav_seconds(path: Path) -> float:
-    with wave.open(str(path)) as w:
+    with wave.open(str(path), "rb") as w:
         return w.getnframes() / w.getframerate()
 
 

@@ -239,9 +239,9 @@ class Bank:
         elif op == "listen":
             self.listen = c
         elif op == "hangup":
-            phone = self.phones.get(c["id"])
-            if phone is not None:
-                phone.hangup(pj.CallOpParam(True))
+            live = self.phones.get(c["id"])
+            if live is not None:
+                live.hangup(pj.CallOpParam(True))
         elif op == "dtmf":
             phone = self.phones[c["id"]]
             prm = pj.CallSendDtmfParam()
