@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TypedDict
 
 import pytest
 
@@ -98,6 +99,10 @@ def by_kind(events: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
     return kinds
 
 
+class _JitterSetting(TypedDict, total=False):
+    cascade_jitter_ms: int
+
+
 @pytest.mark.sip
 @pytest.mark.parametrize("setting", [None, 0])
 async def test_cascade_leg_has_the_low_latency_buffer_phones_the_adaptive(
@@ -105,7 +110,7 @@ async def test_cascade_leg_has_the_low_latency_buffer_phones_the_adaptive(
 ) -> None:
     """By default (None: 40 ms) the cascade leg's two ends have the small buffer; with
     `cascade_jitter_ms: 0` the adaptive one, as phones always."""
-    opts = {} if setting is None else {"cascade_jitter_ms": setting}
+    opts: _JitterSetting = {} if setting is None else {"cascade_jitter_ms": setting}
     leg_kind = SMALL if setting is None else "adaptive"
     a = await cluster.start_node("a", **opts)
     b = await cluster.start_node("b", **opts)
@@ -126,7 +131,7 @@ async def test_cascade_leg_has_the_low_latency_buffer_phones_the_adaptive(
             assert list(ready) == ["adaptive"] and len(ready["adaptive"]) == 2, ready
         assert all(int(e["jb_max_prefetch"]) >= ADAPTIVE_MIN_MAX_PREFETCH
                    for e in ready["adaptive"]), ready
-        await eventually(lambda gw=gw: _ended_streams(gw, 2), timeout=15,
+        await eventually(functools.partial(_ended_streams, gw, 2), timeout=15,
                          message="streams not ended")
         ended = by_kind(log_events(gw, "stream.jitter_buffer"))
         print(gw.http, ended)
@@ -177,5 +182,5 @@ async def test_reinvite_keeps_the_low_latency_buffer(
                and int(e["jb_max_prefetch"]) <= LOW_MAX_MAX_PREFETCH for e in streams), streams
 
 
-async def _ended_streams(gw: GatewayProc, n: int) -> Any:
+async def _ended_streams(gw: GatewayProc, n: int) -> bool | None:
     return len(log_events(gw, "stream.jitter_buffer")) >= n or None

@@ -41,8 +41,8 @@ async def test_serve_with_flags_only(app: AppServer, phones: Phonebank, tmp_path
         phones.hangup("x")
         (done,) = await app.completed()
         assert done["call"]["to"] == "777" and done["call"]["application_id"] == "app_default"
-        for r in app.requests:
-            assert signing.verify("flag-secret-123", r.body, r.headers[signing.HEADER])
+        for req in app.requests:
+            assert signing.verify("flag-secret-123", req.body, req.headers[signing.HEADER])
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: stops at once
         assert proc.wait(15) == 0, log.read_text()[-2000:]

@@ -25,12 +25,13 @@ from tests.fakes import Fakes, incoming
 from tests.redisproc import RedisProc
 
 NOW = parse_iso("2026-11-24T10:05:00Z")
-VIEW = {"id": "call_x", "customer_id": "cust_1", "application_id": "app1",
-        "status": "in-progress", "direction": "inbound", "from": "+15550001",
-        "to": "1001", "created_at": "2026-11-24T10:00:00Z",
-        "answered_at": "2026-11-24T10:00:02Z", "room": "r1", "codec": "PCMU",
-        "timeline": [{"at": "2026-11-24T10:00:00Z", "event": "call.initiated"}] * 50,
-        "quality": {"rx": {"loss": 0}}}
+VIEW: dict[str, Any] = {  # a call's public record (JSON), as CallRecord.view gives it
+    "id": "call_x", "customer_id": "cust_1", "application_id": "app1",
+    "status": "in-progress", "direction": "inbound", "from": "+15550001",
+    "to": "1001", "created_at": "2026-11-24T10:00:00Z",
+    "answered_at": "2026-11-24T10:00:02Z", "room": "r1", "codec": "PCMU",
+    "timeline": [{"at": "2026-11-24T10:00:00Z", "event": "call.initiated"}] * 50,
+    "quality": {"rx": {"loss": 0}}}
 
 
 def good(call_id: str = "call_x", **changes: object) -> bytes:
@@ -159,7 +160,10 @@ async def test_publish_then_end_leaves_only_the_live_ones(store: ClusterStore) -
     ids = await _publish(store, "b", 5)
     gone = sorted(ids)[:2]
     await store.publish_calls("b", {}, gone, NOW)
-    assert {k.decode() for k in await store.redis.hkeys("mv:calls:b")} == ids - set(gone)
+    # redis-py types a reply `bytes | str` for any client; this one (no decode_responses)
+    # gives bytes
+    keys = cast(list[bytes], await store.redis.hkeys("mv:calls:b"))
+    assert {k.decode() for k in keys} == ids - set(gone)
     assert await store.call_nodes() == {"b": False}
     await store.publish_calls("b", {}, [], NOW, replace=True)  # a clean exit, no calls
     assert await store.redis.hlen("mv:calls:b") == 0

@@ -6,6 +6,7 @@ moderator with end_on_exit leaving on one node ends the room on the other too.""
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ async def test_waiting_callers_on_two_nodes_start_when_a_moderator_joins(
     await eventually(lambda: _listed(nodes["a"], 1), timeout=10, message="x not in r1")
     await calls.call("y", nodes["b"])
     for gw in nodes.values():  # the cascade leg is up: both nodes list both callers
-        await eventually(lambda gw=gw: _listed(gw, 2), timeout=10, message="room incomplete")
+        await eventually(functools.partial(_listed, gw, 2), timeout=10, message="room incomplete")
     await asyncio.sleep(3.0)
     for gw in nodes.values():
         assert set((await _waiting(gw)).values()) == {True}, await _waiting(gw)
@@ -102,10 +103,10 @@ async def test_waiting_callers_on_two_nodes_start_when_a_moderator_joins(
     await calls.call("m", nodes[moderator_on])
     joined = asyncio.get_running_loop().time()
     for gw in nodes.values():
-        await eventually(lambda gw=gw: _listed(gw, 3), timeout=10, message="m not listed")
+        await eventually(functools.partial(_listed, gw, 3), timeout=10, message="m not listed")
     # The parts start within a tick (0.5 s here) of the moderator's node publishing it.
     for gw in nodes.values():
-        await eventually(lambda gw=gw: _none_waiting(gw), timeout=10,
+        await eventually(functools.partial(_none_waiting, gw), timeout=10,
                          message="still waiting after the moderator joined")
     print(f"nobody waits on either node {asyncio.get_running_loop().time() - joined:.2f} s "
           "after the moderator's call was answered (API polled)")
@@ -154,7 +155,7 @@ async def _started(c: Cluster, phones: Phonebank, tmp: Path, moderator_on: str
     await calls.call("y", nodes["b"])
     await calls.call("m", nodes[moderator_on])
     for gw in nodes.values():
-        await eventually(lambda gw=gw: _none_waiting(gw), timeout=10,
+        await eventually(functools.partial(_none_waiting, gw), timeout=10,
                          message="the room did not start")
     return nodes["a"], nodes["b"], calls
 
@@ -186,7 +187,7 @@ async def test_end_on_exit_ends_the_room_on_every_node(
     other = b if moderator_on == "a" else a
     assert "conference.ended_elsewhere" in other.log()
     for gw in (a, b):
-        await eventually(lambda gw=gw: _gone(gw), timeout=10, message="room still listed")
+        await eventually(functools.partial(_gone, gw), timeout=10, message="room still listed")
     done = await cluster.app.completed(count=3)
     assert len({w["call"]["id"] for w in done}) == 3
 

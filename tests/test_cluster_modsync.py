@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -159,7 +160,7 @@ async def test_a_room_on_one_node_runs_no_moderation_script_until_it_spans_two(
     y_rec = await _call(phones, "y", b, tmp_path)
     joined = asyncio.get_running_loop().time()
     for gw in (a, b):  # y's part starts: a's moderator counts on b through the leg
-        await eventually(lambda gw=gw: _nobody_waits(gw, 2), timeout=10,
+        await eventually(functools.partial(_nobody_waits, gw, 2), timeout=10,
                          message="y still waits though x (a moderator) is on node a")
     print(f"y not waiting {asyncio.get_running_loop().time() - joined:.2f} s after its media")
     await asyncio.sleep(3.0)
@@ -210,7 +211,7 @@ async def test_end_on_exit_reaches_a_node_that_joined_a_room_alone_until_then(
     assert monitor.moderation(start) == []
     await _call(phones, "y", b, tmp_path)
     for gw in (a, b):
-        await eventually(lambda gw=gw: _nobody_waits(gw, 2), timeout=10,
+        await eventually(functools.partial(_nobody_waits, gw, 2), timeout=10,
                          message="y still waits though x (a moderator) is on node a")
     phones.hangup("x")
     await phones.wait("ended", "x")
@@ -237,20 +238,22 @@ async def test_a_steady_sync_writes_nothing_until_half_the_entry_life_is_gone(
     r = store.redis
     mod = _part("n", store, 1.0, starter=True)
     await mod.sync(KEY, {})
-    first = int(await r.hget(STARTERS, "n"))  # type: ignore[misc]
+    # redis-py types a reply `bytes | str | None` for any client; this one (no
+    # decode_responses) gives bytes, and the entry is there
+    first = int(cast(bytes, await r.hget(STARTERS, "n")))  # type: ignore[misc]
     ops = await _ops(r)
     await mod.sync(KEY, {})  # read-only: the script, TIME, GET, HGETALL
     assert await _ops(r) - ops == 4
-    assert int(await r.hget(STARTERS, "n")) == first  # type: ignore[misc]
+    assert int(cast(bytes, await r.hget(STARTERS, "n"))) == first  # type: ignore[misc]
     assert mod.starters(KEY) == {"n"}
     await asyncio.sleep(0.6)  # past half the entry's life (1 s): rewritten
     await mod.sync(KEY, {})
-    assert int(await r.hget(STARTERS, "n")) >= first + 500  # type: ignore[misc]
+    assert int(cast(bytes, await r.hget(STARTERS, "n"))) >= first + 500  # type: ignore[misc]
     assert 0 < await r.pttl(STARTERS) <= 3_600_000
     # our own entry garbled: rewritten; no starter any more: deleted
     await r.hset(STARTERS, "n", "junk")  # type: ignore[misc]
     await mod.sync(KEY, {})
-    assert (await r.hget(STARTERS, "n")).isdigit()  # type: ignore[misc]
+    assert cast(bytes, await r.hget(STARTERS, "n")).isdigit()  # type: ignore[misc]
     mod.conferences.book.leave("caller-n")
     await mod.sync(KEY, {})
     assert not await r.hexists(STARTERS, "n")  # type: ignore[misc]

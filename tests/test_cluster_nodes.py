@@ -21,7 +21,7 @@ from tests.cluster import (  # noqa: F401 (cluster: a fixture)
     cluster,
     room_nodes,
 )
-from tests.harness import Phonebank
+from tests.harness import GatewayProc, Phonebank
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.sip
@@ -62,7 +62,7 @@ async def test_callers_on_two_nodes_hear_each_other(
     await eventually(lambda: _gone(a), timeout=10)
 
 
-async def _gone(gw):  # type: ignore[no-untyped-def]
+async def _gone(gw: GatewayProc) -> bool:
     status, _ = await gw.get("/v1/conferences/r1")
     return status == 404
 

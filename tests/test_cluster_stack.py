@@ -167,4 +167,6 @@ def test_stack_files_that_cannot_work_are_refused(tmp_path: Path) -> None:
         proc = subprocess.run([PYTHON, "-m", "gateway.cluster", str(path)], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and why in proc.stderr, (why, proc.stderr)
-    assert run  # the same entry point, imported
+    # the same entry point, imported (a function is always true: what this checks is that
+    # the import works)
+    assert run  # type: ignore[truthy-function]

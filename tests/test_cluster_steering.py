@@ -7,8 +7,10 @@ a forward without the cluster's signature is refused."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import aiohttp
 import pytest
@@ -49,6 +51,14 @@ async def api_nodes(c: Cluster, token: str = MINE) -> tuple[GatewayProc, Gateway
     return nodes[0], nodes[1]
 
 
+class _Forgery(TypedDict, total=False):
+    """What a forged request changes of `forged`'s defaults."""
+
+    secret: str
+    stamp: str
+    signed: tuple[str, str, bytes]
+
+
 async def forged(gw: GatewayProc, method: str, path: str, scope: str,
                  secret: str = CLUSTER_SECRET, body: bytes = b"", stamp: str | None = None,
                  signed: tuple[str, str, bytes] | None = None) -> int:
@@ -72,7 +82,7 @@ async def test_forged_forwards_are_refused(cluster: Cluster) -> None:  # noqa: F
     ok = await forged(a, "PATCH", path, "admin", body=body)
     assert ok == 404  # signed correctly: handled, and there is no such room
     old = str(int(time.time()) - 3600)
-    cases = [
+    cases: list[_Forgery] = [
         dict(stamp=old), dict(stamp="soon"), dict(stamp="9" * 5000), dict(stamp=""),
         dict(signed=("PATCH", path, b'{"muted": false}')),  # another body
         dict(signed=("DELETE", path, body)),  # another method
@@ -160,7 +170,7 @@ async def test_steer_a_room_from_the_node_that_does_not_have_the_participant(
     done = await cluster.app.completed(count=3, timeout=15)
     assert len({w["call"]["id"] for w in done}) == 3
     for gw in (a, b):
-        await eventually(lambda gw=gw: _empty(gw), timeout=10, message="room left over")
+        await eventually(functools.partial(_empty, gw), timeout=10, message="room left over")
 
 
 FROM: dict[str, str] = {}

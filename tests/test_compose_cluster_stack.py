@@ -26,6 +26,7 @@ same time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -233,7 +234,7 @@ async def test_callers_on_both_nodes_through_the_edge_then_a_node_dies(
         # Either node's API lists both callers, each with its node (the cascade leg is none).
         want = {mv_id["x"]: node_of["x"], mv_id["y"]: node_of["y"]}
         for node in SERVICE:
-            await eventually(lambda node=node: _equal(room_nodes(c, node), want), timeout=15,
+            await eventually(functools.partial(_lists, c, node, want), timeout=15,
                              interval=0.3, message=f"{node} does not list both callers")
         loop = asyncio.get_running_loop()
         both_at = loop.time()
@@ -279,8 +280,8 @@ async def test_callers_on_both_nodes_through_the_edge_then_a_node_dies(
     assert heard[b_call][tones[a_call]] > HEARD_DB, f"gw-b's caller does not hear gw-a's: {heard}"
     assert heard[a_call][tones[b_call]] > HEARD_DB, f"gw-a's caller does not hear gw-b's: {heard}"
     for cid in ("x", "y"):
-        other = tones["y" if cid == "x" else "x"]
-        assert heard[cid][other] - heard[cid][tones[cid]] >= 25, f"{cid} hears itself: {heard}"
+        other_hz = tones["y" if cid == "x" else "x"]
+        assert heard[cid][other_hz] - heard[cid][tones[cid]] >= 25, f"{cid} hears itself: {heard}"
 
     # The app got the webhooks of the callers (cascade legs send none). The call on the dead
     # gateway-b gets its call.completed from gateway-a (gateway_lost) once gateway-b's
@@ -315,5 +316,6 @@ async def test_callers_on_both_nodes_through_the_edge_then_a_node_dies(
     print(f"test body {time.monotonic() - t_start:.0f} s")
 
 
-async def _equal(got: Any, want: dict[str, str]) -> bool:
-    return bool(await got == want)
+async def _lists(c: Compose, node: str, want: dict[str, str]) -> bool:
+    """`node`'s API lists exactly `want` (call ID -> node) in ROOM."""
+    return await room_nodes(c, node) == want

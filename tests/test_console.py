@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -20,6 +20,9 @@ import pytest
 from gateway import console
 from tests.audio import levels
 from tests.harness import AppServer, GatewayProc, Phonebank, app_config
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webelement import WebElement
 
 ADMIN = "admin-token-0123456789"
 CUSTOMER = "cust-token-0123456789"  # customer cust_test: sees the test application's calls
@@ -258,7 +261,7 @@ async def test_the_page_shows_the_room_and_its_mute_and_hold_buttons_silence_the
 
     await asyncio.to_thread(log_in)
 
-    def rows() -> dict[str, Any]:
+    def rows() -> dict[str, WebElement]:
         found = d.find_elements(By.CSS_SELECTOR, ".room[data-room='console-room'] .participant")
         return {r.find_element(By.CSS_SELECTOR, ".who").text: r for r in found}
 
@@ -288,11 +291,13 @@ async def test_the_page_shows_the_room_and_its_mute_and_hold_buttons_silence_the
     for button, attr, value, label, heard in steps:
         at = loop.time()
         await asyncio.to_thread(
-            lambda b=button: rows()[talker].find_element(By.CSS_SELECTOR, f"button.{b}").click())
-        await _until(lambda a=attr, v=value: rows()[talker].get_attribute(a) == v,
-                     what=f"the talker's {attr}={value}")
+            lambda b: rows()[talker].find_element(By.CSS_SELECTOR, f"button.{b}").click(), button)
+
+        def shows(a: str = attr, v: str = value) -> bool:
+            return rows()[talker].get_attribute(a) == v
+        await _until(shows, what=f"the talker's {attr}={value}")
         assert await asyncio.to_thread(
-            lambda b=button: rows()[talker].find_element(By.CSS_SELECTOR, f"button.{b}").text
+            lambda b: rows()[talker].find_element(By.CSS_SELECTOR, f"button.{b}").text, button
         ) == label
         clicked.append((f"{button}->{value}", at, heard))
         await asyncio.sleep(max(0.0, at + 2.5 - loop.time()))
@@ -374,10 +379,13 @@ async def test_snapshot_is_bounded_however_many_rooms_and_calls() -> None:
             return None
 
     app = web.Application()
+    rooms: list[Any]  # filled below: the fake's live() reads it when the snapshot is taken
     for key, value in ((keys.ROOMS, SimpleNamespace(live=lambda: rooms)),
                        (keys.CALLS, Calls()), (keys.ENGINE, SimpleNamespace(levels=levels)),
                        (keys.CONFIG, Config(applications=()))):
-        app[key] = value  # type: ignore[index]
+        # the pairs mix four AppKey types (no one _T for the loop), and the values are
+        # duck-typed fakes of the services, not of the keys' types
+        app[key] = value  # type: ignore[misc]
     rooms = [room(i, 5) for i in range(120)]
     snap = await console.snapshot(app, (True, None))
     assert len(snap["rooms"]) == console.MAX_ROOMS and snap["rooms_total"] == 120

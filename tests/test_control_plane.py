@@ -221,8 +221,8 @@ async def test_a_placed_call_runs_its_actions_once_answered_whatever_comes_first
         gw = Fakes()
         leg = await dial(gw.services, APP, "sip:bob@192.0.2.1", "+1555", None)
         flow = asyncio.create_task(leg.answered_or_ended())
-        events = {"media": ev.MediaReady(leg.call_id, "PCMU"),
-                  "answered": ev.CallAnswered(leg.call_id)}
+        events: dict[str, ev.MediaReady | ev.CallAnswered] = {
+            "media": ev.MediaReady(leg.call_id, "PCMU"), "answered": ev.CallAnswered(leg.call_id)}
         leg.handle(events[first])
         await asyncio.sleep(0.01)
         assert not flow.done(), f"{first} alone counted as answered"

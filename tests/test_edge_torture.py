@@ -39,9 +39,10 @@ def torture(reply_port: int) -> list[tuple[str, bytes]]:
 
 METHODS = {f.name: f.read_bytes().split(b" ", 1)[0] for f in TORTURE.glob("*.dat")}
 # Section 3.1.2 of RFC 4475, the invalid messages that are INVITEs.
-INVALID_INVITES = ("badinv01.dat", "clerr.dat", "ncl.dat", "mcl01.dat", "ltgtruri.dat",
-                   "lwsruri.dat", "lwsstart.dat", "trws.dat", "escruri.dat", "baddate.dat",
-                   "badvers.dat", "mismatch02.dat", "quotbal.dat", "lwsdisp.dat")
+INVALID_INVITES: tuple[str, ...] = (
+    "badinv01.dat", "clerr.dat", "ncl.dat", "mcl01.dat", "ltgtruri.dat", "lwsruri.dat",
+    "lwsstart.dat", "trws.dat", "escruri.dat", "baddate.dat", "badvers.dat", "mismatch02.dat",
+    "quotbal.dat", "lwsdisp.dat")
 INVALID_INVITES = tuple(n for n in INVALID_INVITES if METHODS.get(n) == b"INVITE")
 
 

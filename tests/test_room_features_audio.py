@@ -9,6 +9,7 @@ a few hundred ms of margin on each side.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,7 @@ async def test_hold_coach_announce_full_room_and_bad_patches(
     assert full and full[0]["reason"] == "room_full", d_call["timeline"]
 
     # bad bodies: 400 with details, nothing changed
+    bad: Mapping[str, object]  # PATCH bodies, then announcement bodies
     for bad, path in (({"muted": "yes"}, "muted"), ({"hold": 1}, "hold"),
                       ({"mute": True}, "mute"), ({"speak_to": "call_x"}, "speak_to"),
                       ({"speak_to": [1]}, "speak_to[0]"), ({}, ""),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import pytest
 
 from media.rooms import MONITOR, Link, RoomBook, RoomError, RoomKey, SpeakerState, choose_speakers
@@ -117,9 +119,15 @@ def test_link_count_grows_linearly_in_large_rooms() -> None:
     assert len(links(book)) == 500 + 6 * 499  # vs 500 * 499 = 249500 in a full mesh
 
 
+class _SpeakerSettings(TypedDict):
+    max_speakers: int
+    threshold: int
+    hold_s: float
+
+
 def test_choose_speakers_loudest_with_hangover() -> None:
     state = SpeakerState()
-    kw = {"max_speakers": 2, "threshold": 10, "hold_s": 1.0}
+    kw: _SpeakerSettings = {"max_speakers": 2, "threshold": 10, "hold_s": 1.0}
     got = choose_speakers({"a": 50, "b": 5, "c": 30, "d": 40}, set(), state, now=0.0, **kw)
     assert got == {"a", "d"}
     # a pauses between words: kept by the hangover while still within hold_s ...

@@ -94,7 +94,8 @@ def test_document_level_rules() -> None:
     assert paths({}) == ["actions"]
     assert paths({"actions": "x"}) == ["actions"]
     assert paths({"actions": []}) == ["actions"]
-    too_many = {"actions": [{"pause": {}}] * (MAX_ACTIONS + 1)}
+    too_many: dict[str, list[dict[str, dict[str, object]]]] = {
+        "actions": [{"pause": {}}] * (MAX_ACTIONS + 1)}
     assert paths(too_many) == ["actions"]
     assert len(parse_document({"actions": [{"pause": {}}] * MAX_ACTIONS})) == MAX_ACTIONS
     assert paths({"actions": [{"pause": {}}], "extra": 1}) == ["extra"]
