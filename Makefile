@@ -25,7 +25,7 @@ test: setup lint
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m mypy gateway sip media bench
+	$(PY) -m mypy gateway sip media bench tests
 	.venv/bin/lint-imports
 
 unit: setup
