@@ -52,6 +52,7 @@ from gateway.config import Application, HooksConfig
 from gateway.http import signed_post
 from gateway.metrics import MAX_DESTINATIONS, Backlog
 from gateway.store import NewEvent, OutboxRow, Outcome, Store, Synchronous, url_host
+from gateway.waits import wait_event
 
 log = logging.getLogger("minivoice.webhook")
 
@@ -233,8 +234,7 @@ class Outbox:
         while self._adds or self._outcomes:
             wait = self._last_commit + COALESCE_S - time.monotonic()
             if wait > 0 and not self._stopping and not self._batch_full.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._batch_full.wait(), wait)
+                await wait_event(self._batch_full, wait)
             self._last_commit = time.monotonic()
             self._batch_full.clear()
             adds, self._adds = self._adds, []
@@ -278,8 +278,7 @@ class Outbox:
             while not self._stopping:
                 self._wake.clear()
                 delay = await self._dispatch_due()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                await wait_event(self._wake, delay)
         finally:
             self._housekeeping.cancel()
             self._backlog_task.cancel()

@@ -30,11 +30,12 @@ import traceback
 from collections.abc import Callable
 from typing import TextIO
 
+from gateway.watchdog import EXIT_CODE  # as for a dead SIP thread
+
 log = logging.getLogger("minivoice.gateway")
 
 STUCK_S = 8.0  # the harness kills a gateway 15 s after SIGTERM (2 s drain in tests)
 FORCED_S = 11.0
-EXIT_CODE = 70  # EX_SOFTWARE, as for a dead SIP thread (gateway.watchdog)
 MAX_FRAMES = 16  # per stack: the innermost ones say what it waits for
 MAX_TASKS = 50  # a stuck stop with thousands of calls: the log stays readable
 
@@ -91,7 +92,7 @@ class StopWatch:
     def dump(self) -> None:
         """What every thread and every unfinished task is doing, one line each."""
         assert self._armed_at is not None
-        threads = {t.ident: t.name for t in threading.enumerate()}
+        threads = {t.ident: t for t in threading.enumerate()}
         frames = sys._current_frames()
         tasks = self._tasks()
         log.error("shutdown.stuck", extra={
@@ -102,9 +103,8 @@ class StopWatch:
             if ident == me:
                 continue
             log.error("shutdown.stuck.thread", extra={
-                "thread_name": threads.get(ident, hex(ident)),
-                "daemon": next((t.daemon for t in threading.enumerate() if t.ident == ident),
-                               None),
+                "thread_name": threads[ident].name if ident in threads else hex(ident),
+                "daemon": threads[ident].daemon if ident in threads else None,
                 "stack": _frames(traceback.extract_stack(frame))})
         for task in tasks[:MAX_TASKS]:
             try:
