@@ -38,6 +38,11 @@ from gateway.files import write_private
 log = logging.getLogger("edge")
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "edge" / "kamailio.cfg.tmpl"
+# How long a stop waits for Kamailio after SIGTERM before it kills the process group. Kamailio
+# itself kills workers that outlive `exit_timeout` (2 s, in the template); this bound is for a
+# main process that hangs anyway, and it must fit well inside gateway.stopwatch's 8 s, which
+# counts from the end of the gateway's drain and so covers the edge's stop too.
+STOP_S = 4.0
 MODULE_DIRS = ("/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/aarch64-linux-gnu/"
                "kamailio/modules", "/usr/lib/kamailio/modules", "/usr/local/lib64/kamailio/modules")
 
@@ -412,7 +417,7 @@ class Edge:
         assert self.proc is not None
         return await self.proc.wait()
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
+    async def stop(self, timeout_s: float = STOP_S) -> None:
         self.stopping = True
         if self.proc is None or self.proc.returncode is not None:
             return
