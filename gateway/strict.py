@@ -166,7 +166,11 @@ def _convert(tp: Any, value: Any, path: str, errors: list[Detail]) -> Any:
         return value
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer of 309+ digits: float() cannot hold it
+                errors.append(Detail(path, "is out of range"))
+                return None
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -85,3 +85,17 @@ def test_ordinary_json_reads_as_json_loads_reads_it() -> None:
         raw = json.dumps(_value(rng, 0), ensure_ascii=rng.random() < 0.5)
         assert parse_json(raw) == json.loads(raw)
         assert parse_json(raw.encode()) == json.loads(raw)
+
+
+@pytest.mark.parametrize("field", ['{"pause": {"length": %s}}',
+                                   '{"gather": {"action_url": "http://a/b", "timeout": %s}}',
+                                   '{"transfer": {"to": "sip:a@b.example", "timeout": %s}}'])
+def test_an_integer_too_large_for_a_float_field_is_a_validation_error(field: str) -> None:
+    """Found by the HTTP fuzzer (tests/fuzz_http): a 400-digit integer is valid JSON under
+    the digit limit, but float() of it raised OverflowError out of the schema (the call flow
+    died with a Traceback, POST /v1/calls with such an action answered 500)."""
+    body = ('{"actions": [' + field % ("1" + "0" * 400) + "]}").encode()
+    with pytest.raises(ValidationError) as info:
+        parse_body(body)
+    (detail,) = info.value.details
+    assert detail.reason == "is out of range"
