@@ -122,7 +122,14 @@ class GuardedResolver(AbstractResolver):
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        results = await self.inner.resolve(host, port, family)
+        try:
+            results = await self.inner.resolve(host, port, family)
+        except UnicodeError:
+            # getaddrinfo IDNA-encodes the name and raises UnicodeError (not OSError, which
+            # aiohttp turns into a connection error) for a label over 63 characters: a URL
+            # from an application's response ended the call flow with a Traceback.
+            raise socket.gaierror(socket.EAI_NONAME, f"{host[:80]!r} is not a host name") \
+                from None
         if self.policy.host_allowed(host):
             if len(self.approved) > 1024:
                 self.approved.clear()

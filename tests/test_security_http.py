@@ -544,3 +544,19 @@ async def test_requests_the_http_parser_refuses_get_400_and_one_log_line(
         assert r.status == 200
     log = gw.log()
     assert log.count("http.bad_request") >= 3, log[-3000:]
+
+
+async def test_a_host_name_with_an_overlong_label_is_a_connection_error(
+        http: aiohttp.ClientSession) -> None:
+    """Found by the HTTP fuzzer (tests/fuzz_http): getaddrinfo raised UnicodeError ("label
+    too long") for a redirect URL's host of 64+ characters, which no one caught: the call flow
+    died with a Traceback. Now the resolver refuses it as a name that does not resolve."""
+    policy = AddressPolicy()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            resolver=GuardedResolver(policy))) as customer:
+        hooks = HookClient(http, HooksConfig(), customer, policy)
+        for host in ("a" * 64 + ".example", "x." + "b" * 300):
+            with pytest.raises(AnswerUrlError) as err:
+                await hooks.fetch_actions([f"http://{host}/hook"], "s" * 16, {}, "call_t",
+                                          kind="action_url", error_code="action_url_error")
+            assert err.value.code == "action_url_error"
