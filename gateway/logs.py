@@ -42,8 +42,9 @@ class KeyValueFormatter(logging.Formatter):
 
 class QuietBadRequests(logging.Filter):
     """aiohttp logs a request it cannot parse (a request line over 8190 bytes, a malformed
-    header) at ERROR with the parser's traceback. Hostile input is normal input for a server
-    on a network: one WARNING line with the reason is the event (`http.bad_request`)."""
+    header), and a client that hangs up in the middle of its body, at ERROR with a
+    traceback. Hostile input is normal input for a server on a network: one line is the
+    event (`http.bad_request` with the reason, `http.client_gone`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -51,6 +52,11 @@ class QuietBadRequests(logging.Filter):
             record.msg, record.args, record.exc_info = "http.bad_request", (), None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.reason = (exc.message or type(exc).__name__)[:200]
+        elif isinstance(exc, ConnectionResetError):
+            # The client hung up while a handler read its body (a Content-Length larger than
+            # what it sent, then gone): its business, not a fault of ours.
+            record.msg, record.args, record.exc_info = "http.client_gone", (), None
+            record.levelno, record.levelname = logging.INFO, "INFO"
         return True
 
 

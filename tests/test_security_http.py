@@ -50,6 +50,7 @@ from sip.events import DtmfDigit, IncomingCall
 from tests.fakes import Fakes
 from tests.harness import AppServer, GatewayProc, app_config
 from tests.httpkit import Server, in_pieces, serve, wav_bytes, wav_seconds
+from tests.waiting import eventually
 
 LOOPBACK = AddressPolicy.from_config(["127.0.0.0/8"])
 APP_DICT = {"id": "app_t", "customer_id": "c1", "answer_url": "http://127.0.0.1:9/answer",
@@ -560,3 +561,26 @@ async def test_a_host_name_with_an_overlong_label_is_a_connection_error(
                 await hooks.fetch_actions([f"http://{host}/hook"], "s" * 16, {}, "call_t",
                                           kind="action_url", error_code="action_url_error")
             assert err.value.code == "action_url_error"
+
+
+async def test_a_client_gone_in_the_middle_of_its_body_is_one_line_not_a_traceback(
+    app: AppServer, gateway_factory: Callable[..., Awaitable[GatewayProc]]
+) -> None:
+    """Found by the HTTP fuzzer (tests/fuzz_http): a request whose Content-Length promises
+    more than the client sends before hanging up made aiohttp log "Error handling request"
+    with a ConnectionResetError traceback; anyone could fill the log with them."""
+    gw = await gateway_factory([app_config(app)])
+    for path in ("/v1/conferences/r1/recordings", "/v1/calls"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.http_port)
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 100\r\n\r\n{}".encode())
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the handler is waiting for the rest of the body
+        writer.close()
+
+    def logged() -> bool:
+        return gw.log().count("http.client_gone") >= 2
+    await eventually(logged, timeout=10)
+    async with aiohttp.ClientSession() as s, s.get(gw.http + "/healthz") as r:
+        assert r.status == 200
+    assert "Traceback" not in gw.log()
