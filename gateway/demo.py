@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway import signing
 from gateway.config import Application
+from gateway.strict import ValidationError, parse_json
 
 log = logging.getLogger("minivoice.demo")
 
@@ -45,7 +46,10 @@ async def _verified(request: web.Request) -> dict[str, object] | None:
     if not signing.verify(request.app[SECRET_KEY], body, request.headers.get(signing.HEADER)):
         log.warning("demo: bad signature", extra={"path": request.path})
         return None
-    doc = json.loads(body)
+    try:  # signed, but still not necessarily an envelope (strict: no 500 on a crafted number)
+        doc = parse_json(body)
+    except ValidationError:
+        return None
     return doc if isinstance(doc, dict) else None
 
 
@@ -53,10 +57,12 @@ async def answer(request: web.Request) -> web.Response:
     doc = await _verified(request)
     if doc is None:
         return web.Response(status=401)
-    call = doc["call"]
-    assert isinstance(call, dict)
-    room = room_for(str(call["to"]))
-    log.info("demo: answer", extra={"call_id": call["id"], "from": call["from"], "room": room})
+    call = doc.get("call")
+    if not isinstance(call, dict):
+        return web.Response(status=400)
+    room = room_for(str(call.get("to", "")))
+    log.info("demo: answer", extra={"call_id": call.get("id"), "from": call.get("from"),
+                                    "room": room})
     return web.json_response({"actions": [{"conference": {"room": room}}]})
 
 

@@ -250,3 +250,32 @@ async def test_demo_app_takes_room_events_without_a_call() -> None:
                     assert r.status == (204 if isinstance(doc, dict) else 401)
     finally:
         await runner.cleanup()
+
+
+async def test_demo_app_answers_a_signed_body_that_is_no_envelope_without_a_500() -> None:
+    """Found by the HTTP fuzzer (tests/fuzz_http): a correctly signed body that was not an
+    envelope (malformed JSON, a 5,000-digit number, no `call`) made /demo/answer and
+    /demo/events answer 500 with a Traceback (json.loads, `doc["call"]`, an assert)."""
+    from aiohttp import ClientSession, web
+
+    from gateway import demo, signing
+    from tests.httpkit import serve
+
+    secret = "demo-secret-0123456789"
+    app = web.Application()
+    demo.setup(app, secret)
+    runner, port = await serve(app)
+    try:
+        async with ClientSession() as http:
+            for path, body, status in (
+                    ("answer", b"{", 401), ("events", b"{", 401),
+                    ("answer", b'{"call": 1' + b"0" * 5000 + b"}", 401),
+                    ("events", b'{"a": 1, "a": 2}', 401),
+                    ("answer", b"{}", 400), ("answer", b'{"call": "x"}', 400),
+                    ("answer", b'{"call": {}}', 200)):
+                headers = {signing.HEADER: signing.sign(secret, body)}
+                async with http.post(f"http://127.0.0.1:{port}/demo/{path}", data=body,
+                                     headers=headers) as r:
+                    assert r.status == status, (path, body[:20], r.status)
+    finally:
+        await runner.cleanup()
