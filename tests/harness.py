@@ -212,7 +212,7 @@ def app_config(app: AppServer, **overrides: Any) -> dict[str, Any]:
 
 
 async def start_gateway(tmp: Path, applications: list[dict[str, Any]],
-                        **sections: dict[str, Any]) -> GatewayProc:
+                        **sections: Any) -> GatewayProc:
     sip_port, http_port = free_port(), free_port()
     db = tmp / "gateway.db"
     cfg: dict[str, Any] = {
@@ -230,8 +230,8 @@ async def start_gateway(tmp: Path, applications: list[dict[str, Any]],
         "hooks": {"allow_private": ["127.0.0.0/8"]},
         "dialing": {"allow_private": ["127.0.0.0/8"]},
     }
-    for name, values in sections.items():
-        cfg[name] = {**cfg.get(name, {}), **values}
+    for name, values in sections.items():  # a section is merged; a scalar (demo) is set
+        cfg[name] = {**cfg.get(name, {}), **values} if isinstance(values, dict) else values
     path = tmp / f"gateway-{sip_port}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     log_path = tmp / f"gateway-{sip_port}.log"

@@ -571,7 +571,7 @@ async def test_a_client_gone_in_the_middle_of_its_body_is_one_line_not_a_traceba
     with a ConnectionResetError traceback; anyone could fill the log with them."""
     gw = await gateway_factory([app_config(app)])
     for path in ("/v1/conferences/r1/recordings", "/v1/calls"):
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.http_port)
+        _, writer = await asyncio.open_connection("127.0.0.1", gw.http_port)
         writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      "Content-Length: 100\r\n\r\n{}".encode())
         await writer.drain()
