@@ -101,6 +101,10 @@ def check_url(url: str, policy: AddressPolicy) -> None:
         host = yarl.URL(url).raw_host or ""
     except ValueError:
         return  # aiohttp will refuse it too
+    except IndexError:
+        # yarl fails so on some URLs ("http://[x]y@/"), and aiohttp with it, outside its own
+        # errors: refused here as aiohttp refuses the URLs yarl rejects cleanly.
+        raise aiohttp.InvalidUrlClientError(url) from None
     if policy.host_allowed(host):
         return
     if literal_ip(host) and not policy.permits(host):

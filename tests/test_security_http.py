@@ -584,3 +584,20 @@ async def test_a_client_gone_in_the_middle_of_its_body_is_one_line_not_a_traceba
     async with aiohttp.ClientSession() as s, s.get(gw.http + "/healthz") as r:
         assert r.status == 200
     assert "Traceback" not in gw.log()
+
+
+async def test_a_url_that_crashes_the_url_parser_is_a_request_error(
+        server: Server, http: aiohttp.ClientSession) -> None:
+    """Found by the HTTP fuzzer (tests/fuzz_http): yarl raises IndexError on
+    "http://[x]y@/" (a userinfo with a bracket, no host), which passes the actions' URL check;
+    check_url let it through and aiohttp raised it out of the action_url fetch (a Traceback in
+    the call flow). Now it is an invalid URL, as aiohttp answers the ones yarl refuses."""
+    policy = AddressPolicy()
+    async with guarded(policy) as customer:
+        hooks = HookClient(http, HooksConfig(), customer, policy)
+        for url in ("http://[x]y@/", "http://[fe80::1%25eth0]_Y9Y@/"):
+            with pytest.raises(AnswerUrlError) as err:
+                await hooks.fetch_actions([url], "s" * 16, {}, "call_t", kind="action_url",
+                                          error_code="action_url_error")
+            assert err.value.message == "action_url request failed: InvalidUrlClientError"
+    assert server.hits == []

@@ -21,6 +21,7 @@ from gateway.call.request import parse_call_request
 from gateway.demo import room_for
 from gateway.dialing import TargetRefused, parse_target
 from gateway.media_cache import MediaError, audio_kind, max_age_s, wav_info
+from gateway.netguard import AddressPolicy, BlockedAddress, check_url, redact
 from gateway.room_requests import parse_announcement, parse_patch
 from gateway.strict import ValidationError
 from tests.fuzz_http import corpus, mutate
@@ -118,6 +119,17 @@ def _signature(rng: random.Random) -> str | None:
                        "v1=" + "é" * 64, good.replace("t=", "t=" + rng.choice(("٣", "-", " ")))))
 
 
+POLICY = AddressPolicy.from_config(["10.0.0.0/8", "media.example"])
+
+
+def _url(rng: random.Random) -> str:
+    """A URL from an application's response, as check_url and the logs see it."""
+    good = rng.choice(("http://127.0.0.1:8080/x", "https://user:pw@[::ffff:10.0.0.1]/a?b=c",
+                       "http://media.example/p.wav", "http://0x7f.1/", "http://[fe80::1%25eth0]/"))
+    cut = rng.randrange(len(good) + 1)
+    return rng.choice((mutate.string(rng), good[:cut] + mutate.string(rng) + good[cut:]))
+
+
 def _apply(fn: Callable[..., Any]) -> Callable[[Any], Any]:
     return lambda x: fn(*x) if isinstance(x, tuple) else fn(x)
 
@@ -141,8 +153,10 @@ TARGETS: tuple[Target, ...] = (
     ("signing.verify", lambda r: ("s3cret", r.choice((b"{}", b"")), _signature(r)),
      _apply(signing.verify), ()),
     ("demo.room_for", lambda r: mutate.string(r), room_for, ()),
+    ("netguard.check_url", _url, lambda u: check_url(u, POLICY), (BlockedAddress,)),
+    ("netguard.redact", _url, redact, ()),
 )
-WEIGHTS = (30, 15, 10, 4, 2, 8, 8, 8, 4, 3, 2, 3, 2, 1)
+WEIGHTS = (30, 15, 10, 4, 2, 8, 8, 8, 4, 3, 2, 3, 2, 1, 4, 2)
 
 
 def run(cases: range, seed: int, report: Report | None = None) -> Report:
