@@ -215,7 +215,7 @@ async def test_a_dead_nodes_entry_expires(store: ClusterStore) -> None:
 async def test_hostile_content_in_the_starters_hash(store: ClusterStore) -> None:
     key = "mv:starters:cust_1/room-1"
     far = int(time.time() * 1000) + 3_600_000
-    await store.redis.hset(key, mapping={  # type: ignore[misc]
+    await store.redis.hset(key, mapping={
         "garbage": "not-a-time", "x" * 200: far, "a:b": far,
         **{f"n{i}": far for i in range(2000)}})
     node = Node("own", store)
@@ -224,7 +224,7 @@ async def test_hostile_content_in_the_starters_hash(store: ClusterStore) -> None
     # at most MAX_STARTERS taken (the bad ids among them dropped)
     assert MAX_STARTERS - 3 <= len(node.mod.starters(KEY)) <= MAX_STARTERS
     assert "garbage" not in node.mod.starters(KEY)
-    assert not await store.redis.hexists(key, "garbage")  # type: ignore[misc]
+    assert not await store.redis.hexists(key, "garbage")
     await store.redis.set("mv:ended:cust_1/room-1", "soon")
     await node.mod.sync(KEY, {})  # a bad reply: logged, the last view kept, nothing ended
     assert node.room() is not None and len(node.mod.starters(KEY)) >= MAX_STARTERS - 3

@@ -197,7 +197,7 @@ class Moderation:
         entry now rather than let it lapse, so that a node that bridges to us later reads
         no stale starter of ours before our first sync. False: Redis did not answer."""
         try:
-            await self.redis.hdel(self._keys(key)[0], self.me)  # type: ignore[misc]
+            await self.redis.hdel(self._keys(key)[0], self.me)
         except Exception as exc:
             self.on_redis_error(exc)
             return False
