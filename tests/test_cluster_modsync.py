@@ -230,7 +230,7 @@ def _part(name: str, store: ClusterStore, ttl_s: float, starter: bool) -> Modera
     conf.book.join(KEY, f"caller-{name}", muted=False, end_on_exit=False, now=time.time(),
                    start_on_enter=starter)
     errors: list[Exception] = []
-    return Moderation(name, store.redis, store.p, conf, ttl_s, errors.append)
+    return Moderation(name, store.redis, store.p, conf, ttl_s, 0.1, errors.append)
 
 
 async def test_a_steady_sync_writes_nothing_until_half_the_entry_life_is_gone(
@@ -261,9 +261,9 @@ async def test_a_steady_sync_writes_nothing_until_half_the_entry_life_is_gone(
     ops = await _ops(r)
     await _part("m", store, 1.0, starter=False).sync(KEY, {})
     assert await _ops(r) - ops == 4
-    # unwritten_s 0 (a node_ttl_s within 3 ticks of tick_s): rewritten at every sync
+    # an entry life of 3 ticks or less (the config refuses it): rewritten at every sync
     every = Moderation("e", r, store.p, _part("e", store, 1.0, starter=True).conferences, 1.0,
-                       lambda exc: None, unwritten_s=0.0)
+                       1.0, lambda exc: None)
     await every.sync(KEY, {})
     ops = await _ops(r)
     await asyncio.sleep(0.01)
