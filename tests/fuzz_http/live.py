@@ -371,6 +371,13 @@ async def answer_campaign(gw: GatewayProc, app: AppServer, cases: range, seed: i
     def fuzzed(case: int, where: str) -> tuple[int, bytes]:
         rng = random.Random(f"{seed}:answer:{case}:{where}")
         app.media["bad"] = media_response(rng)
+        if where == "answer" and rng.random() < 0.25:  # a valid document, the media fuzzed
+            url = f"{app.url}/media/bad?v={case}"
+            doc = {"actions": [rng.choice(({"play": {"url": url}},
+                                           {"conference": {"room": "w", "wait_url": url,
+                                                           "end_on_exit": True}})),
+                               {"hangup": {}}]}
+            return 200, mutate.encode(doc)
         doc = corpus.actions_document(rng, app.url, live=True)
         # about half of the documents valid, so their actions run (and fetch the fuzzed media)
         raw, _ = mutate.document(doc, rng, NAMES, tree_rate=0.5, text_rate=0.15)
