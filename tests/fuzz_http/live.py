@@ -373,11 +373,10 @@ async def answer_campaign(gw: GatewayProc, app: AppServer, cases: range, seed: i
         app.media["bad"] = media_response(rng)
         if where == "answer" and rng.random() < 0.25:  # a valid document, the media fuzzed
             url = f"{app.url}/media/bad?v={case}"
-            doc = {"actions": [rng.choice(({"play": {"url": url}},
-                                           {"conference": {"room": "w", "wait_url": url,
-                                                           "end_on_exit": True}})),
-                               {"hangup": {}}]}
-            return 200, mutate.encode(doc)
+            prompt = rng.choice(({"play": {"url": url}},
+                                 {"conference": {"room": "w", "wait_url": url,
+                                                 "end_on_exit": True}}))
+            return 200, mutate.encode({"actions": [prompt, {"hangup": {}}]})
         doc = corpus.actions_document(rng, app.url, live=True)
         # about half of the documents valid, so their actions run (and fetch the fuzzed media)
         raw, _ = mutate.document(doc, rng, NAMES, tree_rate=0.5, text_rate=0.15)
