@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -55,6 +56,17 @@ def set_jitter_buffer(info: Any, settings: dict[str, int] | None) -> bool:
     for name, value in settings.items():
         setattr(info, name, value)
     return True
+
+
+_CAUSE = re.compile(r"[a-z0-9_.-]{1,64}")
+
+
+def warning_value(cause: str) -> str:
+    """The Warning header value (RFC 3261 20.43, code 399: miscellaneous) naming the
+    gateway's cause of a rejection or hang-up, e.g. `399 minivoice "answer_url_error"`;
+    "" for no cause or anything that is not a plain cause name (nothing else goes on the
+    wire)."""
+    return f'399 minivoice "{cause}"' if _CAUSE.fullmatch(cause) else ""
 
 
 class GatewayAccount(pj.Account):  # type: ignore[misc]
@@ -127,12 +139,18 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
         prm.statusCode = code
         self.answer(prm)
 
-    def hangup_call(self, code: int, reason: str) -> None:
+    def hangup_call(self, code: int, reason: str, cause: str = "") -> None:
         self.by_gateway = True
         prm = pj.CallOpParam(True)
         prm.statusCode = code
         if reason:
             prm.reason = reason
+        warning = warning_value(cause)
+        if warning:
+            h = pj.SipHeader()
+            h.hName = "Warning"
+            h.hValue = warning
+            prm.txOption.headers.append(h)
         self.hangup(prm)
 
     # -- callbacks -----------------------------------------------------------------
