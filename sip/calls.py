@@ -131,6 +131,7 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
         # Set before the stream exists (answer, makeCall) and kept for the call's life, so a
         # re-INVITE or UPDATE that re-creates the stream gets the same jitter buffer.
         self.jb_max_ms = 0
+        self.answered = False  # a 2xx was sent (answer_call): a hang-up is then a BYE
 
     # -- commands ------------------------------------------------------------------
     def answer_call(self, code: int, jb_max_ms: int = 0) -> None:
@@ -138,6 +139,7 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
         prm = pj.CallOpParam(True)
         prm.statusCode = code
         self.answer(prm)
+        self.answered = self.answered or 200 <= code < 300
 
     def hangup_call(self, code: int, reason: str, cause: str = "") -> None:
         self.by_gateway = True
@@ -145,7 +147,9 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
         prm.statusCode = code
         if reason:
             prm.reason = reason
-        warning = warning_value(cause)
+        # Warning is a response header (RFC 3261 20.43): on the final response that rejects
+        # an INVITE, not on a BYE or CANCEL.
+        warning = "" if self.outbound or self.answered else warning_value(cause)
         if warning:
             h = pj.SipHeader()
             h.hName = "Warning"
