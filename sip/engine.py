@@ -102,10 +102,15 @@ class SipEngine:
         return dict(await self.send(cmd.QueryLevels(call_ids)) or ())
 
     async def stop(self) -> None:
-        if self._thread is None:
+        """Ask the SIP thread to end and wait until it has; the caller bounds the wait. Not a
+        join in an executor: a thread that does not end would then hold that executor's
+        shutdown, and the exit with it; the SIP thread is a daemon, left to the exit."""
+        thread = self._thread
+        if thread is None:
             return
         self._queue.put((0, cmd.Shutdown()))
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
+        while thread.is_alive():
+            await asyncio.sleep(0.02)
         self._thread = None
 
     # -- called on the SIP thread --------------------------------------------------
