@@ -52,7 +52,7 @@ log = logging.getLogger("minivoice.gateway")
 HANGUP_S = 1.0  # every call hung up and its CallEnded in (so its call.completed is queued)
 RECORDINGS_S = 0.5  # recordings stopped; a file not finalised is repaired at the next start
 SIP_STOP_S = 2.0  # the SIP thread ends (a daemon: one that does not is left to the exit)
-OUTBOX_DRAIN_S = 1.0  # pending webhooks may go out (the rest stay in SQLite)
+OUTBOX_DRAIN_S = 0.5  # pending webhooks may go out (the rest stay in SQLite)
 SHUTDOWN_HTTP_S = 0.25  # HTTP requests under way may finish (calls are over by then)
 CLUSTER_STOP_S = 0.75  # the cluster node's loops and its rooms' release in Redis
 POOLS_CLOSE_S = 0.25  # the HTTP client pools
@@ -263,7 +263,8 @@ class Gateway:
             self.on_drained()
         await bounded("hangup", self._hang_up_all(), HANGUP_S)
         await bounded("recordings", self.recordings.stop_all("shutdown"), RECORDINGS_S)
-        await bounded("sip", self.engine.stop(), SIP_STOP_S)
+        if not await self.engine.stop(SIP_STOP_S):
+            log.warning("shutdown.step_timeout", extra={"step": "sip", "bound_s": SIP_STOP_S})
         if self.on_sip_stopped is not None:
             self.on_sip_stopped()
         await self.outbox.drain(timeout=OUTBOX_DRAIN_S)

@@ -62,7 +62,8 @@ T = TypeVar("T")
 # Below the gateway's shared HTTP connector limit (256), so answer_url requests keep room.
 MAX_IN_FLIGHT = 128
 # At stop: the queued events committed and the database closed (gateway.stopwatch's budget).
-STOP_S = 1.0
+# More than the delivery drain gets: an event not committed is lost, one not delivered waits.
+STOP_S = 1.5
 PER_HOST = 32
 PER_HOST_START = 4
 PER_HOST_MIN = 1

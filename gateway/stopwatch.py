@@ -28,12 +28,12 @@ it. Worst case, in order (tests/test_stop_budget.py adds these constants up):
 | SIP engine stop (SIP thread ends)        | 2.0 s  | `app.SIP_STOP_S`: the thread's own stop   |
 |                                          |        | waits up to 2 s for calls; it is a daemon |
 | then, at the same time:                  |        |                                           |
-| a) outbox.drain                          | 1.0 s  | `app.OUTBOX_DRAIN_S`: undelivered events  |
+| a) outbox.drain                          | 0.5 s  | `app.OUTBOX_DRAIN_S`: undelivered events  |
 |                                          |        | stay in SQLite for the next start         |
 |    HTTP requests under way               | 0.25 s | `app.SHUTDOWN_HTTP_S`                     |
 |    cluster node (loops, Redis release)   | 0.75 s | `app.CLUSTER_STOP_S`: leases lapse anyway |
 |    Conferences.close                     | 0.25 s | `conferences.CLOSE_S`                     |
-|    Outbox.stop (commit, close)           | 1.0 s  | `outbox.STOP_S`: its thread is a daemon   |
+|    Outbox.stop (commit, close)           | 1.5 s  | `outbox.STOP_S`: its thread is a daemon   |
 |    HTTP pools close                      | 0.25 s | `app.POOLS_CLOSE_S`                       |
 | b) the edge (Kamailio, `make run`)       | 3.5 s  | `edge.kamailio.STOP_S` + `READ_S`: no     |
 |                                          |        | longer needed once SIP stopped            |

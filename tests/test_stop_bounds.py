@@ -14,12 +14,15 @@ import threading
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 import yaml
 
 from gateway import app, conferences, outbox, stopwatch
+from gateway.config import HooksConfig
 from gateway.edge import kamailio
 from gateway.stopwatch import bounded
+from gateway.store import Store
 from gateway.threads import DaemonExecutor
 from tests.harness import GATEWAY_ENV, PYTHON, ROOT, free_port, rtp_block
 from tests.waiting import eventually
@@ -114,6 +117,31 @@ async def test_conferences_close_is_bounded(caplog: pytest.LogCaptureFixture) ->
     release.set()
     task.cancel()
     await asyncio.wait({task}, timeout=2.0)
+
+
+async def test_outbox_stop_with_its_database_thread_blocked_is_bounded(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: the close waited for the blocked thread, then executor.shutdown(wait=True)."""
+    store = Store(str(tmp_path / "o.db"))
+    http = aiohttp.ClientSession()
+    box = outbox.Outbox(store, http, HooksConfig())
+    task = asyncio.create_task(box.run())
+    await asyncio.sleep(0.1)
+    held = threading.Event()
+    box._executor.submit(held.wait)  # a commit on a disk that stalls
+    caplog.set_level(logging.WARNING)
+    t0 = time.monotonic()
+    try:
+        await asyncio.wait_for(box.stop(), outbox.STOP_S + 5.0)
+        took = time.monotonic() - t0
+    finally:
+        held.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await http.close()
+        store.close()
+    assert took < outbox.STOP_S + 2.0, took
+    assert any(getattr(r, "step", None) == "outbox" for r in caplog.records)
 
 
 # -- gateway.threads.DaemonExecutor --------------------------------------------------------
@@ -226,8 +254,6 @@ async def _stop(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
 async def test_a_dial_whose_dns_never_answers_does_not_hold_the_stop(tmp_path: Path) -> None:
     """Before gateway.threads, the blocked getaddrinfo held asyncio.run's shutdown of the
     default executor: `shutdown.stuck`, then exit 70 11 s after the drain."""
-    import aiohttp
-
     proc, log, http_port = _serve(tmp_path, "dns")
     try:
         await eventually(lambda: "gateway ready" in log.read_text(errors="replace"),
@@ -253,7 +279,7 @@ async def test_a_dial_whose_dns_never_answers_does_not_hold_the_stop(tmp_path: P
 @pytest.mark.sip
 async def test_a_sip_thread_that_does_not_end_is_left_after_its_bound(tmp_path: Path) -> None:
     """Before: the SIP thread's join waited 10 s in the default executor, past the
-    stop-watch (8 s here 6 s): exit 70."""
+    stop-watch (8 s, here 6 s): exit 70."""
     proc, log, _ = _serve(tmp_path, "sip")
     try:
         await eventually(lambda: "gateway ready" in log.read_text(errors="replace"),
