@@ -25,6 +25,7 @@ from gateway.call.session import CallSession
 from gateway.call.table import CallTable
 from gateway.cluster import cascade
 from gateway.cluster import http as cluster_http
+from gateway.cluster import node as cluster_node
 from gateway.cluster.config import node_hosts
 from gateway.cluster.node import ClusterNode
 from gateway.conferences import Conferences
@@ -54,8 +55,9 @@ RECORDINGS_S = 0.5  # recordings stopped; a file not finalised is repaired at th
 SIP_STOP_S = 2.0  # the SIP thread ends (a daemon: one that does not is left to the exit)
 OUTBOX_DRAIN_S = 0.5  # pending webhooks may go out (the rest stay in SQLite)
 SHUTDOWN_HTTP_S = 0.25  # HTTP requests under way may finish (calls are over by then)
-CLUSTER_STOP_S = 0.75  # the cluster node's loops and its rooms' release in Redis
-POOLS_CLOSE_S = 0.25  # the HTTP client pools
+# the cluster node's loops and its rooms' release in Redis, bounded in its steps too
+CLUSTER_STOP_S = cluster_node.STOP_S
+POOLS_CLOSE_S = 0.1  # the HTTP client pools
 LIVE_TOUCH_S = 5.0  # how often live calls are marked live (the error on a lost call's end)
 
 

@@ -48,7 +48,7 @@ LevelQuery = Callable[[tuple[str, ...]], Awaitable[dict[str, int]]]
 
 log = logging.getLogger("minivoice.conference")
 
-CLOSE_S = 0.25  # at stop, announcements' tasks end (gateway.stopwatch's budget)
+CLOSE_S = 0.1  # at stop, announcements' tasks end (gateway.stopwatch's budget)
 
 
 class RoomCaller(Protocol):

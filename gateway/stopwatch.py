@@ -17,7 +17,7 @@ later than `forced_s`. A normal stop ends long before `stuck_s` and logs nothing
 
 The budget: every step after the drain has a bound (a constant next to the step); a step
 that reaches it logs `shutdown.step_timeout step=...` (WARNING) and the stop goes on without
-it. Worst case, in order (tests/test_stop_budget.py adds these constants up):
+it. Worst case, in order (tests/test_stop_bounds.py adds these constants up):
 
 | step                                     | bound  | why                                       |
 |------------------------------------------|--------|-------------------------------------------|
@@ -31,13 +31,13 @@ it. Worst case, in order (tests/test_stop_budget.py adds these constants up):
 | a) outbox.drain                          | 0.5 s  | `app.OUTBOX_DRAIN_S`: undelivered events  |
 |                                          |        | stay in SQLite for the next start         |
 |    HTTP requests under way               | 0.25 s | `app.SHUTDOWN_HTTP_S`                     |
-|    cluster node (loops, Redis release)   | 0.75 s | `app.CLUSTER_STOP_S`: leases lapse anyway |
-|    Conferences.close                     | 0.25 s | `conferences.CLOSE_S`                     |
+|    cluster node (loops, Redis release)   | 1.0 s  | `cluster.node.STOP_S`: leases lapse anyway|
+|    Conferences.close                     | 0.1 s  | `conferences.CLOSE_S`: tasks cancelled    |
 |    Outbox.stop (commit, close)           | 1.5 s  | `outbox.STOP_S`: its thread is a daemon   |
-|    HTTP pools close                      | 0.25 s | `app.POOLS_CLOSE_S`                       |
+|    HTTP pools close                      | 0.1 s  | `app.POOLS_CLOSE_S`                       |
 | b) the edge (Kamailio, `make run`)       | 3.5 s  | `edge.kamailio.STOP_S` + `READ_S`: no     |
 |                                          |        | longer needed once SIP stopped            |
-| total: 3.5 + max(3.5, 3.5)               | 7.0 s  | under STUCK_S, MARGIN_S to spare          |
+| total: 3.5 + max(3.45, 3.5)              | 7.0 s  | under STUCK_S, MARGIN_S to spare          |
 
 Threads that may block where nothing can cancel them (getaddrinfo, a stalled disk) are daemon
 threads nobody joins (gateway.threads), so that they cannot hold the exit either.
