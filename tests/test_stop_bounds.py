@@ -10,16 +10,19 @@ import contextlib
 import logging
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import pytest
 import yaml
 
 from gateway import app, conferences, outbox, stopwatch
-from gateway.config import HooksConfig
+from gateway.config import HooksConfig, from_dict
 from gateway.edge import kamailio
 from gateway.stopwatch import bounded
 from gateway.store import Store
@@ -293,3 +296,44 @@ async def test_a_sip_thread_that_does_not_end_is_left_after_its_bound(tmp_path: 
     assert "Traceback" not in text
     assert took < 6.0, took
     print(f"sip: exit {code} {took:.1f} s after SIGTERM")
+
+
+# -- the edge stops while the gateway closes the rest ----------------------------------------
+
+
+async def test_the_edge_stops_once_the_sip_engine_has_not_after_the_gateway(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """serve_stack with a stand-in Kamailio that ignores SIGTERM (killed after STOP_S) and a
+    stand-in gateway whose stop, after its SIP engine, waits for the edge to be stopped: it
+    is only if the edge's stop runs at the same time (before: after serve returned, so the
+    budget had to hold the edge's bound after all of the gateway's)."""
+    from tests.test_edge_stop import BASE, STUBBORN
+
+    fake = tmp_path / "kamailio"
+    fake.write_text(STUBBORN.format(python=sys.executable))
+    fake.chmod(0o755)
+    port = free_port()
+    cfg = from_dict({**BASE, "edge": {
+        "enabled": True, "kamailio": str(fake), "listen": "127.0.0.1", "udp_port": port,
+        "tcp_port": port, "tls_port": 0, "users_db": str(tmp_path / "users.db"),
+        "runtime_dir": str(tmp_path / "edge")}})
+    caplog.set_level(logging.INFO, logger=kamailio.log.name)
+    seen: dict[str, float] = {}
+
+    def stopped() -> bool:
+        return any(r.getMessage() == "edge.stopped" for r in caplog.records)
+
+    async def serve(cfg: Any, drain_s: float | None, attach: Any) -> None:
+        gw = SimpleNamespace(metrics=SimpleNamespace(edge_event=lambda *a: None),
+                             on_sip_stopped=None)
+        attach(gw)
+        assert gw.on_sip_stopped is not None
+        gw.on_sip_stopped()  # the SIP engine stopped; the rest of the stop goes on...
+        t0 = time.monotonic()
+        await eventually(stopped, timeout=kamailio.STOP_S + 10)  # ...while the edge stops
+        seen["edge_s"] = time.monotonic() - t0
+
+    assert await kamailio.serve_stack(cfg, serve, 0.0) == 0
+    assert kamailio.STOP_S - 0.5 < seen["edge_s"] < kamailio.STOP_S + 5, seen
+    assert [r for r in caplog.records if r.getMessage() == "edge.kill"]
+    print(f"edge stopped {seen['edge_s']:.1f} s after the SIP engine, before serve returned")
