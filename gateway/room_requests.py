@@ -10,14 +10,13 @@ Every problem is reported at once, as (path, reason) details like the actions sc
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.actions.play import Play
 from gateway.actions.say import Say
-from gateway.strict import Detail, ValidationError, build
+from gateway.strict import Detail, ValidationError, build, parse_json
 
 MAX_SPEAK_TO = 100
 MAX_ANNOUNCEMENT_LOOP = 10
@@ -36,15 +35,8 @@ class ParticipantPatch:
         return self.speak_to is not _UNSET
 
 
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise ValidationError([Detail("", "body must be JSON")], "invalid body") from None
-
-
 def parse_patch(body: bytes) -> ParticipantPatch:
-    doc = _json(body)
+    doc = parse_json(body, "invalid body")
     if not isinstance(doc, dict):
         raise ValidationError([Detail("", "must be a JSON object")], "invalid body")
     errors: list[Detail] = []
@@ -81,7 +73,7 @@ def parse_patch(body: bytes) -> ParticipantPatch:
 
 
 def parse_announcement(body: bytes) -> Say | Play:
-    doc = _json(body)
+    doc = parse_json(body, "invalid body")
     if not isinstance(doc, dict) or len(doc) != 1 or next(iter(doc)) not in ("say", "play"):
         raise ValidationError([Detail("", 'must be {"say": {...}} or {"play": {...}}')],
                               "invalid body")

@@ -30,10 +30,12 @@ def verify(
     if not header:
         return False
     parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    try:
-        t = int(parts["t"])
-    except (KeyError, ValueError):
+    stamp = parts.get("t", "")
+    # Unix seconds, ASCII digits: int() would also take "1_7", "٣" or 4,000 digits, and a
+    # number that large overflows the float subtraction below.
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
         return False
+    t = int(stamp)
     current = time.time() if now is None else now
     if abs(current - t) > tolerance_s:
         return False

@@ -9,6 +9,8 @@ is not a number); unknown keys are errors.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 import types
 import typing
@@ -32,6 +34,57 @@ class ValidationError(Exception):
     def __init__(self, details: list[Detail], message: str = "invalid") -> None:
         self.details = details
         super().__init__(message + ": " + "; ".join(f"{d.path}: {d.reason}" for d in details))
+
+
+class _Refused(ValueError):
+    """What parse_json's hooks refuse, with the reason to report."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf
+        raise _Refused(f"number {text[:32]} is out of range")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Refused(f"duplicate key {key[:64]!r}")
+            seen.add(key)
+    return doc
+
+
+def parse_json(raw: bytes | str, message: str = "invalid body") -> Any:
+    """JSON from someone we do not trust (an answer_url, a REST client), or ValidationError.
+
+    Stricter than json.loads, which takes NaN, Infinity and 1e999 (not JSON, or not a
+    number we can use), keeps the last of two equal keys (two readers of one document could
+    act on different values), and fails outside its documented errors: a deep nest raises
+    RecursionError, an integer of more than 4,300 digits a bare ValueError."""
+    try:
+        # UTF-8 only (RFC 8259, 8.1): given bytes, json.loads would guess UTF-16 or UTF-32 too
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite,
+                          object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as exc:
+        reason = f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    except UnicodeDecodeError:
+        reason = "malformed JSON: not UTF-8"
+    except RecursionError:
+        reason = "malformed JSON: nested too deeply"
+    except _Refused as exc:
+        reason = f"malformed JSON: {exc}"
+    except ValueError:  # int() refusing a number of more than 4,300 digits
+        reason = "malformed JSON: a number too long"
+    raise ValidationError([Detail("", reason)], message) from None
 
 
 Check = Callable[[Any], "str | None"]

@@ -31,6 +31,10 @@ async def call_rejected(phones: Phonebank, gw: GatewayProc, app: AppServer) -> d
 BAD_PAYLOADS = [
     # (answer_url body, the path the error must point at)
     (b"{not json", ""),
+    # json.loads takes these (or fails outside its documented errors); the gateway must not
+    (b'{"actions": [{"pause": {"length": ' + b"9" * 5000 + b'}}]}', ""),
+    (b'{"actions": [{"hangup": {}}], "actions": [{"conference": {"room": "a"}}]}', ""),
+    (b'{"actions": [{"pause": {"length": NaN}}]}', ""),
     (b'{"actions": [{"conference": {"room": "bad room!"}}]}', "actions[0].conference.room"),
     (b'{"actions": [{"conference": {"room": ""}}]}', "actions[0].conference.room"),
     (b'{"actions": [{"conference": {"room": "' + b"r" * 129 + b'"}}]}',

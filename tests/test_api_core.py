@@ -38,10 +38,13 @@ def refused(raw: bytes, fn: Any) -> ApiError:
 # -- pure ---------------------------------------------------------------------------------
 def test_json_body_refuses_what_is_not_json() -> None:
     assert json_body(b'{"a": [1, 2]}') == {"a": [1, 2]}
-    for raw in (b"", b"{", b"\xff\xfe", b"[" * 200_000, b'{"a": 1}}', b"NaN-ish"):
+    for raw in (b"", b"{", b"\xff\xfe", b"[" * 200_000, b'{"a": 1}}', b"NaN-ish", b"NaN",
+                b"[1e999]", b"-" + b"9" * 4301, b'{"a": 1, "b": {"c": 1, "c": 1}}'):
         exc = refused(raw, json_body)
-        assert (exc.status, exc.code, exc.message, exc.details) == \
-            (400, "invalid_body", "body must be JSON", None), raw[:20]
+        assert (exc.status, exc.code, exc.message) == \
+            (400, "invalid_body", "body must be JSON"), raw[:20]
+        assert exc.details is not None and len(exc.details) == 1, raw[:20]
+        assert exc.details[0]["reason"].startswith("malformed JSON: "), raw[:20]
 
 
 def test_an_empty_body_is_empty_or_an_empty_object() -> None:
@@ -133,9 +136,21 @@ async def test_the_error_bodies_over_http(base: tuple[str, Recordings]) -> None:
         ("GET", "/v1/calls?state=gone", None, 400,
          {"code": "invalid_query", "message": "state must be live or ended"}),
         ("POST", "/v1/calls", b"\xff" * 100, 400,
-         {"code": "invalid_body", "message": "body must be JSON"}),
+         {"code": "invalid_body", "message": "body must be JSON",
+          "details": [{"path": "", "reason": "malformed JSON: not UTF-8"}]}),
         ("POST", "/v1/calls", b"[" * 100_000, 400,
-         {"code": "invalid_body", "message": "body must be JSON"}),
+         {"code": "invalid_body", "message": "body must be JSON",
+          "details": [{"path": "", "reason": "malformed JSON: nested too deeply"}]}),
+        # json.loads raises a bare ValueError for this one: it was a 500
+        ("POST", "/v1/calls", b'{"to": ' + b"1" * 5000 + b"}", 400,
+         {"code": "invalid_body", "message": "body must be JSON",
+          "details": [{"path": "", "reason": "malformed JSON: a number too long"}]}),
+        ("PATCH", "/v1/conferences/r1/participants/call_a", b'{"muted": true, "muted": false}',
+         400, {"code": "invalid_body", "message": "invalid body",
+               "details": [{"path": "", "reason": "malformed JSON: duplicate key 'muted'"}]}),
+        ("POST", "/v1/conferences/r1/announcements", b'{"say": {"text": "x", "loop": NaN}}',
+         400, {"code": "invalid_body", "message": "invalid body",
+               "details": [{"path": "", "reason": "malformed JSON: NaN is not JSON"}]}),
         ("POST", "/v1/calls", b"[]", 400,
          {"code": "invalid_body", "message": "invalid request",
           "details": [{"path": "", "reason": "must be a JSON object"}]}),

@@ -159,11 +159,62 @@ def test_cluster_config_needs_a_secret_with_a_node_id() -> None:
     with pytest.raises(ConfigError, match=r"cluster\.node_id"):
         from_dict({"applications": [APP], "cluster": {"node_id": "bad id",
                                                       "secret": "s" * 16}})
-    with pytest.raises(ConfigError, match=r"cluster\.lease_s"):
-        from_dict({"applications": [APP], "cluster": {"lease_s": 1, "tick_s": 1}})
     cfg = from_dict({"applications": [APP], "cluster": {"node_id": "n1", "secret": "s" * 16}})
     assert cfg.cluster.enabled and cfg.cluster.lease_s == 4.0
     assert not from_dict({"applications": [APP]}).cluster.enabled
+
+
+def _cluster(**timing: float) -> dict[str, object]:
+    return {"applications": [APP], "cluster": {"node_id": "n1", "secret": "s" * 16, **timing}}
+
+
+def test_cluster_node_ttl_must_outlast_3_ticks() -> None:
+    """A liveness record refreshed every tick that could expire between two refreshes
+    would have the others take a live node for dead (its calls reported lost)."""
+    with pytest.raises(ConfigError) as err:
+        from_dict(_cluster(node_ttl_s=2, tick_s=1))
+    assert str(err.value).splitlines()[1:] == [
+        "  cluster.node_ttl_s: must be at least 3 x cluster.tick_s (1; it is 2): a node "
+        "refreshes its liveness record every tick, and is declared dead (its calls reported "
+        "lost, its cascade legs ended) when the record expires between refreshes"]
+    # at or below one tick (the shape that broke liveness), a fraction, the largest tick
+    for bad in ({"node_ttl_s": 2, "tick_s": 2, "lease_s": 4},
+                {"node_ttl_s": 2, "tick_s": 0.7, "lease_s": 4},
+                {"node_ttl_s": 29.99, "tick_s": 10, "lease_s": 60}):
+        with pytest.raises(ConfigError, match=r"cluster\.node_ttl_s: must be at least 3 x"):
+            from_dict(_cluster(**bad))
+    # exactly 3 ticks passes, binary fractions included (3 x 1.1 is 3.3000000000000003)
+    for ok in ({"node_ttl_s": 3, "tick_s": 1}, {"node_ttl_s": 3.3, "tick_s": 1.1},
+               {"node_ttl_s": 2.1, "tick_s": 0.7}, {"node_ttl_s": 30, "tick_s": 10, "lease_s": 60},
+               {"node_ttl_s": 2, "tick_s": 0.1, "lease_s": 1}):
+        assert from_dict(_cluster(**ok)).cluster.node_ttl_s == ok["node_ttl_s"]
+
+
+def test_cluster_lease_must_outlast_2_ticks() -> None:
+    with pytest.raises(ConfigError) as err:
+        from_dict(_cluster(lease_s=1.9, tick_s=1))
+    assert str(err.value).splitlines()[1:] == [
+        "  cluster.lease_s: must be at least 2 x cluster.tick_s (1; it is 1.9): the owner renews "
+        "its rooms' leases every tick, and a room whose lease lapses between renewals is taken "
+        "over by another node"]
+    assert from_dict(_cluster(lease_s=2.2, tick_s=1.1)).cluster.lease_s == 2.2
+    # checked without a node_id too (a config that turns the cluster on later is sound)
+    with pytest.raises(ConfigError, match=r"cluster\.lease_s: must be at least 2 x"):
+        from_dict({"applications": [APP], "cluster": {"lease_s": 1, "tick_s": 1}})
+    # both wrong: both said
+    with pytest.raises(ConfigError) as err:
+        from_dict(_cluster(lease_s=1, tick_s=1, node_ttl_s=2))
+    assert [line.split(":")[0].strip() for line in str(err.value).splitlines()[1:]] == [
+        "cluster.lease_s", "cluster.node_ttl_s"]
+
+
+def test_default_and_test_cluster_timings_pass_the_checks() -> None:
+    """(configs/*.yaml set no timing: the defaults; tests/test_compose*.py and
+    tests/test_cluster_stack.py load them whole.)"""
+    from tests.cluster import TIMING
+    cfg = from_dict(_cluster()).cluster
+    assert (cfg.lease_s, cfg.tick_s, cfg.node_ttl_s) == (4.0, 1.0, 10.0)
+    assert from_dict(_cluster(**TIMING)).cluster.node_ttl_s == TIMING["node_ttl_s"]
 
 
 # -- X- headers out of an INVITE (sip.sipmsg.x_headers) -----------------------------------

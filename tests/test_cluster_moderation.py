@@ -25,7 +25,7 @@ from gateway.cluster.moderation import (
     part_created_ms,
     part_ends,
 )
-from gateway.cluster.moderation_store import Moderation
+from gateway.cluster.moderation_store import Moderation, rewrite_ms
 from gateway.cluster.redis_store import ClusterStore
 from gateway.conferences import Conferences
 from media.rooms import Member, RoomBook, RoomKey
@@ -33,6 +33,7 @@ from sip.commands import ApplyLinks
 from tests.redisproc import RedisProc
 
 KEY = RoomKey("cust_1", "room-1")
+TICK_S = 0.1  # the syncs' tick: a fraction of every entry life below (rewrites at half)
 
 
 # -- the rule -------------------------------------------------------------------------------
@@ -147,6 +148,36 @@ def test_a_part_ends_only_if_created_before_the_end_mark() -> None:
     assert part_created_ms(1e9, 1e9 + 10.0, view) == 40_000
 
 
+# -- when our entry is rewritten (the script's `rewrite ms`) ---------------------------------
+def test_entry_is_rewritten_once_half_its_life_is_gone() -> None:
+    assert rewrite_ms(10_000, 1_000) == 5_000  # the defaults: node_ttl_s 10, tick_s 1
+    assert rewrite_ms(4_000, 500) == 2_000  # the tests' cluster timing
+    assert rewrite_ms(1_001, 100) == 501  # an odd life: never more than half goes unwritten
+
+
+def test_entry_is_rewritten_no_later_than_3_ticks_before_its_end() -> None:
+    assert rewrite_ms(4_000, 1_000) == 3_000  # half (2 s) would leave 2 ticks: 3 instead
+    assert rewrite_ms(5_000, 1_000) == 3_000
+    assert rewrite_ms(6_000, 1_000) == 3_000  # half and 3 ticks agree
+    assert rewrite_ms(2_000, 600) == 1_800
+
+
+def test_entry_life_of_3_ticks_or_less_is_rewritten_at_every_sync() -> None:
+    # refused by the config (cluster.node_ttl_s >= 3 x tick_s); still never past the life
+    assert rewrite_ms(3_000, 1_000) == 3_000
+    assert rewrite_ms(2_000, 1_000) == 2_000
+    assert rewrite_ms(1_000, 10_000) == 1_000
+    # garbage in: never negative
+    assert rewrite_ms(0, 1_000) == 0
+    assert rewrite_ms(-5, -5) == 0
+    assert rewrite_ms(1_000, -5) == 500
+    for life, tick in itertools.product(range(0, 20_000, 701), range(0, 8_000, 333)):
+        got = rewrite_ms(life, tick)
+        assert 0 <= got <= life
+        assert got >= life - life // 2  # at most half of it unwritten
+        assert got >= min(life, 3 * tick)  # 3 ticks' margin whenever the life allows it
+
+
 # -- against Redis ----------------------------------------------------------------------------
 class Node:
     """One node's Conferences (no SIP: the link changes are collected) and Moderation."""
@@ -155,7 +186,8 @@ class Node:
         self.sent: list[ApplyLinks] = []
         self.conf = Conferences(self.sent.append)
         self.errors: list[Exception] = []
-        self.mod = Moderation(name, store.redis, store.p, self.conf, ttl_s, self.errors.append)
+        self.mod = Moderation(name, store.redis, store.p, self.conf, ttl_s, TICK_S,
+                              self.errors.append)
 
     def join(self, cid: str, *, starter: bool, leg: bool = False,
              created_at: float | None = None) -> None:
@@ -215,7 +247,7 @@ async def test_a_dead_nodes_entry_expires(store: ClusterStore) -> None:
 async def test_hostile_content_in_the_starters_hash(store: ClusterStore) -> None:
     key = "mv:starters:cust_1/room-1"
     far = int(time.time() * 1000) + 3_600_000
-    await store.redis.hset(key, mapping={  # type: ignore[misc]
+    await store.redis.hset(key, mapping={
         "garbage": "not-a-time", "x" * 200: far, "a:b": far,
         **{f"n{i}": far for i in range(2000)}})
     node = Node("own", store)
@@ -224,7 +256,7 @@ async def test_hostile_content_in_the_starters_hash(store: ClusterStore) -> None
     # at most MAX_STARTERS taken (the bad ids among them dropped)
     assert MAX_STARTERS - 3 <= len(node.mod.starters(KEY)) <= MAX_STARTERS
     assert "garbage" not in node.mod.starters(KEY)
-    assert not await store.redis.hexists(key, "garbage")  # type: ignore[misc]
+    assert not await store.redis.hexists(key, "garbage")
     await store.redis.set("mv:ended:cust_1/room-1", "soon")
     await node.mod.sync(KEY, {})  # a bad reply: logged, the last view kept, nothing ended
     assert node.room() is not None and len(node.mod.starters(KEY)) >= MAX_STARTERS - 3

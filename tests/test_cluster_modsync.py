@@ -184,7 +184,7 @@ async def test_a_room_on_one_node_runs_no_moderation_script_until_it_spans_two(
     await asyncio.sleep(6 * tick)
     assert monitor.moderation(quiet_from) == []
     async with aioredis.from_url(cluster.redis.url) as r:
-        assert not await r.hexists(f"mv:starters:{ROOM_KEY}", "a")  # type: ignore[misc]
+        assert not await r.hexists(f"mv:starters:{ROOM_KEY}", "a")
     phones.hangup("x")
     await phones.wait("ended", "x")
 
@@ -230,7 +230,7 @@ def _part(name: str, store: ClusterStore, ttl_s: float, starter: bool) -> Modera
     conf.book.join(KEY, f"caller-{name}", muted=False, end_on_exit=False, now=time.time(),
                    start_on_enter=starter)
     errors: list[Exception] = []
-    return Moderation(name, store.redis, store.p, conf, ttl_s, errors.append)
+    return Moderation(name, store.redis, store.p, conf, ttl_s, 0.1, errors.append)
 
 
 async def test_a_steady_sync_writes_nothing_until_half_the_entry_life_is_gone(
@@ -240,30 +240,30 @@ async def test_a_steady_sync_writes_nothing_until_half_the_entry_life_is_gone(
     await mod.sync(KEY, {})
     # redis-py types a reply `bytes | str | None` for any client; this one (no
     # decode_responses) gives bytes, and the entry is there
-    first = int(cast(bytes, await r.hget(STARTERS, "n")))  # type: ignore[misc]
+    first = int(cast(bytes, await r.hget(STARTERS, "n")))
     ops = await _ops(r)
     await mod.sync(KEY, {})  # read-only: the script, TIME, GET, HGETALL
     assert await _ops(r) - ops == 4
-    assert int(cast(bytes, await r.hget(STARTERS, "n"))) == first  # type: ignore[misc]
+    assert int(cast(bytes, await r.hget(STARTERS, "n"))) == first
     assert mod.starters(KEY) == {"n"}
     await asyncio.sleep(0.6)  # past half the entry's life (1 s): rewritten
     await mod.sync(KEY, {})
-    assert int(cast(bytes, await r.hget(STARTERS, "n"))) >= first + 500  # type: ignore[misc]
+    assert int(cast(bytes, await r.hget(STARTERS, "n"))) >= first + 500
     assert 0 < await r.pttl(STARTERS) <= 3_600_000
     # our own entry garbled: rewritten; no starter any more: deleted
-    await r.hset(STARTERS, "n", "junk")  # type: ignore[misc]
+    await r.hset(STARTERS, "n", "junk")
     await mod.sync(KEY, {})
-    assert cast(bytes, await r.hget(STARTERS, "n")).isdigit()  # type: ignore[misc]
+    assert cast(bytes, await r.hget(STARTERS, "n")).isdigit()
     mod.conferences.book.leave("caller-n")
     await mod.sync(KEY, {})
-    assert not await r.hexists(STARTERS, "n")  # type: ignore[misc]
+    assert not await r.hexists(STARTERS, "n")
     # a node without a starter and no entry writes nothing either
     ops = await _ops(r)
     await _part("m", store, 1.0, starter=False).sync(KEY, {})
     assert await _ops(r) - ops == 4
-    # unwritten_s 0 (a node_ttl_s within 3 ticks of tick_s): rewritten at every sync
+    # an entry life of 3 ticks or less (the config refuses it): rewritten at every sync
     every = Moderation("e", r, store.p, _part("e", store, 1.0, starter=True).conferences, 1.0,
-                       lambda exc: None, unwritten_s=0.0)
+                       1.0, lambda exc: None)
     await every.sync(KEY, {})
     ops = await _ops(r)
     await asyncio.sleep(0.01)
@@ -276,7 +276,7 @@ async def test_withdraw_removes_only_our_entry(store: ClusterStore) -> None:
     await a.sync(KEY, {})
     await b.sync(KEY, {})
     assert await a.withdraw(KEY)
-    assert set(await store.redis.hkeys(STARTERS)) == {b"b"}  # type: ignore[misc]
+    assert set(await store.redis.hkeys(STARTERS)) == {b"b"}
     assert a.starters(KEY) == frozenset()  # nothing known of the room any more
 
 

@@ -108,7 +108,7 @@ async def test_renew_does_not_resurrect_over_a_newer_epoch(store: ClusterStore) 
 
 async def _answers(store: ClusterStore) -> bool:
     try:
-        await store.redis.ping()  # type: ignore[misc]
+        await store.redis.ping()
     except Exception:
         return False
     return True

@@ -118,6 +118,16 @@ def test_verify_returns_false_on_a_non_ascii_signature() -> None:
     assert not signing.verify("secret-123", body, f"{t},v1=\udcff")
 
 
+def test_verify_returns_false_on_a_crafted_timestamp() -> None:
+    body = b"{}"
+    v1 = signing.sign("secret-123", body).split(",")[1]
+    now = 1_700_000_000
+    # 400 digits overflowed the float subtraction (OverflowError: a 500 in the demo app)
+    for t in ("9" * 400, "9" * 4301, "1_700_000_000", "\u0661\u0667" + "0" * 8, "-1", "", "1e9",
+              " 1700000000"):
+        assert not signing.verify("secret-123", body, f"t={t},{v1}", now=now), t
+
+
 @pytest.mark.parametrize("body", [b"[" * 60000, b'{"actions": ' + b"[" * 60000])
 def test_deep_nesting_is_a_validation_error(body: bytes) -> None:
     assert len(body) < MAX_BODY_BYTES

@@ -9,12 +9,11 @@ Errors carry paths such as `actions[0].conference.room` (keyed) or
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from gateway.actions.base import Action
 from gateway.actions.registry import ACTIONS
-from gateway.strict import Detail, ValidationError, build
+from gateway.strict import Detail, ValidationError, build, parse_json
 
 MAX_ACTIONS = 50
 MAX_BODY_BYTES = 64 * 1024
@@ -25,12 +24,7 @@ def parse_body(body: bytes) -> tuple[Action, ...]:
     """Parse the raw answer_url (or action_url) response body."""
     if len(body) > MAX_BODY_BYTES:
         raise ValidationError([Detail("", f"body larger than {MAX_BODY_BYTES} bytes")], INVALID)
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValidationError([Detail("", f"malformed JSON: {exc}")], INVALID) from None
-    except RecursionError:  # 60,000 '[' fit in the size limit and nest past the stack
-        raise ValidationError([Detail("", "malformed JSON: nested too deeply")], INVALID) from None
+    doc = parse_json(body, INVALID)
     return parse_document(doc)
 
 

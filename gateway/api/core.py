@@ -5,7 +5,6 @@ OpenAPI document are built from, and the pure parsing of bodies and query parame
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.keys import ROOMS
-from gateway.strict import ValidationError
+from gateway.strict import ValidationError, parse_json
 from media.rooms import Room, RoomKey
 
 # Who is asking: (admin, customer_id), set by the auth middleware for every /v1 request.
@@ -60,12 +59,13 @@ def visible(request: web.Request, customer_id: str) -> bool:
 
 # -- bodies and query parameters (pure) ---------------------------------------------------
 def json_body(raw: bytes, message: str = "body must be JSON") -> Any:
-    """The parsed body, or 400 invalid_body. The body's size is capped by the application's
-    client_max_size before it gets here; RecursionError: a deeply nested document."""
+    """The parsed body, or 400 invalid_body saying what is wrong with it (gateway.strict's
+    parse_json: no NaN, no duplicate keys, no pathological nesting or numbers). The body's
+    size is capped by the application's client_max_size before it gets here."""
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise ApiError(400, "invalid_body", message) from None
+        return parse_json(raw)
+    except ValidationError as exc:
+        raise invalid_body(exc, message) from None
 
 
 def empty_body(raw: bytes) -> None:

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from gateway.strict import between, checked, length, pattern
 from sip.config import jb_max_ms_problem
 
+# How many ticks a record refreshed every tick must last at least (cross_check).
+LEASE_TICKS = 2
+NODE_TTL_TICKS = 3
+
 NODE_ID = pattern(r"[A-Za-z0-9_-]{1,64}", "1-64 of A-Z a-z 0-9 _ -")
 
 
@@ -38,7 +42,8 @@ class ClusterConfig:
     # A room's owner renews its lease every tick; a dead owner's rooms are free after lease_s.
     lease_s: float = checked(between(1, 60), default=4.0)
     tick_s: float = checked(between(0.1, 10), default=1.0)
-    # A node's liveness record lives this long without a refresh.
+    # A node's liveness record lives this long without a refresh (every tick); so do its
+    # per-customer call counts and its start_on_enter entries.
     node_ttl_s: float = checked(between(2, 600), default=10.0)
     # The jitter buffer of cascade legs, both ends: a buffer of at most this many ms with no
     # prefetch (sip.calls); 0, pjmedia's adaptive one, as every phone's. 40 ms: two 20 ms
@@ -49,14 +54,29 @@ class ClusterConfig:
     def enabled(self) -> bool:
         return self.node_id is not None
 
+    def _ticks(self, n: int) -> float:
+        # rounded: 3 x 1.1 is 3.3000000000000003 in binary, and 3.3 must pass
+        return round(n * self.tick_s, 6)
+
     def cross_check(self) -> list[tuple[str, str]]:
         problems = []
         if self.enabled and not self.secret:
             problems.append(("secret", "is required with node_id (16-256 characters, the "
                                        "same on every node)"))
-        if self.tick_s * 2 > self.lease_s:
-            problems.append(("lease_s", "must be at least twice tick_s (the owner renews "
-                                        "every tick)"))
+        # Records refreshed every tick that must outlive a late tick or two (the refresh
+        # itself takes a Redis round trip, and a busy loop runs it late): otherwise a live
+        # node's record expires between two refreshes and the others act on it.
+        if self.lease_s < self._ticks(LEASE_TICKS):
+            problems.append(("lease_s", f"must be at least {LEASE_TICKS} x cluster.tick_s "
+                             f"({self.tick_s:g}; it is {self.lease_s:g}): the owner "
+                             "renews its rooms' leases every tick, and a room whose lease "
+                             "lapses between renewals is taken over by another node"))
+        if self.node_ttl_s < self._ticks(NODE_TTL_TICKS):
+            problems.append(("node_ttl_s", f"must be at least {NODE_TTL_TICKS} x "
+                             f"cluster.tick_s ({self.tick_s:g}; it is {self.node_ttl_s:g}): a node "
+                             "refreshes its liveness record every tick, and is declared dead "
+                             "(its calls reported lost, its cascade legs ended) when the "
+                             "record expires between refreshes"))
         return problems
 
 

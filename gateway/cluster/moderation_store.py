@@ -6,8 +6,8 @@ Keys (beside the room's members; `{room}` is `{customer, percent-encoded}/{room}
                               local start_on_enter participant; kept by that node (checked
                               every tick) while its part is shared with other nodes
                               (gateway.cluster.moderation.part_shared; entry life:
-                              node_ttl_s, rewritten once half of it is gone, or 3 ticks
-                              before its end if sooner), deleted when it has none or stops
+                              node_ttl_s, rewritten as `rewrite_ms` says), deleted when
+                              it has none or stops
                               sharing; expired entries are dropped by every sync; the key
                               itself expires STARTERS_KEY_TTL_MS after the last write
     mv:ended:{room}     str   Redis clock (ms) of the last end_on_exit end of the room;
@@ -94,23 +94,30 @@ return now
 """
 
 
+def rewrite_ms(entry_ttl_ms: int, tick_ms: int) -> int:
+    """How little of our entry's life may be left before a sync rewrites it (the script's
+    `rewrite ms`): once half of the life is gone, or 3 ticks before its end if that is
+    sooner, so that a tick or two running late never lets a live entry lapse (a part with
+    no starter of its own would stop). A life of 3 ticks or less (the config refuses one):
+    the whole life, rewritten at every sync. Never more than the life, never negative."""
+    life = max(0, entry_ttl_ms)
+    return min(life, max(life - life // 2, 3 * max(0, tick_ms)))
+
+
 class Moderation:
     """One node's side: `sync` a room part (every tick and when it changes), `mark_ended`
     when an end_on_exit participant ended it here."""
 
     def __init__(self, me: str, redis: aioredis.Redis, prefix: str, conferences: Conferences,
-                 entry_ttl_s: float, on_redis_error: Callable[[Exception], None],
-                 unwritten_s: float | None = None) -> None:
-        """`unwritten_s`: how long our entry may go without a rewrite (default: half its
-        life; 0: rewritten at every sync). It must outlast the syncs' own lateness, so the
-        node gives it a few ticks less than the entry's life at most."""
+                 entry_ttl_s: float, tick_s: float,
+                 on_redis_error: Callable[[Exception], None]) -> None:
+        """`entry_ttl_s`: the life of our entry (the node's liveness TTL); `tick_s`: how
+        often a shared part syncs (see `rewrite_ms`)."""
         self.me = me
         self.p = prefix
         self.conferences = conferences
         self.entry_ttl_ms = max(1000, int(entry_ttl_s * 1000))
-        unwritten_ms = self.entry_ttl_ms // 2 if unwritten_s is None else int(unwritten_s * 1000)
-        # Rewritten once less than this is left of its life.
-        self.rewrite_ms = self.entry_ttl_ms - max(0, min(unwritten_ms, self.entry_ttl_ms))
+        self.rewrite_ms = rewrite_ms(self.entry_ttl_ms, int(tick_s * 1000))
         self.on_redis_error = on_redis_error
         self._sync = redis.register_script(_SYNC)
         self._end = redis.register_script(_END)
@@ -197,7 +204,7 @@ class Moderation:
         entry now rather than let it lapse, so that a node that bridges to us later reads
         no stale starter of ours before our first sync. False: Redis did not answer."""
         try:
-            await self.redis.hdel(self._keys(key)[0], self.me)  # type: ignore[misc]
+            await self.redis.hdel(self._keys(key)[0], self.me)
         except Exception as exc:
             self.on_redis_error(exc)
             return False

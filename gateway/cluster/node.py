@@ -142,13 +142,11 @@ class ClusterNode:
         # Room events once per room, not once per node (docs/api.md, Conference events).
         conferences.room_wide_events_here = False
         conferences.remote_count = self._others
-        # start_on_enter / end_on_exit across nodes (gateway.cluster.moderation).
-        # Our entries go unwritten for half their life at most, and never closer than 3
-        # ticks to its end (a late tick must not let one lapse: a part would stop).
+        # start_on_enter / end_on_exit across nodes (gateway.cluster.moderation); our
+        # entries live as long as our liveness record and are checked every tick.
         self.moderation = Moderation(
-            self.me, self.store.redis, self.store.p, conferences, cfg.node_ttl_s,
-            self._redis_down, unwritten_s=max(0.0, min(cfg.node_ttl_s / 2,
-                                                       cfg.node_ttl_s - 3 * cfg.tick_s)))
+            self.me, self.store.redis, self.store.p, conferences, cfg.node_ttl_s, cfg.tick_s,
+            self._redis_down)
         conferences.on_ended_by_exit = self._ended_by_exit
 
     def _ended_by_exit(self, key: RoomKey) -> None:

@@ -278,7 +278,7 @@ class ClusterStore:
         """Rooms with a claim whose name is `name` (any customer)."""
         from urllib.parse import unquote
         found = []
-        for rid in await self.redis.smembers(f"{self.p}:rooms"):  # type: ignore[misc]
+        for rid in await self.redis.smembers(f"{self.p}:rooms"):
             cust, _, room = _s(rid).partition("/")
             if room == name:
                 found.append(RoomKey(unquote(cust), room))
@@ -296,12 +296,12 @@ class ClusterStore:
     async def nodes(self) -> dict[str, NodeInfo]:
         """Live nodes (their record has not expired)."""
         out: dict[str, NodeInfo] = {}
-        ids = [_s(n) for n in await self.redis.smembers(f"{self.p}:nodes")]  # type: ignore[misc]
+        ids = [_s(n) for n in await self.redis.smembers(f"{self.p}:nodes")]
         for node in sorted(ids):
             h = cast(dict[bytes, bytes],
-                     await self.redis.hgetall(f"{self.p}:node:{node}"))  # type: ignore[misc]
+                     await self.redis.hgetall(f"{self.p}:node:{node}"))
             if not h:
-                await self.redis.srem(f"{self.p}:nodes", node)  # type: ignore[misc]
+                await self.redis.srem(f"{self.p}:nodes", node)
                 continue
             out[node] = NodeInfo(node, _s(h.get(b"sip", b"")), _s(h.get(b"http", b"")),
                                  int(_s(h.get(b"legs", b"0"))), float(_s(h.get(b"load", b"0"))))
@@ -309,7 +309,7 @@ class ClusterStore:
 
     # -- members -----------------------------------------------------------------------
     async def add_member(self, key: RoomKey, call_id: str, node: str) -> None:
-        await self.redis.hset(self._members(key), call_id, node)  # type: ignore[misc]
+        await self.redis.hset(self._members(key), call_id, node)
 
     def _status(self, key: RoomKey) -> str:
         return f"{self.p}:status:{encode_room(key)}"
@@ -331,10 +331,10 @@ class ClusterStore:
                         int(got[0]) == 1, int(got[3]))
 
     async def remove_member(self, key: RoomKey, call_id: str) -> None:
-        await self.redis.hdel(self._members(key), call_id)  # type: ignore[misc]
+        await self.redis.hdel(self._members(key), call_id)
 
     async def members(self, key: RoomKey) -> dict[str, str]:
-        got = await self.redis.hgetall(self._members(key))  # type: ignore[misc]
+        got = await self.redis.hgetall(self._members(key))
         return {_s(k): _s(v) for k, v in got.items()}
 
     # -- live call records (gateway.cluster.lost) --------------------------------------
@@ -360,7 +360,7 @@ class ClusterStore:
 
     async def call_nodes(self) -> dict[str, bool]:
         """Nodes with call records -> whether their liveness record is there."""
-        ids = sorted(_s(n) for n in await self.redis.smembers(  # type: ignore[misc]
+        ids = sorted(_s(n) for n in await self.redis.smembers(
             f"{self.p}:callnodes"))
         if not ids:
             return {}
