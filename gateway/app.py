@@ -50,11 +50,11 @@ from sip.engine import SipEngine
 log = logging.getLogger("minivoice.gateway")
 
 # The stop's steps after the drain, each bounded (the budget: gateway.stopwatch).
-HANGUP_S = 1.0  # every call hung up and its CallEnded in (so its call.completed is queued)
-RECORDINGS_S = 0.5  # recordings stopped; a file not finalised is repaired at the next start
-SIP_STOP_S = 2.0  # the SIP thread ends (a daemon: one that does not is left to the exit)
-OUTBOX_DRAIN_S = 0.5  # pending webhooks may go out (the rest stay in SQLite)
-SHUTDOWN_HTTP_S = 0.25  # HTTP requests under way may finish (calls are over by then)
+HANGUP_S = 2.0  # every call hung up and its CallEnded in (so its call.completed is queued)
+RECORDINGS_S = 2.5  # recordings stopped; a file not finalised is repaired at the next start
+SIP_STOP_S = 5.0  # the SIP thread ends (a daemon: one that does not is left to the exit)
+OUTBOX_DRAIN_S = 2.0  # pending webhooks may go out (the rest stay in SQLite)
+SHUTDOWN_HTTP_S = 1.0  # HTTP requests under way may finish (calls are over by then)
 # the cluster node's loops and its rooms' release in Redis, bounded in its steps too
 CLUSTER_STOP_S = cluster_node.STOP_S
 POOLS_CLOSE_S = 0.1  # the HTTP client pools

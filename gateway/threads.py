@@ -69,14 +69,24 @@ class DaemonExecutor(ThreadPoolExecutor):
             if item is None:
                 return
             fut, fn, args, kwargs = item
-            if fut.set_running_or_notify_cancel():
+            result: Any = None
+            error: BaseException | None = None
+            running = fut.set_running_or_notify_cancel()
+            if running:
                 try:
-                    fut.set_result(fn(*args, **kwargs))
+                    result = fn(*args, **kwargs)
                 except BaseException as exc:  # the caller's to see, as in ThreadPoolExecutor
-                    fut.set_exception(exc)
-            del item, fut, fn, args, kwargs  # no reference kept while idle
+                    error = exc
+            # Idle before the caller hears back: its next submit then reuses this thread
+            # instead of starting another.
             with self._lock:
                 self._idle += 1
+            if running:
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(result)
+            del item, fut, fn, args, kwargs, result, error  # no reference kept while idle
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Never waits (`wait` is ignored): that is the point of this executor. Threads still
