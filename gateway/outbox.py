@@ -63,7 +63,7 @@ T = TypeVar("T")
 MAX_IN_FLIGHT = 128
 # At stop: the queued events committed and the database closed (gateway.stopwatch's budget).
 # More than the delivery drain gets: an event not committed is lost, one not delivered waits.
-STOP_S = 1.5
+STOP_S = 3.0
 PER_HOST = 32
 PER_HOST_START = 4
 PER_HOST_MIN = 1

@@ -74,7 +74,7 @@ JOIN_REDIS_WAIT_S = 0.5
 # cannot complete: the engine stopped before), then our rooms are released in Redis.
 STOP_LOOPS_S = 0.5
 STOP_TASKS_S = 0.1
-STOP_REDIS_S = 0.4
+STOP_REDIS_S = 1.5
 STOP_S = STOP_LOOPS_S + STOP_TASKS_S + STOP_REDIS_S
 # A part that stops being shared (its last cascade leg gone) still syncs start_on_enter for
 # this many ticks: an end_on_exit mark written by the node whose part ended (which also
