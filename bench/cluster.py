@@ -247,6 +247,8 @@ class Block:
     setup_max_ms: float = 0.0
     redis_ops: int = 0  # during set-up: from the first INVITE to the last 200 OK
     listing_problems: list[str] = field(default_factory=list)
+    # SIPp's failed calls by the response they got: status line and the gateway's Warning
+    refusals: dict[str, int] = field(default_factory=dict)
 
 
 def plan_block(label: str, kind: str, first: int, rooms: int, room_size: int,
@@ -304,6 +306,9 @@ async def add_block(c: Cluster, workdir: Path, tones: dict[str, Path], block: Bl
     block.answered = sum(len(i.setup_ms()) for i in started)
     block.failed = sum(i.counter("FailedCall(C)") for i in started)
     block.retransmissions = sum(i.counter("Retransmissions(C)") for i in started)
+    for inst in started:
+        for why, k in inst.refusals().items():
+            block.refusals[why] = block.refusals.get(why, 0) + k
     setups = [s for i in started for s in i.setup_ms()]
     block.setup_p50_ms = percentile(setups, 50)
     block.setup_p99_ms = percentile(setups, 99)
@@ -435,7 +440,8 @@ def _block_problems(b: Block) -> list[str]:
     calls = sum(b.calls.values())
     out = []
     if b.failed:
-        out.append(f"{b.label}: {b.failed} failed calls")
+        why = "; ".join(f"{k} x{n}" for k, n in b.refusals.items())
+        out.append(f"{b.label}: {b.failed} failed calls" + (f" ({why})" if why else ""))
     if b.answered < calls:
         out.append(f"{b.label}: only {b.answered}/{calls} calls answered")
     out += [f"{b.label}: {p}" for p in b.listing_problems]

@@ -37,6 +37,34 @@ class SipError(Exception):
     pass
 
 
+class Refused(SipError):
+    """The INVITE got a final response >= 300. `reason`: its reason phrase; `warning`: its
+    Warning header if any (the gateway names its cause there, e.g. `399 minivoice
+    "answer_url_error"`: several causes share SIP 500), so a report says why, not only that."""
+
+    def __init__(self, leg: str, code: int, reason: str, warning: str = "",
+                 call_id: str = "") -> None:
+        self.leg, self.code, self.reason, self.warning = leg, code, reason, warning
+        why = f"{code} {reason}".strip() + (f" (Warning: {warning})" if warning else "")
+        # the Call-ID finds the call in the gateway's log (its `invite` line: sip_call_id)
+        super().__init__(f"{leg}: INVITE answered {why}"
+                         + (f" [Call-ID {call_id}]" if call_id else ""))
+
+
+MAX_REPORTED = 200  # characters of a reason phrase or Warning kept: they go into reports
+
+
+def refusal(leg: str, resp: str) -> Refused:
+    """A Refused from a final response's text (status line and headers)."""
+    status = resp.split("\r\n", 1)[0].split(" ", 2)
+    reason = status[2] if len(status) > 2 else ""
+    printable = "".join(c for c in reason if c.isprintable())[:MAX_REPORTED]
+    warning = "".join(c for c in _header(resp, "Warning") if c.isprintable())[:MAX_REPORTED]
+    call_id = "".join(c for c in (_header(resp, "Call-ID") or _header(resp, "i"))
+                      if c.isprintable())[:MAX_REPORTED]
+    return Refused(leg, int(status[1]), printable, warning, call_id)
+
+
 @dataclass
 class Received:
     """What one leg heard: per packet arrival time and peak (for timing and grading)."""
@@ -209,7 +237,7 @@ class ProbeUA:
                 with contextlib.suppress(TimeoutError):
                     return await asyncio.wait_for(asyncio.shield(fut), interval)
                 if time.monotonic() > deadline:
-                    raise SipError(f"{method} timed out for {leg.name}")
+                    raise SipError(f"{method} timed out for {leg.name} [Call-ID {leg.call_id}]")
                 interval = min(interval * 2, 4.0)
         finally:
             self._waiters.pop((leg.call_id, method), None)
@@ -229,7 +257,7 @@ class ProbeUA:
         leg.remote_tag = m.group(1) if m else ""
         if code >= 300:
             self._send(self._request(leg, "ACK", 1, branch))
-            raise SipError(f"{leg.name}: INVITE answered {code}")
+            raise refusal(leg.name, resp)
         self._send(self._request(leg, "ACK", 1, secrets.token_hex(8)))
         sdp = resp.split("\r\n\r\n", 1)[-1]
         c = re.search(r"^c=IN IP4 (\S+)", sdp, re.MULTILINE)

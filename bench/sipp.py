@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import re
 import shutil
 import socket
 import subprocess
@@ -164,12 +165,42 @@ class Instance:
                     out.append(float(row["response_time_ms"]))
         return out
 
+    def refusals(self) -> dict[str, int]:
+        """The final responses >= 300 SIPp logged as unexpected, counted by status line and
+        Warning header (bench.sipp.refusals)."""
+        paths = list(self.workdir.glob("*errors.log"))
+        if not paths:
+            return {}
+        with paths[0].open("rb") as f:
+            return refusals(f.read(MAX_ERRORS_READ).decode(errors="replace"))
+
     def errors(self) -> str:
         paths = list(self.workdir.glob("*errors.log"))
         return paths[0].read_text(errors="replace")[-2000:] if paths else ""
 
     def stop(self) -> None:
         procstat.terminate(self.proc)
+
+
+MAX_ERRORS_READ = 4 << 20  # bytes of SIPp's error log read for refusals()
+MAX_REFUSAL_KINDS = 20
+_STATUS = re.compile(r"SIP/2\.0 ([3-6]\d\d) ([^\r\n']{0,120})")
+_WARNING = re.compile(r"^Warning\s*:\s*([^\r\n']{0,200})", re.IGNORECASE | re.MULTILINE)
+
+
+def refusals(text: str) -> dict[str, int]:
+    """`"500 Answer URL Error [399 minivoice \"answer_url_error\"]": n` for the final
+    responses >= 300 in SIPp's error log text: the reason phrase and the gateway's Warning
+    (its cause) say why a call failed, where SIPp's counters only say that it did."""
+    out: dict[str, int] = {}
+    matches = list(_STATUS.finditer(text))
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        w = _WARNING.search(text, m.end(), min(end, m.end() + 4000))
+        key = f"{m.group(1)} {m.group(2).strip()}" + (f" [{w.group(1).strip()}]" if w else "")
+        if key in out or len(out) < MAX_REFUSAL_KINDS:
+            out[key] = out.get(key, 0) + 1
+    return out
 
 
 def start(workdir: Path, target: str, scenario_file: Path, inf: Path, *, calls: int,

@@ -25,6 +25,7 @@ from gateway.call.session import CallSession
 from gateway.call.table import CallTable
 from gateway.cluster import cascade
 from gateway.cluster import http as cluster_http
+from gateway.cluster import node as cluster_node
 from gateway.cluster.config import node_hosts
 from gateway.cluster.node import ClusterNode
 from gateway.conferences import Conferences
@@ -38,8 +39,9 @@ from gateway.netguard import AddressPolicy
 from gateway.outbox import Outbox
 from gateway.recordings import Recordings, completed_data
 from gateway.room_events import RoomEvents
-from gateway.stopwatch import StopWatch
+from gateway.stopwatch import StopWatch, bounded
 from gateway.store import Store
+from gateway.threads import DaemonExecutor
 from media import tones
 from sip import commands as cmd
 from sip import events as ev
@@ -47,7 +49,15 @@ from sip.engine import SipEngine
 
 log = logging.getLogger("minivoice.gateway")
 
-SHUTDOWN_HTTP_S = 3.0  # at stop, how long HTTP requests under way may finish
+# The stop's steps after the drain, each bounded (the budget: gateway.stopwatch).
+HANGUP_S = 2.0  # every call hung up and its CallEnded in (so its call.completed is queued)
+RECORDINGS_S = 2.5  # recordings stopped; a file not finalised is repaired at the next start
+SIP_STOP_S = 5.0  # the SIP thread ends (a daemon: one that does not is left to the exit)
+OUTBOX_DRAIN_S = 2.0  # pending webhooks may go out (the rest stay in SQLite)
+SHUTDOWN_HTTP_S = 1.0  # HTTP requests under way may finish (calls are over by then)
+# the cluster node's loops and its rooms' release in Redis, bounded in its steps too
+CLUSTER_STOP_S = cluster_node.STOP_S
+POOLS_CLOSE_S = 0.1  # the HTTP client pools
 LIVE_TOUCH_S = 5.0  # how often live calls are marked live (the error on a lost call's end)
 
 
@@ -84,6 +94,9 @@ class Gateway:
         # Called once the drain is over: from there on the stop is bounded (serve arms
         # gateway.stopwatch with it).
         self.on_drained: Callable[[], None] | None = None
+        # Called once the SIP engine stopped: under `make run` the edge stops from there, at
+        # the same time as the rest of the gateway (gateway.edge.kamailio.serve_stack).
+        self.on_sip_stopped: Callable[[], None] | None = None
 
     # -- the application and its resources -----------------------------------------------
     def make_app(self) -> web.Application:
@@ -97,7 +110,7 @@ class Gateway:
                                 self._housekeeping_ctx, self._speakers_ctx, self._metrics_ctx])
         api.setup(app)
         if self.cluster is not None:
-            app.cleanup_ctx.append(self.cluster.ctx)
+            app.cleanup_ctx.append(_bounded_ctx("cluster", self.cluster.ctx, CLUSTER_STOP_S))
             cluster_http.setup(app, self.cluster)
         if self.cfg.demo:
             demo.setup(app, demo.secret_from(self.cfg.applications))
@@ -150,7 +163,7 @@ class Gateway:
             ringback=ringback,
             recorder=self.recordings)
         yield
-        await pools.close()
+        await bounded("http_pools", pools.close(), POOLS_CLOSE_S)
 
     async def _outbox_ctx(self, app: web.Application) -> AsyncIterator[None]:
         elsewhere: Mapping[str, str] = {}
@@ -168,7 +181,7 @@ class Gateway:
             self.room_events.recording(row, completed_data(row))
         task = asyncio.create_task(self.outbox.run())
         yield
-        await self.outbox.stop()
+        await self.outbox.stop()  # bounded itself (outbox.STOP_S)
         task.cancel()
 
     async def _housekeeping_ctx(self, app: web.Application) -> AsyncIterator[None]:
@@ -180,7 +193,7 @@ class Gateway:
         task = asyncio.create_task(self.conferences.run_speaker_detection(self.engine.levels))
         yield
         task.cancel()
-        await self.conferences.close()
+        await self.conferences.close()  # bounded itself (conferences.CLOSE_S)
 
     async def _metrics_ctx(self, app: web.Application) -> AsyncIterator[None]:
         book, calls, outbox = self.conferences.book, self.calls, self.outbox
@@ -250,18 +263,23 @@ class Gateway:
                 await asyncio.sleep(0.1)
         if self.on_drained is not None:
             self.on_drained()
+        await bounded("hangup", self._hang_up_all(), HANGUP_S)
+        await bounded("recordings", self.recordings.stop_all("shutdown"), RECORDINGS_S)
+        if not await self.engine.stop(SIP_STOP_S):
+            log.warning("shutdown.step_timeout", extra={"step": "sip", "bound_s": SIP_STOP_S})
+        if self.on_sip_stopped is not None:
+            self.on_sip_stopped()
+        await self.outbox.drain(timeout=OUTBOX_DRAIN_S)
+        if self._runner:
+            # The cleanup contexts, in reverse; each one bounds its own steps.
+            await self._runner.cleanup()
+
+    async def _hang_up_all(self) -> None:
         # All at once: each end_call waits for its SIP command, and there may be thousands.
         await asyncio.gather(*(s.end_call(503, "shutdown", "Service Unavailable")
                                for s in self.calls), return_exceptions=True)
-        for _ in range(40):  # let CallEnded events arrive so call.completed is queued
-            if not len(self.calls):
-                break
+        while len(self.calls):  # let CallEnded events arrive so call.completed is queued
             await asyncio.sleep(0.05)
-        await self.recordings.stop_all("shutdown")  # files complete, events queued
-        await self.engine.stop()
-        await self.outbox.drain(timeout=3.0)
-        if self._runner:
-            await self._runner.cleanup()  # the cleanup contexts, in reverse
 
     def send_quiet(self, command: cmd.Command) -> None:
         self.engine.send(command).add_done_callback(log_failure)
@@ -318,6 +336,9 @@ async def serve(cfg: Config, drain_s: float | None = None,
     """Run until a signal. SIGTERM drains (no new calls, calls in progress get `drain_s`);
     SIGINT (Ctrl-C) or a second signal hangs up at once. `on_gateway` sees the gateway
     before it starts (the edge hands its log events to the gateway's metrics)."""
+    # Threads nobody joins: a getaddrinfo that never returns cannot hold the exit (asyncio.run
+    # waits for the default executor's threads, without a time limit).
+    asyncio.get_running_loop().set_default_executor(DaemonExecutor(name="asyncio"))
     gw = Gateway(cfg)
     if on_gateway is not None:
         on_gateway(gw)
@@ -346,3 +367,19 @@ async def serve(cfg: Config, drain_s: float | None = None,
     # What is left is asyncio's own clean-up: a process that logs this and does not exit is
     # held by a task or a worker thread, not by the gateway's shutdown steps.
     log.info("gateway stopped")
+
+
+def _bounded_ctx(step: str, ctx: Callable[[web.Application], AsyncIterator[None]],
+                 bound_s: float) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context whose clean-up half is bounded (gateway.stopwatch.bounded)."""
+    async def wrapped(app: web.Application) -> AsyncIterator[None]:
+        inner = ctx(app)
+        await anext(inner)
+        yield
+        await bounded(step, _finish(inner), bound_s)
+    return wrapped
+
+
+async def _finish(gen: AsyncIterator[None]) -> None:
+    async for _ in gen:  # a cleanup context yields once: this runs its clean-up half
+        raise RuntimeError("a cleanup context yielded twice")

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from gateway.actions.base import RoomFull
 from gateway.config import RoomsConfig
+from gateway.stopwatch import bounded
 from media.rooms import (
     Departure,
     LinkChange,
@@ -46,6 +47,8 @@ from sip.commands import ApplyLinks
 LevelQuery = Callable[[tuple[str, ...]], Awaitable[dict[str, int]]]
 
 log = logging.getLogger("minivoice.conference")
+
+CLOSE_S = 0.1  # at stop, announcements' tasks end (gateway.stopwatch's budget)
 
 
 class RoomCaller(Protocol):
@@ -398,11 +401,13 @@ class Conferences:
                         level=logging.WARNING)
 
     async def close(self) -> None:
-        """Stop announcements still being prepared or played (the gateway is stopping)."""
+        """Stop announcements still being prepared or played (the gateway is stopping), for
+        CLOSE_S at most (gateway.stopwatch's budget)."""
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await bounded("conferences", asyncio.gather(*self._tasks, return_exceptions=True),
+                          CLOSE_S)
 
     def on_player_done(self, name: str) -> None:
         """A one-shot player ended (SIP thread's RoomPlayDone): unlink and stop it."""

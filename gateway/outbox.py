@@ -42,7 +42,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -51,7 +50,9 @@ import aiohttp
 from gateway.config import Application, HooksConfig
 from gateway.http import signed_post
 from gateway.metrics import MAX_DESTINATIONS, Backlog
+from gateway.stopwatch import bounded
 from gateway.store import NewEvent, OutboxRow, Outcome, Store, Synchronous, url_host
+from gateway.threads import DaemonExecutor
 from gateway.waits import wait_event
 
 log = logging.getLogger("minivoice.webhook")
@@ -60,6 +61,9 @@ T = TypeVar("T")
 
 # Below the gateway's shared HTTP connector limit (256), so answer_url requests keep room.
 MAX_IN_FLIGHT = 128
+# At stop: the queued events committed and the database closed (gateway.stopwatch's budget).
+# More than the delivery drain gets: an event not committed is lost, one not delivered waits.
+STOP_S = 3.0
 PER_HOST = 32
 PER_HOST_START = 4
 PER_HOST_MIN = 1
@@ -130,7 +134,7 @@ class Outbox:
         store.db.execute("PRAGMA wal_autocheckpoint=0")
         self._synchronous = synchronous
         self._conn: Store | None = None  # the database thread's own connection
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox-db")
+        self._executor = DaemonExecutor(1, name="outbox-db")
         self._opened = self._executor.submit(self._open)  # -> pending events at start
         self._delta = 0  # pending events added minus finished since then
         self._adds: list[NewEvent] = []
@@ -446,8 +450,18 @@ class Outbox:
         while self.pending_count() and time.monotonic() < deadline:
             self._wake.set()
             await asyncio.sleep(0.05)
+        if self.pending_count():  # they stay in SQLite, for the next start
+            log.warning("shutdown.step_timeout", extra={
+                "step": "outbox_drain", "bound_s": timeout, "events": self.pending_count()})
 
     async def stop(self) -> None:
+        """Cancel the deliveries, commit what is queued, close the database (STOP_S at most:
+        gateway.stopwatch's budget). The database thread is a daemon nobody joins: one
+        blocked in a commit is left to the exit, and SQLite's journal keeps the file whole."""
+        await bounded("outbox", self._stop(), STOP_S)
+        self._executor.shutdown(wait=False)
+
+    async def _stop(self) -> None:
         self._stopping = True
         self._wake.set()
         busy = [*self._tasks, *([self._housekeeping] if self._housekeeping else []),
@@ -456,9 +470,9 @@ class Outbox:
             t.cancel()
         await asyncio.gather(*busy, return_exceptions=True)
         try:
-            await asyncio.wait_for(self.flushed(), timeout=10.0)
-        except TimeoutError:
+            await self.flushed()
+        except asyncio.CancelledError:  # past STOP_S: what is not committed is lost
             log.error("webhook.unsaved", extra={"events": len(self._adds)})
+            raise
         with contextlib.suppress(Exception):
             await self._in_db(self._close)
-        self._executor.shutdown(wait=True)

@@ -14,6 +14,37 @@ non-daemon thread that the interpreter's exit joins). Then:
 A plain Python thread cannot run while native code holds the GIL; for that case the
 interpreter's fault handler (a C thread) dumps every thread's stack and exits a second
 later than `forced_s`. A normal stop ends long before `stuck_s` and logs nothing of this.
+
+The budget: every step after the drain has a bound (a constant next to the step); a step
+that reaches it logs `shutdown.step_timeout step=...` (WARNING) and the stop goes on without
+it. Worst case, in order (tests/test_stop_bounds.py adds these constants up):
+
+| step                                     | bound  | why                                       |
+|------------------------------------------|--------|-------------------------------------------|
+| hang up every call, wait for CallEnded   | 2.0 s  | `app.HANGUP_S`: one SIP command each, all |
+|                                          |        | at once; their call.completed is queued   |
+| recordings.stop_all                      | 2.5 s  | `app.RECORDINGS_S`: pjmedia's own header  |
+|                                          |        | write gets its FINALISE_WAIT_S; a file    |
+|                                          |        | still open is repaired at the next start  |
+| SIP engine stop (SIP thread ends)        | 5.0 s  | `app.SIP_STOP_S`: the thread's own stop   |
+|                                          |        | waits up to 2 s for calls; left past this |
+|                                          |        | (a daemon), pjsua runs on into the exit   |
+| then, at the same time:                  |        |                                           |
+| a) outbox.drain                          | 2.0 s  | `app.OUTBOX_DRAIN_S`: undelivered events  |
+|                                          |        | stay in SQLite for the next start         |
+|    HTTP requests under way               | 1.0 s  | `app.SHUTDOWN_HTTP_S`                     |
+|    cluster node (loops, Redis release)   | 2.1 s  | `cluster.node.STOP_S`: leases lapse anyway|
+|    Conferences.close                     | 0.1 s  | `conferences.CLOSE_S`: tasks cancelled    |
+|    Outbox.stop (commit, close)           | 3.0 s  | `outbox.STOP_S`: its thread is a daemon   |
+|    HTTP pools close                      | 0.1 s  | `app.POOLS_CLOSE_S`                       |
+| b) the edge (Kamailio, `make run`)       | 3.5 s  | `edge.kamailio.STOP_S` + `READ_S`: no     |
+|                                          |        | longer needed once SIP stopped            |
+| total: 9.5 + max(8.3, 3.5)              | 17.8 s | under STUCK_S, MARGIN_S to spare          |
+
+These are ceilings for a stop that is stuck somewhere; a normal stop takes about a second.
+
+Threads that may block where nothing can cancel them (getaddrinfo, a stalled disk) are daemon
+threads nobody joins (gateway.threads), so that they cannot hold the exit either.
 """
 
 from __future__ import annotations
@@ -27,17 +58,44 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 from gateway.watchdog import EXIT_CODE  # as for a dead SIP thread
 
 log = logging.getLogger("minivoice.gateway")
 
-STUCK_S = 8.0  # the harness kills a gateway 15 s after SIGTERM (2 s drain in tests)
-FORCED_S = 11.0
+# Past the budget below; the test harness kills a gateway 30 s after SIGTERM (2 s drain in
+# tests), docker-compose 40 s (stop_grace_period).
+STUCK_S = 19.0
+FORCED_S = 22.0
+MARGIN_S = 1.0  # the stop's budget (above) stays this far under STUCK_S
 MAX_FRAMES = 16  # per stack: the innermost ones say what it waits for
 MAX_TASKS = 50  # a stuck stop with thousands of calls: the log stays readable
+
+
+async def bounded(step: str, aw: Awaitable[object], bound_s: float) -> bool:
+    """Await `aw` for at most `bound_s` seconds; True if it finished. Past its bound, or on
+    an error, a step logs one line and the stop goes on: `aw` runs in a task of its own that
+    is cancelled and not awaited (a step that swallows its cancellation cannot hold us)."""
+    task = asyncio.ensure_future(aw)
+    try:
+        await asyncio.wait({task}, timeout=bound_s)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not task.done():
+        task.cancel()
+        log.warning("shutdown.step_timeout", extra={"step": step, "bound_s": bound_s})
+        return False
+    if task.cancelled():
+        log.warning("shutdown.step_failed", extra={"step": step, "error": "cancelled"})
+        return False
+    exc = task.exception()
+    if exc is not None:
+        log.warning("shutdown.step_failed", extra={"step": step, "error": repr(exc)})
+        return False
+    return True
 
 
 def _frames(stack: traceback.StackSummary) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -55,6 +56,17 @@ def set_jitter_buffer(info: Any, settings: dict[str, int] | None) -> bool:
     for name, value in settings.items():
         setattr(info, name, value)
     return True
+
+
+_CAUSE = re.compile(r"[a-z0-9_.-]{1,64}")
+
+
+def warning_value(cause: str) -> str:
+    """The Warning header value (RFC 3261 20.43, code 399: miscellaneous) naming the
+    gateway's cause of a rejection or hang-up, e.g. `399 minivoice "answer_url_error"`;
+    "" for no cause or anything that is not a plain cause name (nothing else goes on the
+    wire)."""
+    return f'399 minivoice "{cause}"' if _CAUSE.fullmatch(cause) else ""
 
 
 class GatewayAccount(pj.Account):  # type: ignore[misc]
@@ -119,6 +131,7 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
         # Set before the stream exists (answer, makeCall) and kept for the call's life, so a
         # re-INVITE or UPDATE that re-creates the stream gets the same jitter buffer.
         self.jb_max_ms = 0
+        self.answered = False  # a 2xx was sent (answer_call): a hang-up is then a BYE
 
     # -- commands ------------------------------------------------------------------
     def answer_call(self, code: int, jb_max_ms: int = 0) -> None:
@@ -126,13 +139,22 @@ class GatewayCall(pj.Call):  # type: ignore[misc]
         prm = pj.CallOpParam(True)
         prm.statusCode = code
         self.answer(prm)
+        self.answered = self.answered or 200 <= code < 300
 
-    def hangup_call(self, code: int, reason: str) -> None:
+    def hangup_call(self, code: int, reason: str, cause: str = "") -> None:
         self.by_gateway = True
         prm = pj.CallOpParam(True)
         prm.statusCode = code
         if reason:
             prm.reason = reason
+        # Warning is a response header (RFC 3261 20.43): on the final response that rejects
+        # an INVITE, not on a BYE or CANCEL.
+        warning = "" if self.outbound or self.answered else warning_value(cause)
+        if warning:
+            h = pj.SipHeader()
+            h.hName = "Warning"
+            h.hValue = warning
+            prm.txOption.headers.append(h)
         self.hangup(prm)
 
     # -- callbacks -----------------------------------------------------------------

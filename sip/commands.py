@@ -29,11 +29,15 @@ class Answer:
 
 @dataclass(frozen=True)
 class Hangup:
-    """Reject (before answer) or end a call. `code` is the SIP status for a rejection."""
+    """Reject (before answer) or end a call. `code` is the SIP status for a rejection.
+    `cause`: the gateway's name for why (a `hangup_cause`, docs/api.md), sent to the caller
+    in a Warning header (sip.calls.warning_value), so a rejection tells its cause on the wire
+    as well as in the log: several causes share SIP 500."""
 
     call_id: str
     code: int = 603
     reason: str = ""
+    cause: str = ""
 
 
 @dataclass(frozen=True)

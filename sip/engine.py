@@ -101,12 +101,22 @@ class SipEngine:
         """Each call's current level (0-255) of what it sends into the bridge."""
         return dict(await self.send(cmd.QueryLevels(call_ids)) or ())
 
-    async def stop(self) -> None:
-        if self._thread is None:
-            return
+    async def stop(self, timeout_s: float = 10.0) -> bool:
+        """Ask the SIP thread to end and wait until it has, `timeout_s` at most; whether it
+        did. Not a join in an executor: a thread that does not end would then hold that
+        executor's shutdown, and the exit with it; the SIP thread is a daemon, left to the
+        exit."""
+        thread = self._thread
+        if thread is None:
+            return True
         self._queue.put((0, cmd.Shutdown()))
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
+        deadline = time.monotonic() + timeout_s
+        while thread.is_alive():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
         self._thread = None
+        return True
 
     # -- called on the SIP thread --------------------------------------------------
     def _post(self, event: ev.Event) -> None:

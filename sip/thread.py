@@ -207,7 +207,7 @@ class SipThread:
     def _hangup_command(self, c: cmd.Hangup) -> None:
         call = self.calls.get(c.call_id)
         if call is not None:  # already gone: nothing to do
-            self._hangup(call, c.code, c.reason)
+            self._hangup(call, c.code, c.reason, c.cause)
 
     def _stop_play(self, c: cmd.StopPlay) -> None:
         self._stop_player((c.call_id, c.play_id))
@@ -389,12 +389,12 @@ class SipThread:
             del self.calls[c.call_id]
             raise
 
-    def _hangup(self, call: Any, code: int, reason: str) -> None:
+    def _hangup(self, call: Any, code: int, reason: str, cause: str = "") -> None:
         """Hang up; if pjsua cannot (it could not build or send the response: seen once in
         100,000 fuzz cases, an INVITE whose answer had failed too), the call is given up
         after ZOMBIE_AFTER_S so the control plane still finishes it."""
         try:
-            call.hangup_call(code, reason)
+            call.hangup_call(code, reason, cause)
         except Exception as exc:
             log.warning("hangup failed", extra={"call_id": call.call_id, "error": describe(exc)})
             self.zombies.setdefault(call.call_id, time.monotonic() + ZOMBIE_AFTER_S)

@@ -103,7 +103,7 @@ class Unhangable:
     call_id = "call_z"
     audio = object()
 
-    def hangup_call(self, code: int, reason: str) -> None:
+    def hangup_call(self, code: int, reason: str, cause: str = "") -> None:
         raise RuntimeError("cannot build the response")
 
 

@@ -160,8 +160,10 @@ async def stop_then_hold(self, drain_s=0.0):
         threading.Thread(target=threading.Event().wait, name="held-worker").start()
     elif how == "task":  # asyncio.run cancels it once and waits for it
         asyncio.create_task(swallows_cancel(), name="held-task")
-    elif how == "executor":  # asyncio.run waits for the default executor's threads
-        asyncio.get_running_loop().run_in_executor(None, time.sleep, 3600)
+    elif how == "executor":  # the interpreter's exit joins a ThreadPoolExecutor's threads
+        import concurrent.futures  # (not the loop's default one: gateway.threads, never joined)
+        concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="held-pool").submit(
+            time.sleep, 3600)
 
 app.Gateway.stop = stop_then_hold
 raise SystemExit(cli.main(sys.argv[1:]))
@@ -188,7 +190,7 @@ async def _ready(log: Path) -> None:
 @pytest.mark.parametrize(("how", "culprit"), [
     ("thread", "shutdown.stuck.thread thread_name=held-worker"),
     ("task", "shutdown.stuck.task task=held-task"),  # and its stack: swallows_cancel
-    ("executor", "shutdown_default_executor"),  # a task of asyncio.run's, and its thread
+    ("executor", "shutdown.stuck.thread thread_name=held-pool_0"),
 ])
 async def test_a_stop_held_after_serve_dumps_its_stacks_and_exits(
     tmp_path: Path, how: str, culprit: str,

@@ -88,7 +88,15 @@ class CallSession:
         return self.rec.view()
 
     def webhook(self, event: LifecycleEvent, data: dict[str, Any] | None = None) -> None:
-        self.note(event)
+        if event == "call.completed" and data:
+            # Its log line says how the call ended: several causes share one SIP code
+            # (500: answer_url_error, action_url_error, media_error, sip_error,
+            # internal_error), and the line is what tells them apart afterwards.
+            self.rec.add_note(event, time.time())
+            log.info(event, extra=logs.fields(call_id=self.call_id, **{
+                k: data[k] for k in ("sip_code", "hangup_cause", "hangup_by") if k in data}))
+        else:
+            self.note(event)
         if self.app.event_url:
             last = event == "call.completed"
             queued = self.services.outbox.add(
@@ -196,7 +204,7 @@ class CallSession:
         if self.rec.ending:
             return
         self.rec.hangup_cause, self.rec.hangup_by = cause, by
-        await self.services.engine.send(cmd.Hangup(self.call_id, code, reason))
+        await self.services.engine.send(cmd.Hangup(self.call_id, code, reason, cause))
 
     # -- CallContext for actions -------------------------------------------------------
     async def answer(self, jb_max_ms: int = 0) -> None:

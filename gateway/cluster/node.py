@@ -70,6 +70,12 @@ CASCADE = MemberOptions(always_source=True)
 # status_url); past it the join goes on with what this node knows, and the write finishes
 # (or fails) behind it.
 JOIN_REDIS_WAIT_S = 0.5
+# At stop (gateway.stopwatch's budget): the loops end, members' tasks (their SIP commands
+# cannot complete: the engine stopped before), then our rooms are released in Redis.
+STOP_LOOPS_S = 0.5
+STOP_TASKS_S = 0.1
+STOP_REDIS_S = 1.5
+STOP_S = STOP_LOOPS_S + STOP_TASKS_S + STOP_REDIS_S
 # A part that stops being shared (its last cascade leg gone) still syncs start_on_enter for
 # this many ticks: an end_on_exit mark written by the node whose part ended (which also
 # drops the leg) may reach Redis after the leg's BYE reached us.
@@ -158,15 +164,15 @@ class ClusterNode:
         # Cancelled again until they end (a cancellation can be lost inside the Redis client:
         # gateway.waits), and bounded: a CI run once saw a node still running 15 s after
         # SIGTERM, its SIP engine long stopped, waiting here for a loop that ran on.
-        for task in await cancel_and_wait(loops, timeout=3.0):
+        for task in await cancel_and_wait(loops, timeout=STOP_LOOPS_S):
             log.warning("cluster.task_stuck", extra={"node": self.me,
                                                      "task": task.get_name()})
         if self._tasks:  # members' removals, legs being hung up
-            await asyncio.wait(set(self._tasks), timeout=2.0)
+            await asyncio.wait(set(self._tasks), timeout=STOP_TASKS_S)
         # Leaving cleanly: free our rooms now rather than when their leases lapse. Bounded:
         # an unreachable Redis must not hold the exit (the leases lapse anyway).
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(5.0):
+            async with asyncio.timeout(STOP_REDIS_S):
                 # Calls that ended on the way out must not be taken for lost ones.
                 self.lost.resync = True
                 await self.lost.flush()

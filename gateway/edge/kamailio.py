@@ -40,9 +40,10 @@ log = logging.getLogger("edge")
 TEMPLATE = Path(__file__).resolve().parents[2] / "edge" / "kamailio.cfg.tmpl"
 # How long a stop waits for Kamailio after SIGTERM before it kills the process group. Kamailio
 # itself kills workers that outlive `exit_timeout` (2 s, in the template); this bound is for a
-# main process that hangs anyway, and it must fit well inside gateway.stopwatch's 8 s, which
-# counts from the end of the gateway's drain and so covers the edge's stop too.
-STOP_S = 4.0
+# main process that hangs anyway. Both bounds are in gateway.stopwatch's budget: the edge
+# stops once the gateway's SIP engine has, while the gateway closes the rest.
+STOP_S = 3.0
+READ_S = 0.5  # then its last log lines (its stderr ends with the process group)
 MODULE_DIRS = ("/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/aarch64-linux-gnu/"
                "kamailio/modules", "/usr/lib/kamailio/modules", "/usr/local/lib64/kamailio/modules")
 
@@ -432,7 +433,7 @@ class Edge:
             await self.proc.wait()
         if self._reader:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._reader, 2)
+                await asyncio.wait_for(self._reader, READ_S)
         log.info("edge.stopped", extra={"code": self.proc.returncode})
 
 
@@ -450,8 +451,13 @@ async def serve_stack(cfg: Config, serve: Serve, drain_s: float | None = None) -
     await edge.start()
     code = 0
 
+    stopping: list[asyncio.Task[None]] = []
+
     def attach(gw: Any) -> None:  # the gateway's metrics count the edge's auth failures, bans
         edge.on_event = gw.metrics.edge_event
+        # Once the gateway's SIP engine stopped nobody needs the edge: it stops while the
+        # gateway closes the rest (gateway.stopwatch's budget counts on it).
+        gw.on_sip_stopped = lambda: stopping.append(asyncio.create_task(edge.stop()))
 
     gateway = asyncio.create_task(serve(cfg, drain_s, attach), name="gateway")
     watcher = asyncio.create_task(edge.wait(), name="edge")
@@ -465,7 +471,7 @@ async def serve_stack(cfg: Config, serve: Serve, drain_s: float | None = None) -
         await gateway
     finally:
         watcher.cancel()
-        await edge.stop()
+        await (stopping[0] if stopping else edge.stop())
     return code
 
 
