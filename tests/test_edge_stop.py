@@ -22,7 +22,7 @@ import pytest
 
 from bench.gateway import free_port
 from gateway import stopwatch
-from gateway.config import from_dict
+from gateway.config import Config, from_dict
 from gateway.edge import kamailio
 from gateway.edge.kamailio import STOP_S, Edge, EdgePlan, prepare, render
 
@@ -75,17 +75,21 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split(") ")[-1][:1] != "Z"
 
 
-async def test_a_kamailio_that_ignores_sigterm_is_killed_with_its_workers(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def stubborn_edge(tmp_path: Path) -> Config:
+    """A config whose edge is the stand-in Kamailio above (written into tmp_path)."""
     fake = tmp_path / "kamailio"
     fake.write_text(STUBBORN.format(python=sys.executable))
     fake.chmod(0o755)
     port = free_port()
-    cfg = from_dict({**BASE, "edge": {
+    return from_dict({**BASE, "edge": {
         "enabled": True, "kamailio": str(fake), "listen": "127.0.0.1", "udp_port": port,
         "tcp_port": port, "tls_port": 0, "users_db": str(tmp_path / "users.db"),
         "runtime_dir": str(tmp_path / "edge")}})
-    edge = Edge(prepare(cfg))
+
+
+async def test_a_kamailio_that_ignores_sigterm_is_killed_with_its_workers(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    edge = Edge(prepare(stubborn_edge(tmp_path)))
     await edge.start(timeout_s=10)
     assert edge.proc is not None
     worker_file = tmp_path / "edge" / "worker.pid"
