@@ -29,7 +29,7 @@ from gateway.cluster import node as cluster_node
 from gateway.cluster.config import node_hosts
 from gateway.cluster.node import ClusterNode
 from gateway.conferences import Conferences
-from gateway.config import Config, DialingConfig
+from gateway.config import Config, DialingConfig, StartError
 from gateway.dialing import pin
 from gateway.edge.config import EdgeConfig, edge_registrar, from_edge
 from gateway.hooks import HookClient, HttpPools
@@ -45,7 +45,7 @@ from gateway.threads import DaemonExecutor
 from media import tones
 from sip import commands as cmd
 from sip import events as ev
-from sip.engine import SipEngine
+from sip.engine import SipCommandError, SipEngine
 
 log = logging.getLogger("minivoice.gateway")
 
@@ -238,11 +238,22 @@ class Gateway:
                                      shutdown_timeout=SHUTDOWN_HTTP_S)
         await self._runner.setup()  # runs the cleanup contexts' set-up halves
         site = web.TCPSite(self._runner, self.cfg.http.host, self.cfg.http.port)
-        await site.start()
+        http = f"{self.cfg.http.host}:{self.cfg.http.port}"
+        try:
+            await site.start()
+        except OSError as exc:  # the port taken, the address not ours
+            await self._runner.cleanup()
+            raise StartError(f"cannot listen for HTTP on {http}: "
+                             f"{exc.strerror or exc}") from None
         bound = self._runner.addresses
         self.http_port = bound[0][1] if bound else self.cfg.http.port
         # SIP last: by the time a call arrives, answer_url (maybe the demo) is reachable.
-        await self.engine.start()
+        try:
+            await self.engine.start()
+        except SipCommandError as exc:  # pjsua's reason, e.g. the SIP port taken
+            await self._runner.cleanup()
+            raise StartError(f"cannot start SIP on {self.cfg.sip.host}:{self.cfg.sip.port}: "
+                             f"{exc}") from None
         if self.cluster is not None:
             node_host, http_host = node_hosts(self.cfg.sip.host, self.cfg.sip.public_host,
                                               self.cfg.http.host)

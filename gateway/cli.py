@@ -15,6 +15,7 @@ from gateway import __version__, logs
 from gateway.config import (
     Config,
     ConfigError,
+    StartError,
     check_exposure,
     from_dict,
     load,
@@ -153,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return kamailio.run_stack(cfg, serve, args.drain)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(cfg, args.drain))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(cfg, args.drain))
+    except StartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

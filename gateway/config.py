@@ -222,6 +222,11 @@ class ConfigError(Exception):
     pass
 
 
+class StartError(Exception):
+    """A valid config the gateway cannot start with on this machine (a port already taken):
+    `serve` says so in one line and exits 2, like a config error."""
+
+
 def is_loopback(host: str) -> bool:
     if host.lower().rstrip(".") == "localhost":
         return True

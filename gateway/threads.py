@@ -45,7 +45,11 @@ class DaemonExecutor(ThreadPoolExecutor):
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._workers: list[threading.Thread] = []
+        # Like ThreadPoolExecutor's idle semaphore: one per job finished, taken by a submit
+        # that reuses a thread. It over-counts when a thread takes a job queued behind
+        # another (as CPython's does), so `busy` is counted on its own.
         self._idle = 0
+        self._running = 0
         self._shut = False
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
@@ -73,6 +77,8 @@ class DaemonExecutor(ThreadPoolExecutor):
             error: BaseException | None = None
             running = fut.set_running_or_notify_cancel()
             if running:
+                with self._lock:
+                    self._running += 1
                 try:
                     result = fn(*args, **kwargs)
                 except BaseException as exc:  # the caller's to see, as in ThreadPoolExecutor
@@ -81,6 +87,7 @@ class DaemonExecutor(ThreadPoolExecutor):
             # instead of starting another.
             with self._lock:
                 self._idle += 1
+                self._running -= running
             if running:
                 if error is not None:
                     fut.set_exception(error)
@@ -115,5 +122,5 @@ class DaemonExecutor(ThreadPoolExecutor):
 
     @property
     def busy(self) -> int:
-        """Threads running a call (or about to take one queued)."""
-        return len(self._workers) - self._idle
+        """Threads running a call."""
+        return self._running

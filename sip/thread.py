@@ -117,8 +117,11 @@ class SipThread:
         try:
             self._start()
         except Exception as exc:
-            log.exception("sip engine failed to start")
-            self.post(ev.EngineFailed(f"{type(exc).__name__}: {exc}"))
+            # describe(): a pjsua2.Error says what failed (e.g. the port in use) in info(),
+            # and that is all there is to say; anything else gets its traceback.
+            log.error("sip engine failed to start", extra={"error": describe(exc)},
+                      exc_info=not callable(getattr(exc, "info", None)))
+            self.post(ev.EngineFailed(describe(exc)))
             return
         self.post(ev.EngineStarted(self.port))
         next_media_check = time.monotonic() + MEDIA_CHECK_EVERY_S

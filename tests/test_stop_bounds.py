@@ -185,6 +185,22 @@ def test_the_executor_reuses_idle_threads() -> None:
     ex.shutdown(cancel_futures=True)
 
 
+def test_the_executor_counts_busy_threads_with_jobs_queued_behind_them() -> None:
+    """Jobs queued behind a busy thread are taken without a submit reusing it: busy went to
+    -1 in the shutdown line (`shutdown.threads_left busy=-1`)."""
+    ex = DaemonExecutor(1, name="queued")
+    gate = threading.Event()
+    futures = [ex.submit(gate.wait, 5) for _ in range(5)]
+    time.sleep(0.1)
+    assert ex.busy == 1
+    gate.set()
+    assert all(f.result(5) for f in futures)
+    for i in range(10):
+        ex.submit(abs, -i).result(5)
+    assert ex.busy == 0 and ex.threads == 1
+    ex.shutdown()
+
+
 # -- the real process --------------------------------------------------------------------------
 
 # `python -m gateway serve` with the stop-watch shortened, and one thing that blocks for ever:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import logs
-from gateway.config import Config
+from gateway.config import Config, StartError
 from gateway.edge.config import EdgeConfig
 from gateway.edge.users import UserStore
 from gateway.files import write_private
@@ -508,7 +508,7 @@ def run_stack(cfg: Config, serve: Serve, drain_s: float | None = None) -> int:
     """`python -m gateway serve` with `edge.enabled`: the whole stack in the foreground."""
     try:
         return asyncio.run(serve_stack(cfg, serve, drain_s))
-    except EdgeError as exc:
+    except (EdgeError, StartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C before the gateway installed its handlers
