@@ -18,14 +18,21 @@ pytestmark = pytest.mark.sip
 
 @pytest.fixture
 def taken() -> Iterator[int]:
-    """A port held on UDP and TCP, as another gateway would hold it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
-            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-        u.bind(("127.0.0.1", 0))
-        port = u.getsockname()[1]
-        t.bind(("127.0.0.1", port))
-        t.listen()
-        yield port
+    """A port held on UDP and TCP, as another gateway would hold it (one of free_port()'s:
+    a port the kernel picks for UDP may be taken on TCP)."""
+    for _ in range(50):
+        port = harness.free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            try:
+                u.bind(("127.0.0.1", port))
+                t.bind(("127.0.0.1", port))
+            except OSError:  # taken since free_port() looked: another one
+                continue
+            t.listen()
+            yield port
+            return
+    raise AssertionError("no port to hold")
 
 
 @pytest.mark.parametrize("which", ["sip", "http"])
